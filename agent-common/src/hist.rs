@@ -1,0 +1,190 @@
+//! Log-linear histogram buckets, shared by the kernel (which increments them) and userspace
+//! (which turns them into percentiles).
+//!
+//! Unit: nanoseconds. Buckets are half-open `[lo, hi)`. Values below 8 get one bucket each;
+//! every power of two from 8 up is split into [`SUB_BUCKETS`] equal sub-buckets, so a bucket's
+//! width is at most 1/8 of its lower bound: any value is known within 12.5% (6.25% when reported
+//! at the bucket's midpoint). Values at or above [`MAX_VALUE`] (2^36 ns, about 68.7 s) are
+//! clamped into the last bucket.
+
+/// log2 of the number of sub-buckets per power of two.
+pub const SUB_BITS: u32 = 3;
+pub const SUB_BUCKETS: u64 = 1 << SUB_BITS;
+/// The first power of two that no longer fits: values >= 2^MAX_POW are clamped.
+pub const MAX_POW: u32 = 36;
+pub const MAX_VALUE: u64 = 1 << MAX_POW;
+/// Number of buckets: 8 direct ones, then 8 per power of two from 2^3 to 2^35.
+pub const BUCKETS: usize = ((MAX_POW - SUB_BITS + 1) as usize) << SUB_BITS;
+const _: () = assert!(BUCKETS == 272);
+
+/// Bucket index of `v` (ns). Branch-free apart from the clamp, cheap enough for every syscall.
+#[inline(always)]
+pub fn bucket(v: u64) -> usize {
+    let v = if v >= MAX_VALUE { MAX_VALUE - 1 } else { v };
+    // h = index of the highest set bit, at least SUB_BITS (so v < 8 maps to itself).
+    let h = 63 - (v | SUB_BUCKETS).leading_zeros();
+    let shift = h - SUB_BITS;
+    // For v >= 8, v >> shift lies in [8, 16): it carries the leading 1 plus the sub-bucket bits.
+    ((shift as usize) << SUB_BITS) + (v >> shift) as usize
+}
+
+/// Inclusive lower bound of bucket `i` (ns).
+pub const fn bucket_lo(i: usize) -> u64 {
+    if i < SUB_BUCKETS as usize {
+        return i as u64;
+    }
+    let shift = (i >> SUB_BITS) as u32 - 1;
+    let mantissa = (i as u64 & (SUB_BUCKETS - 1)) | SUB_BUCKETS;
+    mantissa << shift
+}
+
+/// Exclusive upper bound of bucket `i` (ns).
+pub const fn bucket_hi(i: usize) -> u64 {
+    if i + 1 >= BUCKETS {
+        return MAX_VALUE;
+    }
+    bucket_lo(i + 1)
+}
+
+/// The value reported for a sample that fell in bucket `i`: the bucket's midpoint.
+pub const fn bucket_mid(i: usize) -> u64 {
+    let lo = bucket_lo(i);
+    lo + (bucket_hi(i) - lo) / 2
+}
+
+/// The `q`-quantile (0 < q <= 1) of a histogram, as a bucket midpoint in ns; `None` when empty.
+///
+/// The rank is `ceil(q * n)`: the smallest value such that at least a fraction `q` of the samples
+/// are at or below it (the "nearest rank" definition).
+pub fn quantile(buckets: &[u64], q: f64) -> Option<u64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let exact = q * total as f64;
+    // ceil() without std.
+    let mut rank = exact as u64;
+    if (rank as f64) < exact {
+        rank += 1;
+    }
+    let rank = rank.clamp(1, total);
+    let mut seen = 0u64;
+    for (i, &c) in buckets.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            return Some(bucket_mid(i));
+        }
+    }
+    None
+}
+
+/// Highest non-empty bucket's midpoint (ns), the histogram's view of the maximum.
+pub fn max(buckets: &[u64]) -> Option<u64> {
+    buckets.iter().rposition(|&c| c != 0).map(bucket_mid)
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::*;
+
+    /// Brute force: the bucket whose [lo, hi) contains v.
+    fn brute_bucket(v: u64) -> usize {
+        let v = v.min(MAX_VALUE - 1);
+        (0..BUCKETS)
+            .find(|&i| bucket_lo(i) <= v && v < bucket_hi(i))
+            .unwrap()
+    }
+
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        /// Log-uniform value: spreads samples over every power of two.
+        fn log_uniform(&mut self) -> u64 {
+            let bits = self.next() % 40;
+            self.next() & ((1u64 << bits) - 1)
+        }
+    }
+
+    #[test]
+    fn buckets_are_contiguous_and_cover_the_range() {
+        assert_eq!(bucket_lo(0), 0);
+        for i in 0..BUCKETS - 1 {
+            assert_eq!(bucket_hi(i), bucket_lo(i + 1), "gap after bucket {i}");
+            assert!(bucket_lo(i) < bucket_hi(i));
+        }
+        assert_eq!(bucket_hi(BUCKETS - 1), MAX_VALUE);
+    }
+
+    #[test]
+    fn bucket_matches_brute_force() {
+        for v in 0..5000u64 {
+            assert_eq!(bucket(v), brute_bucket(v), "v={v}");
+        }
+        for p in 0..64u32 {
+            for d in [0i64, -1, 1] {
+                let v = (1u64 << p).wrapping_add(d as u64);
+                assert_eq!(bucket(v), brute_bucket(v), "v={v}");
+            }
+        }
+        assert_eq!(bucket(u64::MAX), BUCKETS - 1);
+        let mut rng = XorShift(0x9e3779b97f4a7c15);
+        for _ in 0..200_000 {
+            let v = rng.log_uniform();
+            assert_eq!(bucket(v), brute_bucket(v), "v={v}");
+        }
+    }
+
+    #[test]
+    fn relative_error_is_bounded() {
+        for i in SUB_BUCKETS as usize..BUCKETS {
+            let (lo, hi) = (bucket_lo(i), bucket_hi(i));
+            // Width at most 1/8 of the lower bound: 12.5% for any value in the bucket.
+            assert!((hi - lo) * 8 <= lo, "bucket {i}: [{lo}, {hi})");
+            // The reported midpoint is within 6.25% of any value in the bucket.
+            let mid = bucket_mid(i) as f64;
+            assert!((mid - lo as f64).abs() / lo as f64 <= 0.0625 + 1e-12);
+            assert!((hi as f64 - 1.0 - mid).abs() / (hi as f64 - 1.0) <= 0.0625 + 1e-12);
+        }
+    }
+
+    #[test]
+    fn quantiles_match_brute_force_within_bound() {
+        let mut rng = XorShift(42);
+        for round in 0..200 {
+            let n = 1 + (rng.next() % 5000) as usize;
+            let mut values: Vec<u64> = (0..n).map(|_| 8 + rng.log_uniform() % (1 << 34)).collect();
+            let mut hist = [0u64; BUCKETS];
+            for &v in &values {
+                hist[bucket(v)] += 1;
+            }
+            values.sort_unstable();
+            for q in [0.5, 0.9, 0.99, 0.999, 1.0] {
+                let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
+                let exact = values[rank - 1] as f64;
+                let got = quantile(&hist, q).unwrap() as f64;
+                assert!(
+                    (got - exact).abs() <= exact * 0.0625 + 1.0,
+                    "round {round} q={q}: got {got}, exact {exact}"
+                );
+            }
+            let exact_max = *values.last().unwrap() as f64;
+            let got_max = max(&hist).unwrap() as f64;
+            assert!((got_max - exact_max).abs() <= exact_max * 0.0625 + 1.0);
+        }
+    }
+
+    #[test]
+    fn empty_histogram_has_no_quantile() {
+        let hist = [0u64; BUCKETS];
+        assert_eq!(quantile(&hist, 0.5), None);
+        assert_eq!(max(&hist), None);
+    }
+}

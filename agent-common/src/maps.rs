@@ -1,0 +1,100 @@
+//! Map names, defined once (15 bytes at most: the kernel truncates longer names).
+
+/// The histogram table: one `BPF_F_MMAPABLE` array of `u64`, sliced per CPU (see [`crate::layout`]).
+pub const HIST: &str = "HIST";
+/// In-flight syscalls: array indexed by `tid & SYS_INFLIGHT_MASK`.
+pub const SYS_INFLIGHT: &str = "SYS_INFLIGHT";
+/// In-flight block requests, keyed by (dev, sector).
+pub const DISK_INFLIGHT: &str = "DISK_INFLIGHT";
+/// Block device number to histogram slot, allocated by the kernel on first sight.
+pub const DISK_SLOTS: &str = "DISK_SLOTS";
+/// One shared counter: the next free disk slot.
+pub const DISK_NEXT: &str = "DISK_NEXT";
+/// TCP sockets in SYN_SENT, keyed by socket address.
+pub const TCP_INFLIGHT: &str = "TCP_INFLIGHT";
+/// Slow events and connects, one by one.
+pub const EVENTS: &str = "EVENTS";
+/// One-entry array holding [`crate::RuntimeConfig`], changeable while attached.
+pub const CONFIG: &str = "CONFIG";
+
+/// Load-time global holding [`crate::TpOffsets`].
+pub const GLOBAL_TP_OFFSETS: &str = "TP_OFFSETS";
+/// Load-time globals: syscall numbers that never return (their entries would go stale).
+pub const GLOBAL_NR_EXIT: &str = "NR_EXIT";
+pub const GLOBAL_NR_EXIT_GROUP: &str = "NR_EXIT_GROUP";
+
+/// Size of the syscall in-flight table (a power of two). 32768 × 16 bytes = 512 KiB.
+pub const SYS_INFLIGHT_ENTRIES: u32 = 1 << 15;
+pub const SYS_INFLIGHT_MASK: u32 = SYS_INFLIGHT_ENTRIES - 1;
+pub const DISK_INFLIGHT_ENTRIES: u32 = 8192;
+pub const TCP_INFLIGHT_ENTRIES: u32 = 4096;
+/// Default ring buffer size in bytes (a power of two, multiple of the page size).
+pub const EVENTS_DEFAULT_BYTES: u32 = 1 << 19;
+
+/// Program names (the function names in `agent-ebpf`).
+pub mod progs {
+    pub const SYS_ENTER: &str = "sys_enter";
+    pub const SYS_EXIT: &str = "sys_exit";
+    pub const BLOCK_RQ_ISSUE: &str = "block_rq_issue";
+    pub const BLOCK_RQ_COMPLETE: &str = "block_rq_complete";
+    pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
+    pub const TCP_PROBE: &str = "tcp_probe";
+    pub const TCP_RETRANSMIT_SKB: &str = "tcp_retransmit_skb";
+    pub const TCP_SEND_RESET: &str = "tcp_send_reset";
+    pub const TCP_RECEIVE_RESET: &str = "tcp_receive_reset";
+}
+
+/// In-flight syscall: written at sys_enter, consumed at sys_exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SysInflight {
+    /// Thread id owning the slot (detects two threads sharing `tid & mask`).
+    pub tid: u32,
+    /// Syscall number (sys_exit's raw tracepoint does not carry it).
+    pub nr: u32,
+    /// `bpf_ktime_get_ns` at entry; 0 = empty.
+    pub start_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<SysInflight>() == 16);
+
+/// Key of an in-flight block request. Classic tracepoints carry no request pointer, so a request
+/// is identified by its device and start sector (as bcc's tracepoint tools do).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskKey {
+    pub dev: u32,
+    pub _pad: u32,
+    pub sector: u64,
+}
+const _: () = assert!(core::mem::size_of::<DiskKey>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskInflight {
+    pub start_ns: u64,
+    pub bytes: u32,
+    /// One of [`crate::layout::DISK_OP_READ`], ...
+    pub op: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<DiskInflight>() == 40);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpInflight {
+    pub start_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<TcpInflight>() == 32);
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::SysInflight {}
+    unsafe impl aya::Pod for super::DiskKey {}
+    unsafe impl aya::Pod for super::DiskInflight {}
+    unsafe impl aya::Pod for super::TcpInflight {}
+}

@@ -1,0 +1,1 @@
+//! System metrics from /proc (memory, swap, CPU, PSI, load).

@@ -1,0 +1,158 @@
+//! One interval's worth of metrics: a flat list, knowing no probe and no wire format.
+//!
+//! Producers (probes, procfs, the agent itself) push [`Metric`]s; sinks read [`Snapshot`]s.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde::ser::{SerializeMap, SerializeStruct, Serializer};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A level at the end of the interval (memory used, p99 latency, ...).
+    Gauge,
+    /// What happened during the interval: a per-interval delta, always a whole number.
+    Counter,
+}
+
+/// Tags as (key, value) pairs, in a fixed order for stable output.
+pub type Tags = Vec<(&'static str, String)>;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metric {
+    /// Dotted name from the catalogue, e.g. `syscall.latency_us.p99`.
+    pub name: String,
+    pub tags: Tags,
+    pub kind: Kind,
+    pub value: f64,
+}
+
+impl Metric {
+    pub fn gauge(name: impl Into<String>, tags: Tags, value: f64) -> Self {
+        Self {
+            name: name.into(),
+            tags,
+            kind: Kind::Gauge,
+            value,
+        }
+    }
+
+    pub fn counter(name: impl Into<String>, tags: Tags, value: u64) -> Self {
+        Self {
+            name: name.into(),
+            tags,
+            kind: Kind::Counter,
+            value: value as f64,
+        }
+    }
+
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// End of the interval (aligned to the interval boundary on the wall clock).
+    pub time: SystemTime,
+    pub interval: Duration,
+    pub host: String,
+    pub metrics: Vec<Metric>,
+}
+
+impl Snapshot {
+    pub fn unix_seconds(&self) -> f64 {
+        self.time
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64()
+    }
+
+    /// First metric with this name whose tags include every `(key, value)` of `tags`.
+    pub fn find(&self, name: &str, tags: &[(&str, &str)]) -> Option<&Metric> {
+        self.metrics
+            .iter()
+            .find(|m| m.name == name && tags.iter().all(|(k, v)| m.tag(k) == Some(v)))
+    }
+
+    pub fn value(&self, name: &str, tags: &[(&str, &str)]) -> Option<f64> {
+        self.find(name, tags).map(|m| m.value)
+    }
+}
+
+/// JSON shape of one interval: `{"time", "interval_s", "host", "metrics": [...]}`.
+impl Serialize for Snapshot {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Snapshot", 4)?;
+        let t = self.unix_seconds();
+        // Whole seconds print as integers.
+        if t.fract() == 0.0 {
+            st.serialize_field("time", &(t as u64))?;
+        } else {
+            st.serialize_field("time", &t)?;
+        }
+        st.serialize_field("interval_s", &self.interval.as_secs_f64())?;
+        st.serialize_field("host", &self.host)?;
+        st.serialize_field("metrics", &self.metrics)?;
+        st.end()
+    }
+}
+
+struct TagMap<'a>(&'a Tags);
+
+impl Serialize for TagMap<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl Serialize for Metric {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Metric", 4)?;
+        st.serialize_field("name", &self.name)?;
+        st.serialize_field("tags", &TagMap(&self.tags))?;
+        st.serialize_field("kind", &self.kind)?;
+        match self.kind {
+            Kind::Counter => st.serialize_field("value", &(self.value as u64))?,
+            Kind::Gauge => st.serialize_field("value", &self.value)?,
+        }
+        st.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shape() {
+        let snap = Snapshot {
+            time: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            interval: Duration::from_secs(1),
+            host: "h".into(),
+            metrics: vec![
+                Metric::counter("syscall.count", vec![("syscall", "read".into())], 12),
+                Metric::gauge("load.1", vec![], 0.5),
+            ],
+        };
+        let v: serde_json::Value = serde_json::to_value(&snap).unwrap();
+        assert_eq!(v["time"], 1_700_000_000u64);
+        assert_eq!(v["interval_s"], 1.0);
+        assert_eq!(v["metrics"][0]["tags"]["syscall"], "read");
+        assert_eq!(v["metrics"][0]["kind"], "counter");
+        assert_eq!(v["metrics"][0]["value"], 12);
+        assert_eq!(v["metrics"][1]["value"], 0.5);
+        assert_eq!(
+            snap.value("syscall.count", &[("syscall", "read")]),
+            Some(12.0)
+        );
+    }
+}
