@@ -1,1 +1,561 @@
 //! System metrics from /proc (memory, swap, CPU, PSI, load).
+//!
+//! [`ProcfsCollector`] reads a proc tree under a configurable root (`/proc` by default, `/host/proc`
+//! in a container, a fixture tree in tests) with the `procfs` crate's parsers and appends one
+//! interval's metrics to the snapshot's list. It needs no BPF and no privileges.
+//!
+//! Each file is a group: a group whose file is missing or unparsable is skipped for that interval
+//! and logged once (the first time only). Counters are per-interval deltas: the first call (or the
+//! first after a failed read) only primes them, and a counter that goes backwards counts 0.
+
+use std::path::{Path, PathBuf};
+
+use procfs::{
+    CpuPressure, CpuTime, FromRead, FromReadSI, IoPressure, KernelStats, LoadAverage, Meminfo,
+    PressureRecord, ProcError, ProcResult, VmStat,
+};
+use tracing::{debug, warn};
+
+use crate::snapshot::Metric;
+
+/// Where the kernel mounts procfs. In a container, mount the host's at e.g. `/host/proc`.
+pub const DEFAULT_ROOT: &str = "/proc";
+
+/// The PSI resources read from `<root>/pressure/`, in emission order.
+const PSI_RESOURCES: [&str; 3] = ["cpu", "io", "memory"];
+
+/// Per-interval collector of system metrics from a proc tree.
+#[derive(Debug)]
+pub struct ProcfsCollector {
+    root: PathBuf,
+    /// Aggregate `cpu` line of the previous successful read of `stat`.
+    prev_cpu: Option<CpuTicks>,
+    /// `pswpin`, `pswpout` of the previous successful read of `vmstat`.
+    prev_swap_pages: Option<(u64, u64)>,
+    /// `total=` (µs) of the previous read, per PSI resource, for `some` and `full`.
+    prev_psi: [[Option<u64>; 2]; 3],
+    warned: Warned,
+    /// `<root>/pressure` is absent (kernel without PSI, or booted with `psi=0`): said once at debug.
+    psi_absent_logged: bool,
+}
+
+/// One flag per group: a failing file is logged at the first failure only.
+#[derive(Debug, Default)]
+struct Warned {
+    meminfo: bool,
+    vmstat: bool,
+    stat: bool,
+    loadavg: bool,
+    psi: [bool; 3],
+}
+
+/// CPU time of the aggregate `cpu` line, in ticks, folded into the reported buckets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CpuTicks {
+    /// user + nice (guest and guest_nice are already counted in these two).
+    user: u64,
+    /// system + irq + softirq.
+    system: u64,
+    iowait: u64,
+    steal: u64,
+    idle: u64,
+}
+
+impl From<&CpuTime> for CpuTicks {
+    fn from(t: &CpuTime) -> Self {
+        // Fields the kernel does not report (very old kernels) count as 0.
+        Self {
+            user: t.user.saturating_add(t.nice),
+            system: t
+                .system
+                .saturating_add(t.irq.unwrap_or(0))
+                .saturating_add(t.softirq.unwrap_or(0)),
+            iowait: t.iowait.unwrap_or(0),
+            steal: t.steal.unwrap_or(0),
+            idle: t.idle,
+        }
+    }
+}
+
+impl Default for ProcfsCollector {
+    fn default() -> Self {
+        Self::new(DEFAULT_ROOT)
+    }
+}
+
+impl ProcfsCollector {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            prev_cpu: None,
+            prev_swap_pages: None,
+            prev_psi: [[None; 2]; 3],
+            warned: Warned::default(),
+            psi_absent_logged: false,
+        }
+    }
+
+    /// The proc tree this collector reads.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Appends this interval's metrics. The first call primes the deltas (counters are emitted only
+    /// from the second call on; gauges always).
+    pub fn collect(&mut self, out: &mut Vec<Metric>) {
+        self.collect_meminfo(out);
+        self.collect_vmstat(out);
+        self.collect_cpu(out);
+        self.collect_psi(out);
+        self.collect_loadavg(out);
+    }
+
+    fn collect_meminfo(&mut self, out: &mut Vec<Metric>) {
+        let path = self.root.join("meminfo");
+        // The crate converts the kB (KiB) of the file to bytes.
+        let m = match Meminfo::from_file(&path) {
+            Ok(m) => m,
+            Err(e) => return warn_once(&mut self.warned.meminfo, "memory and swap", &path, &e),
+        };
+        let gauge = |name: &str, bytes: u64| Metric::gauge(name, vec![], bytes as f64);
+        // Classic `free` (procps-ng up to 4.0.0): used = MemTotal - MemFree - Buffers - Cached.
+        // (procps-ng 4.0.1+ prints total - available instead; mem.available_bytes carries that.)
+        let used = m
+            .mem_total
+            .saturating_sub(m.mem_free)
+            .saturating_sub(m.buffers)
+            .saturating_sub(m.cached);
+        out.push(gauge("mem.total_bytes", m.mem_total));
+        // MemAvailable exists since Linux 3.14; older kernels lack it and the metric is left out.
+        if let Some(available) = m.mem_available {
+            out.push(gauge("mem.available_bytes", available));
+        }
+        out.push(gauge("mem.free_bytes", m.mem_free));
+        out.push(gauge("mem.used_bytes", used));
+        out.push(gauge("mem.cached_bytes", m.cached));
+        out.push(gauge("mem.buffers_bytes", m.buffers));
+        out.push(gauge("mem.dirty_bytes", m.dirty));
+        out.push(gauge("mem.writeback_bytes", m.writeback));
+        // No active swap reports SwapTotal 0 and SwapFree 0: both gauges are 0, never omitted.
+        out.push(gauge("swap.total_bytes", m.swap_total));
+        out.push(gauge(
+            "swap.used_bytes",
+            m.swap_total.saturating_sub(m.swap_free),
+        ));
+    }
+
+    fn collect_vmstat(&mut self, out: &mut Vec<Metric>) {
+        let path = self.root.join("vmstat");
+        let read = VmStat::from_file(&path).and_then(|v| {
+            let get = |key: &str| match v.0.get(key) {
+                // The values are i64 in the crate; page counters are never negative.
+                Some(&n) => Ok(u64::try_from(n).unwrap_or(0)),
+                None => Err(ProcError::Other(format!("no `{key}` line"))),
+            };
+            Ok((get("pswpin")?, get("pswpout")?))
+        });
+        let (pswpin, pswpout) = match read {
+            Ok(pages) => pages,
+            Err(e) => {
+                self.prev_swap_pages = None;
+                return warn_once(&mut self.warned.vmstat, "swap paging", &path, &e);
+            }
+        };
+        if let Some((prev_in, prev_out)) = self.prev_swap_pages {
+            out.push(Metric::counter(
+                "swap.in_pages",
+                vec![],
+                pswpin.saturating_sub(prev_in),
+            ));
+            out.push(Metric::counter(
+                "swap.out_pages",
+                vec![],
+                pswpout.saturating_sub(prev_out),
+            ));
+        }
+        self.prev_swap_pages = Some((pswpin, pswpout));
+    }
+
+    fn collect_cpu(&mut self, out: &mut Vec<Metric>) {
+        let path = self.root.join("stat");
+        // The system info only serves the crate's tick-to-ms helpers; ratios of ticks need none.
+        let stats = match KernelStats::from_file(&path, procfs::current_system_info()) {
+            Ok(s) => s,
+            Err(e) => {
+                self.prev_cpu = None;
+                return warn_once(&mut self.warned.stat, "CPU", &path, &e);
+            }
+        };
+        let now = CpuTicks::from(&stats.total);
+        let Some(prev) = self.prev_cpu else {
+            self.prev_cpu = Some(now);
+            return;
+        };
+        // Each bucket separately: iowait is documented to go backwards at times. The denominator is
+        // the sum of the bucket deltas, so the five percentages add up to 100.
+        let d = CpuTicks {
+            user: now.user.saturating_sub(prev.user),
+            system: now.system.saturating_sub(prev.system),
+            iowait: now.iowait.saturating_sub(prev.iowait),
+            steal: now.steal.saturating_sub(prev.steal),
+            idle: now.idle.saturating_sub(prev.idle),
+        };
+        let total = d.user + d.system + d.iowait + d.steal + d.idle;
+        if total == 0 {
+            // Less than a tick since the previous read: nothing to divide; keep the older sample so
+            // the next interval covers this one too.
+            return;
+        }
+        let pct = |ticks: u64| 100.0 * ticks as f64 / total as f64;
+        out.push(Metric::gauge("cpu.user_pct", vec![], pct(d.user)));
+        out.push(Metric::gauge("cpu.system_pct", vec![], pct(d.system)));
+        out.push(Metric::gauge("cpu.iowait_pct", vec![], pct(d.iowait)));
+        out.push(Metric::gauge("cpu.steal_pct", vec![], pct(d.steal)));
+        out.push(Metric::gauge("cpu.idle_pct", vec![], pct(d.idle)));
+        self.prev_cpu = Some(now);
+    }
+
+    fn collect_psi(&mut self, out: &mut Vec<Metric>) {
+        let dir = self.root.join("pressure");
+        if !dir.is_dir() {
+            // Not an error: kernels before 4.20, CONFIG_PSI=n, or booted with psi=0.
+            if !self.psi_absent_logged {
+                self.psi_absent_logged = true;
+                debug!(
+                    "{} is absent: no PSI metrics (kernel without PSI or booted with psi=0)",
+                    dir.display()
+                );
+            }
+            self.prev_psi = [[None; 2]; 3];
+            return;
+        }
+        for (i, resource) in PSI_RESOURCES.into_iter().enumerate() {
+            let path = dir.join(resource);
+            let records = std::fs::read_to_string(&path)
+                .map_err(ProcError::from)
+                .and_then(|text| parse_pressure(&text));
+            let (some, full) = match records {
+                Ok(r) => r,
+                Err(e) => {
+                    self.prev_psi[i] = [None; 2];
+                    warn_once(&mut self.warned.psi[i], "PSI", &path, &e);
+                    continue;
+                }
+            };
+            for (j, (line, record)) in [("some", Some(some)), ("full", full)]
+                .into_iter()
+                .enumerate()
+            {
+                let prev = &mut self.prev_psi[i][j];
+                let Some(record) = record else {
+                    *prev = None;
+                    continue;
+                };
+                out.push(Metric::gauge(
+                    format!("psi.{resource}.{line}_avg10"),
+                    vec![],
+                    two_decimals(record.avg10),
+                ));
+                if let Some(p) = *prev {
+                    out.push(Metric::counter(
+                        format!("psi.{resource}.{line}_stall_us"),
+                        vec![],
+                        record.total.saturating_sub(p),
+                    ));
+                }
+                *prev = Some(record.total);
+            }
+        }
+    }
+
+    fn collect_loadavg(&mut self, out: &mut Vec<Metric>) {
+        let path = self.root.join("loadavg");
+        let load = match LoadAverage::from_file(&path) {
+            Ok(l) => l,
+            Err(e) => return warn_once(&mut self.warned.loadavg, "load", &path, &e),
+        };
+        out.push(Metric::gauge("load.1", vec![], two_decimals(load.one)));
+        out.push(Metric::gauge("load.5", vec![], two_decimals(load.five)));
+        out.push(Metric::gauge("load.15", vec![], two_decimals(load.fifteen)));
+    }
+}
+
+/// Parses a PSI file: a `some` line, then a `full` line where the kernel has one.
+///
+/// `/proc/pressure/cpu` has a `full` line since Linux 5.13 (all zeros at the system level) and none
+/// before; the crate's `CpuPressure` reads only `some`, and `IoPressure`/`MemoryPressure` require
+/// both. So the two-line parser is tried first and the one-line parser is the fallback.
+fn parse_pressure(text: &str) -> ProcResult<(PressureRecord, Option<PressureRecord>)> {
+    // The crate slices `line[5..]` after checking only the `some`/`full` prefix: a truncated or
+    // garbled line would panic inside it. Reject those here.
+    let well_formed = text.lines().all(|l| {
+        !(l.starts_with("some") || l.starts_with("full")) || l.as_bytes().get(4) == Some(&b' ')
+    });
+    if !well_formed {
+        return Err(ProcError::Other("malformed PSI line".into()));
+    }
+    match IoPressure::from_read(text.as_bytes()) {
+        Ok(p) => Ok((p.some, Some(p.full))),
+        Err(_) => CpuPressure::from_read(text.as_bytes()).map(|p| (p.some, None)),
+    }
+}
+
+/// The crate parses load and PSI averages as `f32`; widening 0.92f32 gives 0.9200000166893005.
+/// The kernel prints two decimals, so rounding to two restores the exact value it wrote.
+fn two_decimals(x: f32) -> f64 {
+    (f64::from(x) * 100.0).round() / 100.0
+}
+
+fn warn_once(flag: &mut bool, group: &str, path: &Path, err: &ProcError) {
+    if !*flag {
+        *flag = true;
+        warn!(
+            "cannot read {}: {err}; {group} metrics are skipped while it stays unreadable \
+             (check that the proc root points at a mounted procfs)",
+            path.display()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::Kind;
+
+    const KIB: f64 = 1024.0;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/proc")
+            .join(name)
+    }
+
+    fn collect(c: &mut ProcfsCollector) -> Vec<Metric> {
+        let mut out = Vec::new();
+        c.collect(&mut out);
+        // Every name at most once, no tags.
+        for (i, m) in out.iter().enumerate() {
+            assert!(m.tags.is_empty(), "{m:?}");
+            assert!(
+                out[..i].iter().all(|o| o.name != m.name),
+                "duplicate {}",
+                m.name
+            );
+        }
+        out
+    }
+
+    fn get<'a>(out: &'a [Metric], name: &str) -> &'a Metric {
+        out.iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("{name} missing from {out:#?}"))
+    }
+
+    fn gauge(out: &[Metric], name: &str) -> f64 {
+        let m = get(out, name);
+        assert_eq!(m.kind, Kind::Gauge, "{name}");
+        m.value
+    }
+
+    fn counter(out: &[Metric], name: &str) -> f64 {
+        let m = get(out, name);
+        assert_eq!(m.kind, Kind::Counter, "{name}");
+        m.value
+    }
+
+    fn names(out: &[Metric]) -> Vec<&str> {
+        out.iter().map(|m| m.name.as_str()).collect()
+    }
+
+    const COUNTERS: [&str; 8] = [
+        "swap.in_pages",
+        "swap.out_pages",
+        "psi.cpu.some_stall_us",
+        "psi.cpu.full_stall_us",
+        "psi.io.some_stall_us",
+        "psi.io.full_stall_us",
+        "psi.memory.some_stall_us",
+        "psi.memory.full_stall_us",
+    ];
+
+    #[test]
+    fn procfs_fixture_first_call_gauges_only() {
+        let mut c = ProcfsCollector::new(fixture("t0"));
+        let out = collect(&mut c);
+        assert!(out.iter().all(|m| m.kind == Kind::Gauge), "{out:#?}");
+        assert!(!names(&out).iter().any(|n| n.starts_with("cpu.")));
+        assert_eq!(gauge(&out, "mem.total_bytes"), 24_684_092.0 * KIB);
+        // 24684092 - 22660852 - 10848 - 1828408
+        assert_eq!(gauge(&out, "mem.used_bytes"), 183_984.0 * KIB);
+        assert_eq!(gauge(&out, "mem.writeback_bytes"), 128.0 * KIB);
+        // 2097148 - 2031612
+        assert_eq!(gauge(&out, "swap.used_bytes"), 65_536.0 * KIB);
+        assert_eq!(gauge(&out, "psi.cpu.some_avg10"), 0.55);
+        assert_eq!(gauge(&out, "psi.io.full_avg10"), 0.22);
+        assert_eq!(gauge(&out, "load.1"), 0.92);
+        assert_eq!(out.len(), 10 + 6 + 3, "{:?}", names(&out));
+    }
+
+    #[test]
+    fn procfs_fixture_two_samples_exact() {
+        let mut c = ProcfsCollector::new(fixture("t0"));
+        collect(&mut c);
+        c.root = fixture("t1");
+        let out = collect(&mut c);
+
+        // Memory: kB × 1024.
+        assert_eq!(gauge(&out, "mem.total_bytes"), 24_684_092.0 * KIB);
+        assert_eq!(gauge(&out, "mem.available_bytes"), 24_280_300.0 * KIB);
+        assert_eq!(gauge(&out, "mem.free_bytes"), 22_599_412.0 * KIB);
+        // used = 24684092 - 22599412 - 10852 - 1861176
+        assert_eq!(gauge(&out, "mem.used_bytes"), 212_652.0 * KIB);
+        assert_eq!(gauge(&out, "mem.cached_bytes"), 1_861_176.0 * KIB);
+        assert_eq!(gauge(&out, "mem.buffers_bytes"), 10_852.0 * KIB);
+        assert_eq!(gauge(&out, "mem.dirty_bytes"), 4_096.0 * KIB);
+        assert_eq!(gauge(&out, "mem.writeback_bytes"), 0.0);
+        assert_eq!(gauge(&out, "swap.total_bytes"), 2_097_148.0 * KIB);
+        // 2097148 - 2029564
+        assert_eq!(gauge(&out, "swap.used_bytes"), 67_584.0 * KIB);
+
+        // vmstat: pswpin 1200 → 1208, pswpout 3400 → 3432.
+        assert_eq!(counter(&out, "swap.in_pages"), 8.0);
+        assert_eq!(counter(&out, "swap.out_pages"), 32.0);
+
+        // /proc/stat aggregate deltas (user nice system idle iowait irq softirq steal guest gnice):
+        // 250 50 70 525 50 10 20 25 40 0. Denominator without guest: 1000 ticks.
+        // user = 250 + 50, system = 70 + 10 + 20.
+        assert_eq!(gauge(&out, "cpu.user_pct"), 30.0);
+        assert_eq!(gauge(&out, "cpu.system_pct"), 10.0);
+        assert_eq!(gauge(&out, "cpu.iowait_pct"), 5.0);
+        assert_eq!(gauge(&out, "cpu.steal_pct"), 2.5);
+        assert_eq!(gauge(&out, "cpu.idle_pct"), 52.5);
+
+        // PSI: avg10 as written; stall = delta of total= (µs).
+        assert_eq!(gauge(&out, "psi.cpu.some_avg10"), 1.25);
+        assert_eq!(gauge(&out, "psi.cpu.full_avg10"), 0.0);
+        assert_eq!(gauge(&out, "psi.io.some_avg10"), 0.47);
+        assert_eq!(gauge(&out, "psi.io.full_avg10"), 0.36);
+        assert_eq!(gauge(&out, "psi.memory.some_avg10"), 0.12);
+        assert_eq!(gauge(&out, "psi.memory.full_avg10"), 0.05);
+        assert_eq!(counter(&out, "psi.cpu.some_stall_us"), 10_000.0);
+        assert_eq!(counter(&out, "psi.cpu.full_stall_us"), 0.0);
+        assert_eq!(counter(&out, "psi.io.some_stall_us"), 5_000.0);
+        assert_eq!(counter(&out, "psi.io.full_stall_us"), 3_000.0);
+        assert_eq!(counter(&out, "psi.memory.some_stall_us"), 1_500.0);
+        assert_eq!(counter(&out, "psi.memory.full_stall_us"), 700.0);
+
+        assert_eq!(gauge(&out, "load.1"), 1.04);
+        assert_eq!(gauge(&out, "load.5"), 0.74);
+        assert_eq!(gauge(&out, "load.15"), 0.35);
+
+        // 10 memory/swap gauges, 2 swap counters, 5 cpu, 6 + 6 psi, 3 load: nothing else.
+        assert_eq!(out.len(), 32, "{:?}", names(&out));
+    }
+
+    #[test]
+    fn procfs_counters_going_backwards_count_zero() {
+        let mut c = ProcfsCollector::new(fixture("t1"));
+        collect(&mut c);
+        c.root = fixture("t0");
+        let out = collect(&mut c);
+        for name in COUNTERS {
+            assert_eq!(counter(&out, name), 0.0, "{name}");
+        }
+        // Every CPU bucket went backwards: no elapsed ticks, so no percentages this interval.
+        assert!(!names(&out).iter().any(|n| n.starts_with("cpu.")));
+    }
+
+    #[test]
+    fn procfs_without_pressure_dir_no_psi_and_zero_swap() {
+        let mut c = ProcfsCollector::new(fixture("nopsi"));
+        collect(&mut c);
+        let out = collect(&mut c);
+        assert!(
+            !names(&out).iter().any(|n| n.starts_with("psi.")),
+            "{out:#?}"
+        );
+        assert!(c.psi_absent_logged);
+        assert!(!c.warned.psi.iter().any(|&w| w));
+        // This machine has no active swap: zeros are reported, not skipped.
+        assert_eq!(gauge(&out, "swap.total_bytes"), 0.0);
+        assert_eq!(gauge(&out, "swap.used_bytes"), 0.0);
+        assert_eq!(counter(&out, "swap.in_pages"), 0.0);
+        assert_eq!(counter(&out, "swap.out_pages"), 0.0);
+        // Same file twice: no ticks elapsed, so no CPU percentages.
+        assert!(!names(&out).iter().any(|n| n.starts_with("cpu.")));
+        assert!(gauge(&out, "mem.total_bytes") > 0.0);
+    }
+
+    #[test]
+    fn procfs_missing_root_skips_everything_and_warns_once_per_group() {
+        let mut c = ProcfsCollector::new("/nonexistent/proc");
+        for _ in 0..3 {
+            assert!(collect(&mut c).is_empty());
+        }
+        let w = &c.warned;
+        assert!(w.meminfo && w.vmstat && w.stat && w.loadavg);
+        // No pressure/ directory either: that is "no PSI", not a failure.
+        assert!(!w.psi.iter().any(|&w| w));
+    }
+
+    #[test]
+    fn procfs_failed_read_reprimes_counters() {
+        let mut c = ProcfsCollector::new(fixture("t0"));
+        collect(&mut c);
+        c.root = PathBuf::from("/nonexistent/proc");
+        collect(&mut c);
+        c.root = fixture("t1");
+        let out = collect(&mut c);
+        // The delta would span the gap: primed again instead.
+        assert!(out.iter().all(|m| m.kind == Kind::Gauge), "{out:#?}");
+    }
+
+    #[test]
+    fn procfs_pressure_parsing() {
+        // Before Linux 5.13, /proc/pressure/cpu has no `full` line.
+        let (some, full) =
+            parse_pressure("some avg10=0.55 avg60=3.20 avg300=2.55 total=16252298\n").unwrap();
+        assert_eq!(some.total, 16_252_298);
+        assert!(full.is_none());
+        let (_, full) = parse_pressure(
+            "some avg10=0.31 avg60=0.52 avg300=0.42 total=3297094\n\
+             full avg10=0.22 avg60=0.42 avg300=0.35 total=2841129\n",
+        )
+        .unwrap();
+        assert_eq!(full.unwrap().total, 2_841_129);
+        // Garbage is an error, never a panic (the crate would slice past the end of these).
+        for bad in [
+            "",
+            "some",
+            "full",
+            "someé avg10=1",
+            "some avg10=x",
+            "nonsense\n",
+        ] {
+            assert!(parse_pressure(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn procfs_real_proc_sanity() {
+        let mut c = ProcfsCollector::default();
+        collect(&mut c);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let out = collect(&mut c);
+        assert!(gauge(&out, "mem.total_bytes") > 0.0);
+        assert!(gauge(&out, "mem.used_bytes") <= gauge(&out, "mem.total_bytes"));
+        assert!(gauge(&out, "swap.total_bytes") >= 0.0);
+        assert!(gauge(&out, "swap.used_bytes") <= gauge(&out, "swap.total_bytes"));
+        counter(&out, "swap.in_pages");
+        let sum: f64 = ["user", "system", "iowait", "steal", "idle"]
+            .iter()
+            .map(|b| gauge(&out, &format!("cpu.{b}_pct")))
+            .sum();
+        assert!((sum - 100.0).abs() <= 1.0, "cpu pct sum {sum}");
+        gauge(&out, "load.1");
+        if Path::new("/proc/pressure/io").exists() {
+            gauge(&out, "psi.io.some_avg10");
+            counter(&out, "psi.io.some_stall_us");
+        }
+    }
+}
