@@ -70,30 +70,32 @@ const _: () = assert!(core::mem::size_of::<TpOffsets>() == 40);
 
 impl TpOffsets {
     pub const MISSING: u16 = u16::MAX;
+    /// Every field missing: the kernel programs read nothing until userspace sets real offsets.
+    pub const UNSET: Self = Self {
+        issue_dev: Self::MISSING,
+        issue_sector: Self::MISSING,
+        issue_bytes: Self::MISSING,
+        issue_rwbs: Self::MISSING,
+        complete_dev: Self::MISSING,
+        complete_sector: Self::MISSING,
+        complete_rwbs: Self::MISSING,
+        sk_skaddr: Self::MISSING,
+        sk_oldstate: Self::MISSING,
+        sk_newstate: Self::MISSING,
+        sk_sport: Self::MISSING,
+        sk_dport: Self::MISSING,
+        sk_family: Self::MISSING,
+        sk_protocol: Self::MISSING,
+        sk_saddr_v6: Self::MISSING,
+        sk_daddr_v6: Self::MISSING,
+        probe_srtt: Self::MISSING,
+        _pad: [0; 3],
+    };
 }
 
 impl Default for TpOffsets {
     fn default() -> Self {
-        Self {
-            issue_dev: Self::MISSING,
-            issue_sector: Self::MISSING,
-            issue_bytes: Self::MISSING,
-            issue_rwbs: Self::MISSING,
-            complete_dev: Self::MISSING,
-            complete_sector: Self::MISSING,
-            complete_rwbs: Self::MISSING,
-            sk_skaddr: Self::MISSING,
-            sk_oldstate: Self::MISSING,
-            sk_newstate: Self::MISSING,
-            sk_sport: Self::MISSING,
-            sk_dport: Self::MISSING,
-            sk_family: Self::MISSING,
-            sk_protocol: Self::MISSING,
-            sk_saddr_v6: Self::MISSING,
-            sk_daddr_v6: Self::MISSING,
-            probe_srtt: Self::MISSING,
-            _pad: [0; 3],
-        }
+        Self::UNSET
     }
 }
 

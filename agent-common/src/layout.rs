@@ -64,7 +64,23 @@ pub const CTR_READ_ERRORS: usize = 10;
 pub const CTR_COUNT: usize = 11;
 const _: () = assert!(CTR_COUNT <= ROW_LEN);
 
-/// Cell index of `cell` in `row` for `cpu`.
+/// One row, the value type of the HIST array (so one lookup yields a whole row).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Row {
+    pub cells: [u64; ROW_LEN],
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Row {}
+
+/// Array index of `row` in `cpu`'s slice.
+#[inline(always)]
+pub const fn row_index(cpu: usize, row: usize) -> usize {
+    cpu * ROWS + row
+}
+
+/// Cell index of `cell` in `row` for `cpu`, counting u64s from the start of the table.
 #[inline(always)]
 pub const fn cell(cpu: usize, row: usize, cell: usize) -> usize {
     cpu * CPU_STRIDE + row * ROW_LEN + cell
@@ -76,7 +92,7 @@ pub const fn disk_row(slot: usize, op: u32) -> usize {
     ROW_DISK0 + slot * DISK_OPS + op as usize
 }
 
-/// Number of entries of the HIST map for `ncpus` possible CPUs.
+/// Number of entries (rows) of the HIST map for `ncpus` possible CPUs.
 pub const fn hist_entries(ncpus: usize) -> usize {
-    ncpus * CPU_STRIDE
+    ncpus * ROWS
 }

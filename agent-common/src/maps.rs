@@ -26,10 +26,10 @@ pub const GLOBAL_NR_EXIT_GROUP: &str = "NR_EXIT_GROUP";
 /// Size of the syscall in-flight table (a power of two). 32768 × 16 bytes = 512 KiB.
 pub const SYS_INFLIGHT_ENTRIES: u32 = 1 << 15;
 pub const SYS_INFLIGHT_MASK: u32 = SYS_INFLIGHT_ENTRIES - 1;
-pub const DISK_INFLIGHT_ENTRIES: u32 = 8192;
-pub const TCP_INFLIGHT_ENTRIES: u32 = 4096;
+pub const DISK_INFLIGHT_ENTRIES: u32 = 2048;
+pub const TCP_INFLIGHT_ENTRIES: u32 = 1024;
 /// Default ring buffer size in bytes (a power of two, multiple of the page size).
-pub const EVENTS_DEFAULT_BYTES: u32 = 1 << 19;
+pub const EVENTS_DEFAULT_BYTES: u32 = 1 << 18;
 
 /// Program names (the function names in `agent-ebpf`).
 pub mod progs {

@@ -1,5 +1,473 @@
+//! Kernel programs of ebpf-agent.
+//!
+//! Hot paths only count: each event lands in the caller CPU's slice of the mmapable histogram
+//! table (see `agent_common::layout`); only events over a threshold and TCP opens go through the
+//! ring buffer. Every program is a thin wrapper around a `try_*` function; failures are counted,
+//! never logged.
 #![no_std]
 #![no_main]
+
+use agent_common::{
+    Event, EventKind, RuntimeConfig, TpOffsets, hist,
+    layout::{self, Row},
+    maps::{DiskInflight, DiskKey, SysInflight, TcpInflight},
+};
+use aya_ebpf::{
+    Global,
+    bindings::BPF_F_MMAPABLE,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+    },
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::{Array, HashMap, LruHashMap, RingBuf},
+    programs::{RawTracePointContext, TracePointContext},
+};
+
+// ---- maps (names are agent_common::maps::*) ----
+
+/// Sized by userspace to possible CPUs × layout::ROWS before load.
+#[map]
+static HIST: Array<Row> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+#[map]
+static SYS_INFLIGHT: Array<SysInflight> =
+    Array::with_max_entries(agent_common::maps::SYS_INFLIGHT_ENTRIES, 0);
+#[map]
+static DISK_INFLIGHT: LruHashMap<DiskKey, DiskInflight> =
+    LruHashMap::with_max_entries(agent_common::maps::DISK_INFLIGHT_ENTRIES, 0);
+/// dev → slot, filled by userspace from /sys/block; unknown devices use the last slot.
+#[map]
+static DISK_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(2 * layout::DISK_SLOTS as u32, 0);
+#[map]
+static TCP_INFLIGHT: LruHashMap<u64, TcpInflight> =
+    LruHashMap::with_max_entries(agent_common::maps::TCP_INFLIGHT_ENTRIES, 0);
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(agent_common::maps::EVENTS_DEFAULT_BYTES, 0);
+#[map]
+static CONFIG: Array<RuntimeConfig> = Array::with_max_entries(1, 0);
+
+// ---- load-time globals ----
+
+#[unsafe(no_mangle)]
+static TP_OFFSETS: Global<TpOffsets> = Global::new(TpOffsets::UNSET);
+#[unsafe(no_mangle)]
+static NR_EXIT: Global<i64> = Global::new(-1);
+#[unsafe(no_mangle)]
+static NR_EXIT_GROUP: Global<i64> = Global::new(-1);
+
+// ---- helpers ----
+
+#[inline(always)]
+fn cpu() -> u32 {
+    unsafe { bpf_get_smp_processor_id() }
+}
+
+#[inline(always)]
+fn row(cpu: u32, row: usize) -> Option<&'static mut Row> {
+    let ptr = HIST.get_ptr_mut(layout::row_index(cpu as usize, row) as u32)?;
+    Some(unsafe { &mut *ptr })
+}
+
+/// Adds to one of the per-CPU counters of `layout::ROW_COUNTERS`.
+#[inline(always)]
+fn count(ctr: usize, n: u64) {
+    if let Some(r) = row(cpu(), layout::ROW_COUNTERS)
+        && let Some(c) = r.cells.get_mut(ctr)
+    {
+        *c += n;
+    }
+}
+
+/// Records one sample of `value_ns` in histogram row `row_idx` of this CPU.
+#[inline(always)]
+fn record(row_idx: usize, value_ns: u64, aux: u64) {
+    let Some(r) = row(cpu(), row_idx) else { return };
+    r.cells[layout::CELL_COUNT] += 1;
+    r.cells[layout::CELL_SUM] += value_ns;
+    r.cells[layout::CELL_AUX] += aux;
+    if let Some(b) = r
+        .cells
+        .get_mut(layout::CELL_BUCKETS + hist::bucket(value_ns))
+    {
+        *b += 1;
+    }
+}
+
+#[inline(always)]
+fn config() -> Option<&'static RuntimeConfig> {
+    CONFIG.get(0)
+}
+
+/// Whether the current task passes the pid/comm filters (both off by default).
+#[inline(always)]
+fn selected(cfg: &RuntimeConfig, tgid: u32) -> bool {
+    if cfg.filter_tgid != 0 && cfg.filter_tgid != tgid {
+        return false;
+    }
+    if cfg.filter_comm_on != 0 {
+        match bpf_get_current_comm() {
+            Ok(comm) => return comm == cfg.filter_comm,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn emit(
+    kind: EventKind,
+    pid: u32,
+    tid: u32,
+    comm: [u8; 16],
+    latency_ns: u64,
+    key: u32,
+    op: u32,
+    ret: i64,
+    lost_ctr: usize,
+) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(Event {
+                kind: kind as u32,
+                pid,
+                tid,
+                cpu: cpu(),
+                latency_ns,
+                end_ns: unsafe { bpf_ktime_get_ns() },
+                key,
+                op,
+                ret,
+                comm,
+                saddr: [0; 16],
+                daddr: [0; 16],
+                sport: 0,
+                dport: 0,
+                _pad: 0,
+            });
+            entry.submit(0);
+        }
+        None => count(lost_ctr, 1),
+    }
+}
+
+// ---- syscalls: raw tracepoints sys_enter / sys_exit ----
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    let _ = try_sys_enter(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_sys_enter(ctx: &RawTracePointContext) -> Option<()> {
+    let id = bpf_get_current_pid_tgid();
+    let tid = id as u32;
+    let cfg = config()?;
+    if !selected(cfg, (id >> 32) as u32) {
+        return None;
+    }
+    let nr: i64 = ctx.arg(1);
+    // exit/exit_group never reach sys_exit: their entries would only go stale.
+    if nr < 0
+        || nr >= layout::MAX_SYSCALLS as i64
+        || nr == NR_EXIT.load()
+        || nr == NR_EXIT_GROUP.load()
+    {
+        return None;
+    }
+    let slot = SYS_INFLIGHT.get_ptr_mut(tid & agent_common::maps::SYS_INFLIGHT_MASK)?;
+    let slot = unsafe { &mut *slot };
+    if slot.start_ns != 0 && slot.tid != tid {
+        // Another live thread owns this slot: its sample is lost, and counted.
+        count(layout::CTR_SYS_INFLIGHT_DROPPED, 1);
+    }
+    slot.tid = tid;
+    slot.nr = nr as u32;
+    slot.start_ns = unsafe { bpf_ktime_get_ns() };
+    Some(())
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    let _ = try_sys_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_sys_exit(ctx: &RawTracePointContext) -> Option<()> {
+    let id = bpf_get_current_pid_tgid();
+    let tid = id as u32;
+    let slot = SYS_INFLIGHT.get_ptr_mut(tid & agent_common::maps::SYS_INFLIGHT_MASK)?;
+    let slot = unsafe { &mut *slot };
+    // Not ours (filtered out, started before attach, or taken over by a colliding thread).
+    if slot.start_ns == 0 || slot.tid != tid {
+        return None;
+    }
+    let start = slot.start_ns;
+    let nr = slot.nr;
+    slot.start_ns = 0;
+    let delta = unsafe { bpf_ktime_get_ns() }.saturating_sub(start);
+    let ret: i64 = ctx.arg(1);
+    let nr_idx = nr as usize;
+    if nr_idx >= layout::MAX_SYSCALLS {
+        return None;
+    }
+    record(layout::ROW_SYSCALL0 + nr_idx, delta, (ret < 0) as u64);
+    let cfg = config()?;
+    if delta >= cfg.slow_syscall_ns {
+        let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        emit(
+            EventKind::SlowSyscall,
+            (id >> 32) as u32,
+            tid,
+            comm,
+            delta,
+            nr,
+            0,
+            ret,
+            layout::CTR_SYS_EVENTS_LOST,
+        );
+    }
+    Some(())
+}
+
+// ---- disk: block:block_rq_issue / block:block_rq_complete (classic tracepoints) ----
+
+#[inline(always)]
+fn read<T>(ctx: &TracePointContext, off: u16) -> Option<T> {
+    if off == TpOffsets::MISSING {
+        return None;
+    }
+    match unsafe { ctx.read_at::<T>(off as usize) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            count(layout::CTR_READ_ERRORS, 1);
+            None
+        }
+    }
+}
+
+/// Classifies the `rwbs` string of the block tracepoints ("R", "WS", "FWS", "FF", "D", ...).
+#[inline(always)]
+fn disk_op(rwbs: &[u8; 8]) -> u32 {
+    // A leading 'F' is a preflush when followed by the real op.
+    let c = if rwbs[0] == b'F' { rwbs[1] } else { rwbs[0] };
+    match c {
+        b'R' => layout::DISK_OP_READ,
+        b'W' => layout::DISK_OP_WRITE,
+        _ => layout::DISK_OP_OTHER,
+    }
+}
+
+#[tracepoint(category = "block", name = "block_rq_issue")]
+pub fn block_rq_issue(ctx: TracePointContext) -> u32 {
+    let _ = try_block_rq_issue(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_block_rq_issue(ctx: &TracePointContext) -> Option<()> {
+    let off = TP_OFFSETS.load();
+    let dev: u32 = read(ctx, off.issue_dev)?;
+    let sector: u64 = read(ctx, off.issue_sector)?;
+    let bytes: u32 = read(ctx, off.issue_bytes)?;
+    let rwbs: [u8; 8] = read(ctx, off.issue_rwbs)?;
+    let id = bpf_get_current_pid_tgid();
+    let key = DiskKey {
+        dev,
+        _pad: 0,
+        sector,
+    };
+    let val = DiskInflight {
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        bytes,
+        op: disk_op(&rwbs),
+        pid: (id >> 32) as u32,
+        tid: id as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    if DISK_INFLIGHT.insert(&key, &val, 0).is_err() {
+        count(layout::CTR_DISK_INFLIGHT_DROPPED, 1);
+    }
+    Some(())
+}
+
+#[tracepoint(category = "block", name = "block_rq_complete")]
+pub fn block_rq_complete(ctx: TracePointContext) -> u32 {
+    let _ = try_block_rq_complete(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_block_rq_complete(ctx: &TracePointContext) -> Option<()> {
+    let off = TP_OFFSETS.load();
+    let dev: u32 = read(ctx, off.complete_dev)?;
+    let sector: u64 = read(ctx, off.complete_sector)?;
+    let key = DiskKey {
+        dev,
+        _pad: 0,
+        sector,
+    };
+    let start = unsafe { DISK_INFLIGHT.get(&key) }?;
+    let inflight = *start;
+    let _ = DISK_INFLIGHT.remove(&key);
+    let delta = unsafe { bpf_ktime_get_ns() }.saturating_sub(inflight.start_ns);
+    let slot = match unsafe { DISK_SLOTS.get(&dev) } {
+        Some(&s) if (s as usize) < layout::DISK_SLOTS => s as usize,
+        _ => layout::DISK_SLOTS - 1,
+    };
+    let op = if inflight.op > layout::DISK_OP_OTHER {
+        layout::DISK_OP_OTHER
+    } else {
+        inflight.op
+    };
+    record(layout::disk_row(slot, op), delta, inflight.bytes as u64);
+    let cfg = config()?;
+    if delta >= cfg.slow_disk_ns {
+        emit(
+            EventKind::SlowDisk,
+            inflight.pid,
+            inflight.tid,
+            inflight.comm,
+            delta,
+            dev,
+            op,
+            inflight.bytes as i64,
+            layout::CTR_DISK_EVENTS_LOST,
+        );
+    }
+    Some(())
+}
+
+// ---- TCP ----
+
+const IPPROTO_TCP: u16 = 6;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = try_inet_sock_set_state(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
+    let off = TP_OFFSETS.load();
+    let protocol: u16 = read(ctx, off.sk_protocol)?;
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    let sk: u64 = read(ctx, off.sk_skaddr)?;
+    let old: i32 = read(ctx, off.sk_oldstate)?;
+    let new: i32 = read(ctx, off.sk_newstate)?;
+    let (kind, latency_ns, pid, tid, comm) = if new == TCP_SYN_SENT {
+        // In the connecting task's context: remember who and when.
+        let id = bpf_get_current_pid_tgid();
+        let val = TcpInflight {
+            start_ns: unsafe { bpf_ktime_get_ns() },
+            pid: (id >> 32) as u32,
+            tid: id as u32,
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        };
+        if TCP_INFLIGHT.insert(&sk, &val, 0).is_err() {
+            count(layout::CTR_TCP_INFLIGHT_DROPPED, 1);
+        }
+        return Some(());
+    } else if old == TCP_SYN_SENT {
+        let started = unsafe { TCP_INFLIGHT.get(&sk) }.copied();
+        let _ = TCP_INFLIGHT.remove(&sk);
+        if new != TCP_ESTABLISHED {
+            return Some(()); // failed connect (TCP_CLOSE) or other
+        }
+        count(layout::CTR_TCP_CONNECTS, 1);
+        let started = started?; // connect began before we attached: counted, not timed
+        let delta = unsafe { bpf_ktime_get_ns() }.saturating_sub(started.start_ns);
+        record(layout::ROW_TCP_CONNECT, delta, 0);
+        (
+            EventKind::TcpConnect,
+            delta,
+            started.pid,
+            started.tid,
+            started.comm,
+        )
+    } else if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
+        count(layout::CTR_TCP_ACCEPTS, 1);
+        let id = bpf_get_current_pid_tgid();
+        (
+            EventKind::TcpAccept,
+            0,
+            (id >> 32) as u32,
+            id as u32,
+            bpf_get_current_comm().unwrap_or([0; 16]),
+        )
+    } else {
+        let _ = TCP_CLOSE;
+        return Some(());
+    };
+    if config()?.tcp_events_on == 0 {
+        return Some(());
+    }
+    let family: u16 = read(ctx, off.sk_family)?;
+    let sport: u16 = read(ctx, off.sk_sport)?;
+    let dport: u16 = read(ctx, off.sk_dport)?;
+    let saddr: [u8; 16] = read(ctx, off.sk_saddr_v6)?;
+    let daddr: [u8; 16] = read(ctx, off.sk_daddr_v6)?;
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(Event {
+                kind: kind as u32,
+                pid,
+                tid,
+                cpu: cpu(),
+                latency_ns,
+                end_ns: unsafe { bpf_ktime_get_ns() },
+                key: 0,
+                op: family as u32,
+                ret: 0,
+                comm,
+                saddr,
+                daddr,
+                sport,
+                dport,
+                _pad: 0,
+            });
+            entry.submit(0);
+        }
+        None => count(layout::CTR_TCP_EVENTS_LOST, 1),
+    }
+    Some(())
+}
+
+#[tracepoint(category = "tcp", name = "tcp_probe")]
+pub fn tcp_probe(ctx: TracePointContext) -> u32 {
+    let off = TP_OFFSETS.load();
+    // srtt is in microseconds (tp->srtt_us >> 3); the histogram counts ns.
+    if let Some(srtt_us) = read::<u32>(&ctx, off.probe_srtt) {
+        record(layout::ROW_TCP_RTT, srtt_us as u64 * 1000, 0);
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(_ctx: RawTracePointContext) -> i32 {
+    count(layout::CTR_TCP_RETRANSMITS, 1);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn tcp_send_reset(_ctx: RawTracePointContext) -> i32 {
+    count(layout::CTR_TCP_RESETS, 1);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn tcp_receive_reset(_ctx: RawTracePointContext) -> i32 {
+    count(layout::CTR_TCP_RESETS, 1);
+    0
+}
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,0 +1,105 @@
+//! `ebpf-agent check`: what this kernel and these privileges allow, one line per probe.
+
+use std::{path::Path, process::ExitCode};
+
+use agent_common::{RuntimeConfig, layout, maps};
+use anyhow::Result;
+
+use crate::probes::{Kernel, Probe, ProbeOptions, program_names, tracefs};
+
+fn line(what: &str, ok: bool, detail: &str) {
+    println!(
+        "{:<10} {:<4} {detail}",
+        what,
+        if ok { "ok" } else { "FAIL" }
+    );
+}
+
+pub async fn check() -> Result<ExitCode> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("{:<10} {:<4} {}", "kernel", "", release.trim());
+    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    line(
+        "btf",
+        btf,
+        if btf {
+            "/sys/kernel/btf/vmlinux"
+        } else {
+            "no kernel BTF (not needed: offsets come from tracefs)"
+        },
+    );
+    let tracefs = tracefs::ensure_mounted();
+    match &tracefs {
+        Ok(p) => line("tracefs", true, &p.display().to_string()),
+        Err(e) => line("tracefs", false, &e.to_string()),
+    }
+    let psi = Path::new("/proc/pressure").is_dir();
+    line(
+        "psi",
+        psi,
+        if psi {
+            "/proc/pressure"
+        } else {
+            "no /proc/pressure: psi.* metrics absent"
+        },
+    );
+
+    let opts = ProbeOptions {
+        probes: Probe::ALL.to_vec(),
+        runtime: RuntimeConfig::default(),
+        ring_bytes: maps::EVENTS_DEFAULT_BYTES,
+    };
+    let kernel = match Kernel::load(&opts) {
+        Ok(k) => k,
+        Err(e) => {
+            line("bpf", false, &e.to_string());
+            for p in Probe::ALL {
+                line(p.name(), false, "not loaded");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    line(
+        "bpf",
+        true,
+        "programs load; ring buffer and mmapable arrays available",
+    );
+    let mut all_ok = true;
+    for s in kernel.status() {
+        match &s.result {
+            Ok(()) => {
+                let hooks: Vec<String> = program_names()
+                    .filter(|(p, _)| *p == s.probe)
+                    .map(|(_, prog)| prog.attach.to_string())
+                    .collect();
+                line(s.probe.name(), true, &hooks.join(", "));
+            }
+            Err(e) => {
+                all_ok = false;
+                line(s.probe.name(), false, e);
+            }
+        }
+    }
+    let ncpus = aya::util::nr_cpus().map(|n| n.max(1)).unwrap_or(1);
+    let bytes = kernel.map_memory_bytes();
+    line(
+        "memory",
+        true,
+        &format!(
+            "{:.2} MiB of kernel maps for {ncpus} possible CPUs ({:.2} MiB per CPU; histogram table {:.2} MiB per CPU)",
+            mib(bytes),
+            mib(bytes) / ncpus as f64,
+            mib(layout::CPU_BYTES as u64)
+        ),
+    );
+    drop(kernel);
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}

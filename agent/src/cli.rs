@@ -1,0 +1,209 @@
+//! Command line. Bad flags or values: clap prints one line naming the flag and exits 2.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::probes::Probe;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ebpf-agent",
+    version,
+    about = "Kernel-level latency and system metrics, every second"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Collect every interval and push to the outputs (the daemon).
+    Run(RunArgs),
+    /// A live per-second view for a person at a terminal; histograms and slow events on exit.
+    Watch(WatchArgs),
+    /// What this kernel and these privileges allow: one line per probe; exit 0 if all can run.
+    Check(CheckArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+    None,
+}
+
+/// A source of metrics for `--probes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Source {
+    Syscall,
+    Disk,
+    Tcp,
+    Procfs,
+}
+
+impl Source {
+    pub fn probe(self) -> Option<Probe> {
+        match self {
+            Source::Syscall => Some(Probe::Syscall),
+            Source::Disk => Some(Probe::Disk),
+            Source::Tcp => Some(Probe::Tcp),
+            Source::Procfs => None,
+        }
+    }
+}
+
+/// A duration such as `1s`, `500ms`, `2m`; must be positive.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}`: {e} (examples: 1s, 500ms, 2m)"))?;
+    if d.is_zero() {
+        return Err(format!("`{s}`: must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("`{s}`: the interval must be at least 100ms"));
+    }
+    Ok(d)
+}
+
+/// A duration where 0 is allowed (thresholds).
+fn parse_threshold(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (examples: 10ms, 1s, 0)"))
+}
+
+fn parse_comm(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 15 {
+        return Err(format!(
+            "`{s}`: a command name has 1 to 15 bytes (the kernel's comm)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+fn parse_pid(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("`{s}`: a process id is a positive integer")),
+    }
+}
+
+/// Flags shared by `run` and `watch`.
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Sources to enable, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "syscall,disk,tcp,procfs")]
+    pub probes: Vec<Source>,
+    /// Length of one interval (intervals are aligned to the wall clock).
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Stop cleanly after this long (exit 0); default: run until SIGINT/SIGTERM.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Only trace this process (tgid) in the syscall probe.
+    #[arg(long, value_parser = parse_pid)]
+    pub pid: Option<u32>,
+    /// Only trace tasks with this command name (comm) in the syscall probe.
+    #[arg(long, value_parser = parse_comm)]
+    pub comm: Option<String>,
+    /// Report syscalls and block requests at least this slow one by one (0 = every one).
+    #[arg(long = "slow-threshold", value_parser = parse_threshold)]
+    pub slow_threshold: Option<Duration>,
+    /// Root of the proc filesystem to read (e.g. /host/proc in a container).
+    #[arg(long = "procfs-root", default_value = "/proc")]
+    pub procfs_root: PathBuf,
+    /// Ring buffer size in KiB (a power of two).
+    #[arg(long = "ring-buffer-kib", default_value_t = 256, value_parser = parse_ring_kib)]
+    pub ring_buffer_kib: u32,
+}
+
+fn parse_ring_kib(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(k) if k >= 4 && k.is_power_of_two() && k <= 1 << 20 => Ok(k),
+        _ => Err(format!("`{s}`: a power of two between 4 and 1048576")),
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// What to print on stdout each interval (logs always go to stderr).
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+    /// Host name reported with every metric (default: this machine's hostname).
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_run_flags() {
+        let cli = Cli::try_parse_from([
+            "ebpf-agent",
+            "run",
+            "--output",
+            "json",
+            "--duration",
+            "3s",
+            "--interval",
+            "500ms",
+            "--probes",
+            "syscall,procfs",
+            "--slow-threshold",
+            "0",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.output, Output::Json);
+        assert_eq!(r.common.duration, Some(Duration::from_secs(3)));
+        assert_eq!(r.common.interval, Duration::from_millis(500));
+        assert_eq!(r.common.probes, vec![Source::Syscall, Source::Procfs]);
+        assert_eq!(r.common.slow_threshold, Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for args in [
+            &["ebpf-agent", "run", "--interval", "0s"][..],
+            &["ebpf-agent", "run", "--interval", "10ms"],
+            &["ebpf-agent", "run", "--duration", "soon"],
+            &["ebpf-agent", "run", "--probes", "syscall,gpu"],
+            &["ebpf-agent", "run", "--output", "xml"],
+            &["ebpf-agent", "watch", "--pid", "0"],
+            &["ebpf-agent", "watch", "--comm", "a-name-longer-than-15"],
+            &["ebpf-agent", "run", "--ring-buffer-kib", "1000"],
+        ] {
+            let e = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+    }
+}

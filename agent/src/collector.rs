@@ -1,0 +1,287 @@
+//! The per-interval loop's state: gathers every source into one [`Snapshot`].
+//!
+//! Work per interval is proportional to the table size and the number of metrics, never to the
+//! number of kernel events.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use agent_common::RuntimeConfig;
+
+use crate::{
+    cli::{CommonArgs, Source},
+    probes::{
+        Kernel, Probe, ProbeError, ProbeOptions,
+        events::{self, EventLog, EventView},
+    },
+    procfs::ProcfsCollector,
+    snapshot::{Metric, Snapshot},
+};
+
+/// Everything the agent reads, ready to be collected each interval.
+pub struct Collector {
+    pub kernel: Option<Kernel>,
+    procfs: Option<ProcfsCollector>,
+    /// Kernel probes asked for (reported in `agent.probe_up` even when down).
+    wanted: Vec<Probe>,
+    pub events: Arc<EventLog>,
+    events_task: Option<tokio::task::JoinHandle<()>>,
+    self_stats: SelfStats,
+    /// Rendered events of the last interval.
+    pub last_events: Vec<EventView>,
+}
+
+impl Collector {
+    /// Loads the kernel probes (degrading to procfs-only without privilege) and starts consuming
+    /// the ring buffer. Must run inside a tokio runtime.
+    pub fn start(args: &CommonArgs) -> Collector {
+        let wanted: Vec<Probe> = dedup(args.probes.iter().filter_map(|s| s.probe()).collect());
+        let procfs = args
+            .probes
+            .contains(&Source::Procfs)
+            .then(|| ProcfsCollector::new(&args.procfs_root));
+        let events = Arc::new(EventLog::default());
+        let mut kernel = None;
+        let mut events_task = None;
+        if !wanted.is_empty() {
+            match Kernel::load(&probe_options(args, &wanted)) {
+                Ok(mut k) => {
+                    if let Some(rb) = k.take_events() {
+                        let log = events.clone();
+                        events_task = Some(tokio::spawn(async move {
+                            if let Err(e) = events::consume(rb, log).await {
+                                tracing::warn!("ring buffer reader stopped: {e}");
+                            }
+                        }));
+                    }
+                    kernel = Some(k);
+                }
+                Err(e @ ProbeError::NoPrivilege(_)) => {
+                    tracing::warn!("{e}; running with procfs metrics only");
+                }
+                Err(e) => tracing::warn!(
+                    "kernel probes unavailable: {e}; running with procfs metrics only"
+                ),
+            }
+        }
+        Collector {
+            kernel,
+            procfs,
+            wanted,
+            events,
+            events_task,
+            self_stats: SelfStats::new(),
+            last_events: vec![],
+        }
+    }
+
+    /// One line for people saying what runs.
+    pub fn summary(&self) -> String {
+        let mut up = vec![];
+        let mut down = vec![];
+        for &p in &self.wanted {
+            if self.kernel.as_ref().is_some_and(|k| k.is_up(p)) {
+                up.push(p.name());
+            } else {
+                down.push(p.name());
+            }
+        }
+        if self.procfs.is_some() {
+            up.push("procfs");
+        }
+        let mut s = format!(
+            "collecting: {}",
+            if up.is_empty() {
+                "nothing".into()
+            } else {
+                up.join(", ")
+            }
+        );
+        if !down.is_empty() {
+            s.push_str(&format!("; down: {}", down.join(", ")));
+        }
+        s
+    }
+
+    /// Starts the deltas: what happened before this call is not reported.
+    pub fn prime(&mut self) {
+        let mut sink = Vec::new();
+        if let Some(k) = &mut self.kernel {
+            k.collect(&mut sink);
+        }
+        if let Some(p) = &mut self.procfs {
+            p.collect(&mut sink);
+        }
+        let _ = self.events.drain();
+        self.self_stats.sample();
+    }
+
+    /// Collects one interval ending at `end`.
+    pub fn collect(&mut self, end: SystemTime, interval: Duration, host: &str) -> Snapshot {
+        let mut metrics = Vec::with_capacity(512);
+        if let Some(k) = &mut self.kernel {
+            k.collect(&mut metrics);
+        }
+        if let Some(p) = &mut self.procfs {
+            p.collect(&mut metrics);
+        }
+        let (events, received) = self.events.drain();
+        self.last_events = match &self.kernel {
+            Some(k) => events
+                .iter()
+                .filter_map(|e| events::view(e, |dev| k.device_name(dev)))
+                .collect(),
+            None => vec![],
+        };
+        for &p in &self.wanted {
+            let up = self.kernel.as_ref().is_some_and(|k| k.is_up(p));
+            metrics.push(Metric::gauge(
+                "agent.probe_up",
+                vec![("probe", p.name().into())],
+                up as u8 as f64,
+            ));
+        }
+        if self.procfs.is_some() {
+            metrics.push(Metric::gauge(
+                "agent.probe_up",
+                vec![("probe", "procfs".into())],
+                1.0,
+            ));
+        }
+        if self.kernel.is_some() {
+            metrics.push(Metric::counter("agent.events", vec![], received));
+        }
+        metrics.push(Metric::counter("agent.heartbeat", vec![], 1));
+        self.self_stats.push(&mut metrics);
+        Snapshot {
+            time: end,
+            interval,
+            host: host.to_string(),
+            metrics,
+        }
+    }
+
+    /// Stops reading the ring buffer; dropping the collector detaches every program.
+    pub fn stop(&mut self) {
+        if let Some(t) = self.events_task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn dedup(mut v: Vec<Probe>) -> Vec<Probe> {
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn probe_options(args: &CommonArgs, probes: &[Probe]) -> ProbeOptions {
+    let mut runtime = RuntimeConfig::default();
+    if let Some(t) = args.slow_threshold {
+        let ns = t.as_nanos().min(u64::MAX as u128 - 1) as u64;
+        runtime.slow_syscall_ns = ns;
+        runtime.slow_disk_ns = ns;
+    }
+    if let Some(pid) = args.pid {
+        runtime.filter_tgid = pid;
+    }
+    if let Some(comm) = &args.comm {
+        runtime.filter_comm_on = 1;
+        runtime.filter_comm[..comm.len()].copy_from_slice(comm.as_bytes());
+    }
+    ProbeOptions {
+        probes: probes.to_vec(),
+        runtime,
+        ring_bytes: args.ring_buffer_kib * 1024,
+    }
+}
+
+/// The agent's own CPU and memory (`agent.cpu_pct`, `agent.rss_bytes`).
+struct SelfStats {
+    last: Option<(Instant, u64)>,
+    ticks_per_sec: u64,
+    page_size: u64,
+}
+
+impl SelfStats {
+    fn new() -> Self {
+        Self {
+            last: None,
+            ticks_per_sec: procfs::ticks_per_second(),
+            page_size: procfs::page_size(),
+        }
+    }
+
+    fn read() -> Option<(u64, u64)> {
+        let stat = procfs::process::Process::myself().ok()?.stat().ok()?;
+        Some((stat.utime + stat.stime, stat.rss))
+    }
+
+    fn sample(&mut self) {
+        self.last = Self::read().map(|(ticks, _)| (Instant::now(), ticks));
+    }
+
+    fn push(&mut self, out: &mut Vec<Metric>) {
+        let Some((ticks, rss_pages)) = Self::read() else {
+            return;
+        };
+        let now = Instant::now();
+        if let Some((then, before)) = self.last {
+            let secs = now.duration_since(then).as_secs_f64();
+            if secs > 0.0 {
+                let cpu =
+                    ticks.saturating_sub(before) as f64 / self.ticks_per_sec as f64 / secs * 100.0;
+                out.push(Metric::gauge("agent.cpu_pct", vec![], cpu));
+            }
+        }
+        out.push(Metric::gauge(
+            "agent.rss_bytes",
+            vec![],
+            (rss_pages * self.page_size) as f64,
+        ));
+        self.last = Some((now, ticks));
+    }
+}
+
+/// The next multiple of `interval` on the wall clock strictly after `now`.
+pub fn next_boundary(now: SystemTime, interval: Duration) -> SystemTime {
+    let since = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let step = interval.as_nanos().max(1);
+    let next = (since / step + 1) * step;
+    UNIX_EPOCH + Duration::from_nanos(next as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boundaries_align_to_the_wall_clock() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_250);
+        assert_eq!(
+            next_boundary(t, Duration::from_secs(1)),
+            UNIX_EPOCH + Duration::from_secs(1_700_000_001)
+        );
+        assert_eq!(
+            next_boundary(t, Duration::from_millis(500)),
+            UNIX_EPOCH + Duration::from_millis(1_700_000_000_500)
+        );
+        // Exactly on a boundary: the next one.
+        let on = UNIX_EPOCH + Duration::from_secs(10);
+        assert_eq!(
+            next_boundary(on, Duration::from_secs(5)),
+            UNIX_EPOCH + Duration::from_secs(15)
+        );
+    }
+}

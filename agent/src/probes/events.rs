@@ -1,0 +1,186 @@
+//! The ring buffer of one-by-one events (slow syscalls, slow block requests, TCP opens),
+//! consumed asynchronously as it fills, independent of the per-second collection.
+
+use std::{
+    collections::VecDeque,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::{Arc, Mutex},
+};
+
+use agent_common::{Event, EventKind, event::EVENT_SIZE};
+use aya::maps::{MapData, RingBuf};
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+
+/// Events kept for display between two intervals; beyond that they are counted only.
+pub const KEEP_PER_INTERVAL: usize = 256;
+
+#[derive(Default)]
+struct State {
+    recent: VecDeque<Event>,
+    received: u64,
+}
+
+/// Events received since the last [`EventLog::drain`].
+#[derive(Default)]
+pub struct EventLog {
+    state: Mutex<State>,
+}
+
+impl EventLog {
+    fn push_batch(&self, batch: &mut Vec<Event>, received: u64) {
+        let mut st = self.state.lock().expect("event log lock");
+        st.received += received;
+        for e in batch.drain(..) {
+            if st.recent.len() == KEEP_PER_INTERVAL {
+                st.recent.pop_front();
+            }
+            st.recent.push_back(e);
+        }
+    }
+
+    /// The kept events and the number received (kept or not) since the previous call.
+    pub fn drain(&self) -> (Vec<Event>, u64) {
+        let mut st = self.state.lock().expect("event log lock");
+        let received = std::mem::take(&mut st.received);
+        (st.recent.drain(..).collect(), received)
+    }
+}
+
+/// Reads the ring buffer whenever the kernel signals data, until the task is dropped.
+pub async fn consume(rb: RingBuf<MapData>, log: Arc<EventLog>) -> std::io::Result<()> {
+    // SAFETY: the fd belongs to `rb`, which the AsyncFd owns: it stays open while registered.
+    let mut fd =
+        unsafe { AsyncFd::register(rb) }.map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut batch = Vec::with_capacity(KEEP_PER_INTERVAL);
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        let rb = guard.get_inner_mut();
+        let mut received = 0u64;
+        while let Some(item) = rb.next() {
+            received += 1;
+            if item.len() >= EVENT_SIZE && batch.len() < KEEP_PER_INTERVAL {
+                // SAFETY: the kernel wrote a whole `Event` (checked length); read unaligned.
+                batch.push(unsafe { item.as_ptr().cast::<Event>().read_unaligned() });
+            }
+        }
+        log.push_batch(&mut batch, received);
+        guard.clear_ready();
+    }
+}
+
+/// An event rendered for people and JSON.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct EventView {
+    pub kind: &'static str,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub latency_us: f64,
+    /// Syscall name, device name, or `saddr:sport -> daddr:dport`.
+    pub target: String,
+    /// Syscall return value, or bytes of a block request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ret: Option<i64>,
+}
+
+pub fn comm_str(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&c| c == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+fn addr(family: u32, raw: &[u8; 16]) -> IpAddr {
+    const AF_INET: u32 = 2;
+    let v6 = Ipv6Addr::from(*raw);
+    match (family, v6.to_ipv4_mapped()) {
+        (AF_INET, Some(v4)) => IpAddr::V4(v4),
+        (AF_INET, None) => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
+        _ => IpAddr::V6(v6),
+    }
+}
+
+/// Renders `e`, naming devices with `device_name`.
+pub fn view(e: &Event, device_name: impl Fn(u32) -> String) -> Option<EventView> {
+    let kind = EventKind::from_u32(e.kind)?;
+    let (kind, target, ret) = match kind {
+        EventKind::SlowSyscall => (
+            "slow_syscall",
+            super::syscall::name(e.key as usize),
+            Some(e.ret),
+        ),
+        EventKind::SlowDisk => {
+            let op = ["read", "write", "other"]
+                .get(e.op as usize)
+                .copied()
+                .unwrap_or("other");
+            (
+                "slow_disk",
+                format!("{} {op}", device_name(e.key)),
+                Some(e.ret),
+            )
+        }
+        EventKind::TcpConnect | EventKind::TcpAccept => {
+            let (s, d) = (addr(e.op, &e.saddr), addr(e.op, &e.daddr));
+            let k = if kind == EventKind::TcpConnect {
+                "tcp_connect"
+            } else {
+                "tcp_accept"
+            };
+            (k, format!("{s}:{} -> {d}:{}", e.sport, e.dport), None)
+        }
+    };
+    Some(EventView {
+        kind,
+        pid: e.pid,
+        tid: e.tid,
+        comm: comm_str(&e.comm),
+        latency_us: e.latency_ns as f64 / 1000.0,
+        target,
+        ret,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: EventKind) -> Event {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        Event {
+            kind: kind as u32,
+            pid: 10,
+            tid: 11,
+            cpu: 0,
+            latency_ns: 1_500_000,
+            end_ns: 0,
+            key: syscalls::Sysno::read as u32,
+            op: 2,
+            ret: -4,
+            comm,
+            saddr: Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets(),
+            daddr: Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets(),
+            sport: 40000,
+            dport: 80,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn renders_events() {
+        let v = view(&event(EventKind::SlowSyscall), |_| unreachable!()).unwrap();
+        assert_eq!(
+            (v.kind, v.target.as_str(), v.comm.as_str(), v.ret),
+            ("slow_syscall", "read", "curl", Some(-4))
+        );
+        assert_eq!(v.latency_us, 1500.0);
+        let v = view(&event(EventKind::TcpConnect), |_| unreachable!()).unwrap();
+        assert_eq!(v.target, "127.0.0.1:40000 -> 10.1.2.3:80");
+        let mut e = event(EventKind::SlowDisk);
+        e.op = 1;
+        let v = view(&e, |dev| format!("dev{dev}")).unwrap();
+        assert_eq!(v.target, format!("dev{} write", e.key));
+        e.kind = 99;
+        assert!(view(&e, |_| String::new()).is_none());
+    }
+}

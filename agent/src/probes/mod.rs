@@ -1,0 +1,441 @@
+//! Kernel probes: load the embedded eBPF object, attach each probe on its own, and turn the
+//! histogram table into per-interval metrics.
+//!
+//! A probe that cannot attach (missing tracepoint, verifier refusal) is detached whole, reported
+//! down with one warning, and the others run. Without BPF privilege nothing loads and the agent
+//! runs procfs-only.
+
+pub mod disk;
+pub mod events;
+pub mod syscall;
+pub mod table;
+pub mod tcp;
+pub mod tracefs;
+
+use std::{fmt, io, path::PathBuf, str::FromStr};
+
+use agent_common::{RuntimeConfig, TpOffsets, layout, maps};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, RingBuf},
+    programs::{RawTracePoint, TracePoint},
+};
+use thiserror::Error;
+
+use crate::snapshot::{Metric, Tags};
+use table::{HistTable, RowDiff};
+
+/// The kernel programs, built by build.rs (aya-build) and embedded in the binary.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+
+/// The kernel probes, by the name used in `--probes` and in `probe` tags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Probe {
+    Syscall,
+    Disk,
+    Tcp,
+}
+
+impl Probe {
+    pub const ALL: [Probe; 3] = [Probe::Syscall, Probe::Disk, Probe::Tcp];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Probe::Syscall => "syscall",
+            Probe::Disk => "disk",
+            Probe::Tcp => "tcp",
+        }
+    }
+
+    fn programs(self) -> &'static [Program] {
+        match self {
+            Probe::Syscall => syscall::PROGRAMS,
+            Probe::Disk => disk::PROGRAMS,
+            Probe::Tcp => tcp::PROGRAMS,
+        }
+    }
+
+    /// Events-lost and in-flight-dropped counter cells of this probe.
+    fn loss_counters(self) -> (usize, usize) {
+        match self {
+            Probe::Syscall => (
+                layout::CTR_SYS_EVENTS_LOST,
+                layout::CTR_SYS_INFLIGHT_DROPPED,
+            ),
+            Probe::Disk => (
+                layout::CTR_DISK_EVENTS_LOST,
+                layout::CTR_DISK_INFLIGHT_DROPPED,
+            ),
+            Probe::Tcp => (
+                layout::CTR_TCP_EVENTS_LOST,
+                layout::CTR_TCP_INFLIGHT_DROPPED,
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Probe {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Probe::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown probe `{s}` (expected syscall, disk or tcp)"))
+    }
+}
+
+/// How a program attaches.
+#[derive(Clone, Copy, Debug)]
+pub enum Attach {
+    /// Raw tracepoint by name.
+    Raw(&'static str),
+    /// Classic tracepoint by category and name (needs tracefs).
+    Tracepoint(&'static str, &'static str),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Program {
+    pub name: &'static str,
+    pub attach: Attach,
+}
+
+impl fmt::Display for Attach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Attach::Raw(tp) => write!(f, "raw_tracepoint:{tp}"),
+            Attach::Tracepoint(c, n) => write!(f, "tracepoint:{c}:{n}"),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error(
+        "no permission to load eBPF programs ({0}): run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE"
+    )]
+    NoPrivilege(String),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(String),
+    #[error("mapping the histogram table failed: {0}")]
+    Mmap(io::Error),
+}
+
+/// What to load, and the kernel-side settings.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    pub probes: Vec<Probe>,
+    pub runtime: RuntimeConfig,
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    pub ring_bytes: u32,
+}
+
+/// Outcome of attaching one probe.
+#[derive(Clone, Debug)]
+pub struct ProbeStatus {
+    pub probe: Probe,
+    pub result: Result<(), String>,
+}
+
+/// The loaded kernel side.
+pub struct Kernel {
+    ebpf: Ebpf,
+    table: HistTable,
+    diff: RowDiff,
+    status: Vec<ProbeStatus>,
+    syscall: syscall::SyscallProbe,
+    disk: disk::DiskProbe,
+    tcp: tcp::TcpProbe,
+}
+
+/// Whether any error in `e`'s chain is EPERM/EACCES.
+fn is_permission_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        let m = err.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = err.source();
+    }
+    s
+}
+
+impl Kernel {
+    /// Loads the object and attaches the requested probes.
+    pub fn load(opts: &ProbeOptions) -> Result<Kernel, ProbeError> {
+        let ncpus = aya::util::nr_cpus()
+            .map_err(|(path, e)| ProbeError::Load(format!("reading {path}: {e}")))?;
+        let mut status: Vec<ProbeStatus> = Vec::new();
+        let mut wanted: Vec<Probe> = Vec::new();
+
+        // Tracepoint field offsets come from tracefs, read before load (they are load-time globals).
+        let mut offsets = TpOffsets::UNSET;
+        let needs_tracefs = opts.probes.iter().any(|p| {
+            p.programs()
+                .iter()
+                .any(|prog| matches!(prog.attach, Attach::Tracepoint(..)))
+        });
+        let tracefs: Result<PathBuf, String> = if needs_tracefs {
+            tracefs::ensure_mounted().map_err(|e| e.to_string())
+        } else {
+            Ok(PathBuf::new())
+        };
+        for &probe in &opts.probes {
+            let prepared =
+                match probe {
+                    Probe::Syscall => Ok(()),
+                    Probe::Disk => tracefs.as_ref().map_err(Clone::clone).and_then(|t| {
+                        disk::read_offsets(t, &mut offsets).map_err(|e| e.to_string())
+                    }),
+                    Probe::Tcp => tracefs.as_ref().map_err(Clone::clone).and_then(|t| {
+                        tcp::read_offsets(t, &mut offsets).map_err(|e| e.to_string())
+                    }),
+                };
+            match prepared {
+                Ok(()) => wanted.push(probe),
+                Err(e) => status.push(ProbeStatus {
+                    probe,
+                    result: Err(e),
+                }),
+            }
+        }
+
+        let (nr_exit, nr_exit_group) = syscall::never_returning();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(maps::GLOBAL_TP_OFFSETS, &offsets, true)
+            .override_global(maps::GLOBAL_NR_EXIT, &nr_exit, true)
+            .override_global(maps::GLOBAL_NR_EXIT_GROUP, &nr_exit_group, true)
+            .map_max_entries(maps::HIST, layout::hist_entries(ncpus) as u32)
+            .map_max_entries(maps::EVENTS, opts.ring_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| {
+                if is_permission_error(&e) {
+                    ProbeError::NoPrivilege(error_chain(&e))
+                } else {
+                    ProbeError::Load(error_chain(&e))
+                }
+            })?;
+
+        let mut config: Array<_, RuntimeConfig> = Array::try_from(
+            ebpf.map_mut(maps::CONFIG)
+                .ok_or_else(|| ProbeError::Load("map CONFIG missing".into()))?,
+        )
+        .map_err(|e| ProbeError::Load(e.to_string()))?;
+        config
+            .set(0, opts.runtime, 0)
+            .map_err(|e| ProbeError::Load(e.to_string()))?;
+
+        let table = {
+            let map = ebpf
+                .map(maps::HIST)
+                .ok_or_else(|| ProbeError::Load("map HIST missing".into()))?;
+            let aya::maps::Map::Array(data) = map else {
+                return Err(ProbeError::Load("map HIST is not an array".into()));
+            };
+            HistTable::new(data, ncpus).map_err(ProbeError::Mmap)?
+        };
+
+        let mut disk = disk::DiskProbe::default();
+        for probe in wanted {
+            let result = attach_probe(&mut ebpf, probe);
+            if let Err(e) = &result {
+                tracing::warn!("probe {probe} disabled: {e}");
+            }
+            if probe == Probe::Disk && result.is_ok() {
+                disk.refresh_slots(&mut ebpf);
+            }
+            status.push(ProbeStatus { probe, result });
+        }
+        status.sort_by_key(|s| s.probe);
+
+        let mut diff = RowDiff::default();
+        diff.prime(&table, 0..layout::ROWS);
+        Ok(Kernel {
+            ebpf,
+            table,
+            diff,
+            status,
+            syscall: syscall::SyscallProbe::default(),
+            disk,
+            tcp: tcp::TcpProbe,
+        })
+    }
+
+    pub fn status(&self) -> &[ProbeStatus] {
+        &self.status
+    }
+
+    pub fn is_up(&self, probe: Probe) -> bool {
+        self.status
+            .iter()
+            .any(|s| s.probe == probe && s.result.is_ok())
+    }
+
+    /// Changes the kernel-side settings while attached.
+    pub fn set_runtime(&mut self, cfg: RuntimeConfig) -> Result<(), aya::maps::MapError> {
+        let mut config: Array<_, RuntimeConfig> =
+            Array::try_from(self.ebpf.map_mut(maps::CONFIG).expect("CONFIG map exists"))?;
+        config.set(0, cfg, 0)
+    }
+
+    /// Takes the ring buffer (once), for [`events::EventStream`].
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        RingBuf::try_from(self.ebpf.take_map(maps::EVENTS)?).ok()
+    }
+
+    /// Appends this interval's kernel metrics.
+    pub fn collect(&mut self, out: &mut Vec<Metric>) {
+        if self.is_up(Probe::Syscall) {
+            self.syscall.collect(&self.table, &mut self.diff, out);
+        }
+        if self.is_up(Probe::Disk) {
+            self.disk.maybe_refresh(&mut self.ebpf);
+            self.disk.collect(&self.table, &mut self.diff, out);
+        }
+        if self.is_up(Probe::Tcp) {
+            self.tcp.collect(&self.table, &mut self.diff, out);
+        }
+        for s in &self.status {
+            let tags: Tags = vec![("probe", s.probe.name().to_string())];
+            if s.result.is_ok() {
+                let (lost, dropped) = s.probe.loss_counters();
+                let lost = self.diff.counter(&self.table, lost);
+                let dropped = self.diff.counter(&self.table, dropped);
+                out.push(Metric::counter("agent.events_lost", tags.clone(), lost));
+                out.push(Metric::counter(
+                    "agent.inflight_dropped",
+                    tags.clone(),
+                    dropped,
+                ));
+            }
+        }
+        let read_errors = self.diff.counter(&self.table, layout::CTR_READ_ERRORS);
+        if read_errors > 0 {
+            tracing::warn!("{read_errors} tracepoint field reads failed in the last interval");
+        }
+    }
+
+    /// Name of a block device from its kernel dev number.
+    pub fn device_name(&self, dev: u32) -> String {
+        self.disk.device_name(dev)
+    }
+
+    /// Kernel memory held by the agent's maps, from the kernel's own accounting
+    /// (`memlock` in /proc/self/fdinfo of each map).
+    pub fn map_memory_bytes(&self) -> u64 {
+        self.ebpf
+            .maps()
+            .filter_map(|(_, map)| map_data(map))
+            .map(|data| fdinfo_memlock(data).unwrap_or(0))
+            .sum()
+    }
+}
+
+fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
+    use aya::maps::Map;
+    match map {
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::RingBuf(d)
+        | Map::PerCpuArray(d) => Some(d),
+        _ => None,
+    }
+}
+
+fn fdinfo_memlock(data: &MapData) -> Option<u64> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = data.fd().as_fd().as_raw_fd();
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Loads and attaches every program of `probe`; on any failure unloads them all (no half probe).
+fn attach_probe(ebpf: &mut Ebpf, probe: Probe) -> Result<(), String> {
+    let mut done: Vec<&'static str> = Vec::new();
+    let mut result = Ok(());
+    for prog in probe.programs() {
+        match attach_program(ebpf, prog) {
+            Ok(()) => done.push(prog.name),
+            Err(e) => {
+                result = Err(format!("{} ({}): {e}", prog.name, prog.attach));
+                break;
+            }
+        }
+    }
+    if result.is_err() {
+        for name in done {
+            unload(ebpf, name);
+        }
+    }
+    result
+}
+
+fn attach_program(ebpf: &mut Ebpf, prog: &Program) -> Result<(), String> {
+    let p = ebpf
+        .program_mut(prog.name)
+        .ok_or_else(|| format!("program {} not in object", prog.name))?;
+    let describe = |e: &(dyn std::error::Error + 'static)| {
+        if is_permission_error(e) {
+            format!("{} (no permission)", error_chain(e))
+        } else {
+            error_chain(e)
+        }
+    };
+    match prog.attach {
+        Attach::Raw(tp) => {
+            let p: &mut RawTracePoint = p.try_into().map_err(|e| describe(&e))?;
+            p.load().map_err(|e| describe(&e))?;
+            p.attach(tp).map_err(|e| describe(&e))?;
+        }
+        Attach::Tracepoint(cat, name) => {
+            let p: &mut TracePoint = p.try_into().map_err(|e| describe(&e))?;
+            p.load().map_err(|e| describe(&e))?;
+            p.attach(cat, name).map_err(|e| describe(&e))?;
+        }
+    }
+    Ok(())
+}
+
+fn unload(ebpf: &mut Ebpf, name: &str) {
+    if let Some(p) = ebpf.program_mut(name) {
+        let r = match p {
+            aya::programs::Program::RawTracePoint(p) => p.unload(),
+            aya::programs::Program::TracePoint(p) => p.unload(),
+            _ => Ok(()),
+        };
+        if let Err(e) = r {
+            tracing::warn!("unloading {name}: {e}");
+        }
+    }
+}
+
+/// Names of the programs, for `check` and docs.
+pub fn program_names() -> impl Iterator<Item = (Probe, &'static Program)> {
+    Probe::ALL
+        .into_iter()
+        .flat_map(|p| p.programs().iter().map(move |prog| (p, prog)))
+}

@@ -1,0 +1,115 @@
+//! `ebpf-agent run`: the per-interval loop, aligned to the wall clock, until a signal or
+//! `--duration`. Collection never waits on delivery.
+
+use std::{
+    io::{self, Write},
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Result;
+use tokio::{signal::unix::SignalKind, time::Instant};
+
+use crate::{
+    cli::{Output, RunArgs},
+    collector::{Collector, next_boundary},
+    output,
+};
+
+/// Tokio instant at which the wall clock reads `t` (sleeping on the monotonic clock).
+fn instant_at(t: SystemTime) -> Instant {
+    let now = SystemTime::now();
+    Instant::now() + t.duration_since(now).unwrap_or(Duration::ZERO)
+}
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buffer and its length are valid.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+        let end = buf.iter().position(|&c| c == 0).unwrap_or(buf.len());
+        if let Ok(s) = std::str::from_utf8(&buf[..end])
+            && !s.is_empty()
+        {
+            return s.to_string();
+        }
+    }
+    "localhost".into()
+}
+
+pub async fn run(args: RunArgs) -> Result<ExitCode> {
+    let host = args.host.clone().unwrap_or_else(hostname);
+    let interval = args.common.interval;
+    let mut collector = Collector::start(&args.common);
+
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+
+    // Prime at the first boundary so every reported interval is a whole one.
+    let mut boundary = next_boundary(SystemTime::now(), interval);
+    tokio::select! {
+        _ = tokio::time::sleep_until(instant_at(boundary)) => {}
+        _ = sigterm.recv() => return Ok(ExitCode::SUCCESS),
+        _ = sigint.recv() => return Ok(ExitCode::SUCCESS),
+    }
+    collector.prime();
+    let deadline = args.common.duration.map(|d| boundary + d);
+    tracing::info!(
+        "{} (every {})",
+        collector.summary(),
+        humantime::format_duration(interval)
+    );
+    let mut start = boundary;
+
+    let mut stdout = io::stdout().lock();
+    loop {
+        boundary = next_boundary(boundary, interval);
+        let stop_at = match deadline {
+            Some(d) if d <= boundary => Some(d),
+            _ => None,
+        };
+        let target = stop_at.unwrap_or(boundary);
+        let mut stopping = stop_at.is_some();
+        tokio::select! {
+            _ = tokio::time::sleep_until(instant_at(target)) => {}
+            _ = sigterm.recv() => stopping = true,
+            _ = sigint.recv() => stopping = true,
+        }
+        // On a signal the interval ends now: flush what it holds.
+        let end = if stopping {
+            SystemTime::now().min(target)
+        } else {
+            target
+        };
+        let len = end.duration_since(start).unwrap_or(interval);
+        if len > Duration::ZERO {
+            let snap = collector.collect(end, len, &host);
+            emit(&mut stdout, args.output, &snap, &collector)?;
+        }
+        start = end;
+        if stopping {
+            break;
+        }
+    }
+    collector.stop();
+    drop(collector); // detaches every program
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn emit(
+    w: &mut impl Write,
+    out: Output,
+    snap: &crate::snapshot::Snapshot,
+    c: &Collector,
+) -> Result<()> {
+    let r = match out {
+        Output::Json => output::write_json(w, snap, &c.last_events),
+        Output::Text => output::write_text(w, snap, &c.last_events),
+        Output::None => Ok(()),
+    };
+    match r {
+        // A closed stdout (e.g. `| head`) ends the agent quietly.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(anyhow::anyhow!("stdout closed")),
+        r => Ok(r?),
+    }
+}
