@@ -1,1 +1,156 @@
-fn main() {}
+//! Developer and CI tasks: `cargo xtask setup | build | run | test`.
+//!
+//! `setup` installs, idempotently, what a fresh machine lacks to build the kernel programs
+//! (nightly's rust-src, bpf-linker 0.10.4) and to run the tests (StatsD and Riemann peers,
+//! bpftool). `run` and `test` call it first, so one command does everything.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+const BPF_LINKER_VERSION: &str = "0.10.4";
+const NIGHTLY: &str = "nightly";
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "ebpf-agent build tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the build and test prerequisites (idempotent).
+    Setup {
+        /// Only what building needs (no test peers).
+        #[arg(long)]
+        build_only: bool,
+    },
+    /// Build the release binary (target/release/ebpf-agent).
+    Build,
+    /// Setup, build, then run the agent as root printing per-second metrics; extra arguments go
+    /// to `ebpf-agent run` (e.g. `cargo xtask run -- --output json`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, then every check and test: formatting, clippy, unit tests, and the integration
+    /// tests that load the programs into the running kernel (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let root = workspace_root();
+    env::set_current_dir(&root)?;
+    match cli.cmd {
+        Cmd::Setup { build_only } => setup(&root, !build_only),
+        Cmd::Build => {
+            setup(&root, false)?;
+            cargo(&["build", "--release", "--package", "agent"])
+        }
+        Cmd::Run { args } => {
+            setup(&root, false)?;
+            cargo(&["build", "--release", "--package", "agent"])?;
+            require_root("run")?;
+            let mut cmd = Command::new(root.join("target/release/ebpf-agent"));
+            cmd.arg("run").args(&args);
+            status(&mut cmd)
+        }
+        Cmd::Test { args } => {
+            setup(&root, true)?;
+            require_root("test")?;
+            cargo(&["fmt", "--all", "--check"])?;
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            // One test thread: integration tests load programs into the same kernel and count
+            // the same system-wide events.
+            let mut test = vec!["test", "--", "--test-threads=1"];
+            test.extend(args.iter().map(String::as_str));
+            cargo(&test)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("`cargo xtask {what}` loads eBPF programs and needs root: run it with sudo -E");
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let s = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !s.success() {
+        bail!("{cmd:?} failed ({s})");
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    status(Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(args))
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn setup(root: &Path, test_peers: bool) -> Result<()> {
+    // Nightly: the machine's toolchain manager has it; it cannot be downloaded here.
+    let sysroot = output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))
+        .context("the nightly toolchain is missing: `rustup toolchain install nightly`")?;
+    let core_src = Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core");
+    if !core_src.is_dir() {
+        eprintln!("xtask: installing rust-src for {NIGHTLY}");
+        status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+    }
+    let linker = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if !linker.contains(BPF_LINKER_VERSION) {
+        eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION}");
+        // Stable cargo builds it; it loads rustc's own LLVM, so no system LLVM is needed.
+        status(Command::new("cargo").args([
+            "+stable",
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+        ]))?;
+    }
+    if test_peers {
+        let script = root.join("tests/peers/setup.sh");
+        if script.exists() {
+            status(Command::new("bash").arg(script))?;
+        }
+    }
+    Ok(())
+}

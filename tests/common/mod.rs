@@ -1,0 +1,149 @@
+//! Helpers for the integration tests: run the real binary, read its JSON intervals, make load.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ebpf-agent")
+}
+
+/// A running `ebpf-agent`, its stdout collected, its stderr watched for readiness.
+pub struct Agent {
+    child: Child,
+    stdout: Option<thread::JoinHandle<String>>,
+    stderr_lines: mpsc::Receiver<String>,
+    stderr: Vec<String>,
+}
+
+impl Agent {
+    pub fn start(args: &[&str]) -> Agent {
+        let mut child = Command::new(bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ebpf-agent");
+        let mut out = child.stdout.take().unwrap();
+        let stdout = thread::spawn(move || {
+            let mut s = String::new();
+            out.read_to_string(&mut s).unwrap();
+            s
+        });
+        let err = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[agent] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Agent { child, stdout: Some(stdout), stderr_lines: rx, stderr: vec![] }
+    }
+
+    /// Waits for the "collecting:" log line: programs are attached and deltas primed, so every
+    /// event from now on is counted.
+    pub fn wait_ready(&mut self) -> &mut Self {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_millis(100)) {
+                let ready = line.contains("collecting:");
+                self.stderr.push(line);
+                if ready {
+                    return self;
+                }
+            }
+        }
+        panic!("agent not ready after 20 s; stderr: {:#?}", self.stderr);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for exit (it must stop by itself within `timeout`); returns status, stdout, stderr.
+    pub fn finish(mut self, timeout: Duration) -> (ExitStatus, String, Vec<String>) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("agent did not stop within {timeout:?}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        let out = self.stdout.take().unwrap().join().unwrap();
+        self.stderr.extend(self.stderr_lines.try_iter());
+        thread::sleep(Duration::from_millis(100));
+        self.stderr.extend(self.stderr_lines.try_iter());
+        (status, out, std::mem::take(&mut self.stderr))
+    }
+
+    /// Waits for a successful exit and parses stdout as JSON lines.
+    pub fn intervals(self, timeout: Duration) -> Vec<Value> {
+        let (status, out, err) = self.finish(timeout);
+        assert!(status.success(), "agent failed: {status}; stderr: {err:#?}");
+        parse_lines(&out)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+pub fn parse_lines(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn tags_match(m: &Value, tags: &[(&str, &str)]) -> bool {
+    tags.iter().all(|(k, v)| m["tags"][*k].as_str() == Some(*v))
+}
+
+/// Metrics named `name` with these tags, one per interval that has it.
+pub fn values(intervals: &[Value], name: &str, tags: &[(&str, &str)]) -> Vec<f64> {
+    intervals
+        .iter()
+        .flat_map(|i| i["metrics"].as_array().unwrap().iter())
+        .filter(|m| m["name"] == name && tags_match(m, tags))
+        .map(|m| m["value"].as_f64().unwrap())
+        .collect()
+}
+
+pub fn sum(intervals: &[Value], name: &str, tags: &[(&str, &str)]) -> f64 {
+    values(intervals, name, tags).iter().sum()
+}
+
+/// The value of `name` in the same interval where `key` (same tags) is largest.
+pub fn at_busiest(intervals: &[Value], key: &str, name: &str, tags: &[(&str, &str)]) -> Option<(f64, f64)> {
+    intervals
+        .iter()
+        .filter_map(|i| {
+            let ms = i["metrics"].as_array().unwrap();
+            let find = |n: &str| ms.iter().find(|m| m["name"] == n && tags_match(m, tags)).map(|m| m["value"].as_f64().unwrap());
+            Some((find(key)?, find(name)?))
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+}
+
+pub fn getppid_n(n: usize) {
+    for _ in 0..n {
+        // SAFETY: getppid has no preconditions.
+        unsafe { libc::getppid() };
+    }
+}
