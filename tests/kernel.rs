@@ -19,11 +19,23 @@ const FINISH: Duration = Duration::from_secs(30);
 #[test]
 fn getppid_calls_are_counted_exactly() {
     const N: usize = 50_000;
-    let mut agent = Agent::start(&["run", "--output", "json", "--probes", "syscall", "--duration", "3s"]);
+    let mut agent = Agent::start(&[
+        "run",
+        "--output",
+        "json",
+        "--probes",
+        "syscall",
+        "--duration",
+        "3s",
+    ]);
     agent.wait_ready();
     getppid_n(N);
     let intervals = agent.intervals(FINISH);
-    assert!(intervals.len() >= 3, "3 intervals for --duration 3s, got {}", intervals.len());
+    assert!(
+        intervals.len() >= 3,
+        "3 intervals for --duration 3s, got {}",
+        intervals.len()
+    );
     for i in &intervals {
         assert_eq!(i["interval_s"], 1.0);
         assert!(i["time"].as_u64().unwrap() > 1_600_000_000);
@@ -31,26 +43,58 @@ fn getppid_calls_are_counted_exactly() {
     let count = sum(&intervals, "syscall.count", &[("syscall", "getppid")]);
     // System-wide: stray calls by other processes (shells read $PPID...) are allowed, 0.5% at
     // most; `pid_filter_excludes_other_processes` asserts the exact count.
-    assert!((N as f64..=N as f64 * 1.005).contains(&count), "syscall.count{{getppid}} = {count}, want {N}");
-    assert_eq!(sum(&intervals, "syscall.errors", &[("syscall", "getppid")]), 0.0);
-    let (_, p50) = at_busiest(&intervals, "syscall.count", "syscall.latency_us.p50", &[("syscall", "getppid")]).unwrap();
+    assert!(
+        (N as f64..=N as f64 * 1.005).contains(&count),
+        "syscall.count{{getppid}} = {count}, want {N}"
+    );
+    assert_eq!(
+        sum(&intervals, "syscall.errors", &[("syscall", "getppid")]),
+        0.0
+    );
+    let (_, p50) = at_busiest(
+        &intervals,
+        "syscall.count",
+        "syscall.latency_us.p50",
+        &[("syscall", "getppid")],
+    )
+    .unwrap();
     assert!(p50 > 0.0 && p50 < 50.0, "getppid p50 {p50} µs");
-    assert_eq!(sum(&intervals, "agent.probe_up", &[("probe", "syscall")]), intervals.len() as f64);
+    assert_eq!(
+        sum(&intervals, "agent.probe_up", &[("probe", "syscall")]),
+        intervals.len() as f64
+    );
 }
 
 #[test]
 fn nanosleep_p50_matches_the_true_sleep() {
     const SLEEPS: usize = 150;
     let mut agent = Agent::start(&[
-        "run", "--output", "json", "--probes", "syscall", "--duration", "3s", "--slow-threshold", "5ms",
+        "run",
+        "--output",
+        "json",
+        "--probes",
+        "syscall",
+        "--duration",
+        "3s",
+        "--slow-threshold",
+        "5ms",
     ]);
     agent.wait_ready();
     let mut true_ns = Vec::with_capacity(SLEEPS);
-    let req = libc::timespec { tv_sec: 0, tv_nsec: 10_000_000 };
+    let req = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 10_000_000,
+    };
     for _ in 0..SLEEPS {
         let t = Instant::now();
         // SAFETY: valid timespec, no remainder wanted. The raw syscall, so the agent sees `nanosleep`.
-        unsafe { libc::syscall(libc::SYS_nanosleep, &req, std::ptr::null_mut::<libc::timespec>()) };
+        unsafe {
+            libc::syscall(
+                libc::SYS_nanosleep,
+                &req,
+                std::ptr::null_mut::<libc::timespec>(),
+            )
+        };
         true_ns.push(t.elapsed().as_nanos() as f64);
     }
     let intervals = agent.intervals(FINISH);
@@ -58,10 +102,15 @@ fn nanosleep_p50_matches_the_true_sleep() {
     let true_p50_us = true_ns[SLEEPS / 2] / 1000.0;
     let tags = [("syscall", "nanosleep")];
     assert!(sum(&intervals, "syscall.count", &tags) >= SLEEPS as f64);
-    let (count, p50) = at_busiest(&intervals, "syscall.count", "syscall.latency_us.p50", &tags).unwrap();
+    let (count, p50) =
+        at_busiest(&intervals, "syscall.count", "syscall.latency_us.p50", &tags).unwrap();
     assert!(count >= 40.0);
     let err = (p50 - true_p50_us).abs() / true_p50_us;
-    assert!(err <= 0.125, "agent p50 {p50} µs vs true {true_p50_us} µs: {:.1}% off", err * 100.0);
+    assert!(
+        err <= 0.125,
+        "agent p50 {p50} µs vs true {true_p50_us} µs: {:.1}% off",
+        err * 100.0
+    );
     // Every sleep is over the 5 ms threshold: each reaches the ring buffer as a slow event.
     let me = std::process::id();
     let slow = intervals
@@ -71,7 +120,10 @@ fn nanosleep_p50_matches_the_true_sleep() {
         .inspect(|e| assert!(e["latency_us"].as_f64().unwrap() >= 5000.0))
         .count();
     assert_eq!(slow, SLEEPS, "slow nanosleep events from this process");
-    assert_eq!(sum(&intervals, "agent.events_lost", &[("probe", "syscall")]), 0.0);
+    assert_eq!(
+        sum(&intervals, "agent.events_lost", &[("probe", "syscall")]),
+        0.0
+    );
 }
 
 /// The whole-disk device holding `path` (e.g. `vda`), from /sys.
@@ -81,7 +133,11 @@ fn disk_of(path: &str) -> String {
     let (major, minor) = (libc::major(dev), libc::minor(dev));
     let sys = std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).unwrap();
     // A partition's parent directory is its disk.
-    let dir = if sys.join("partition").exists() { sys.parent().unwrap().to_path_buf() } else { sys };
+    let dir = if sys.join("partition").exists() {
+        sys.parent().unwrap().to_path_buf()
+    } else {
+        sys
+    };
     dir.file_name().unwrap().to_string_lossy().into_owned()
 }
 
@@ -91,10 +147,24 @@ fn direct_writes_are_counted_on_the_root_disk() {
     let dir = std::env::var("CARGO_TARGET_TMPDIR").unwrap_or_else(|_| "/var/tmp".into());
     let path = format!("{dir}/ebpf-agent-direct-{}", std::process::id());
     let device = disk_of(&dir);
-    let mut agent = Agent::start(&["run", "--output", "json", "--probes", "disk", "--duration", "3s"]);
+    let mut agent = Agent::start(&[
+        "run",
+        "--output",
+        "json",
+        "--probes",
+        "disk",
+        "--duration",
+        "3s",
+    ]);
     agent.wait_ready();
     {
-        let mut f = OpenOptions::new().create(true).write(true).truncate(true).custom_flags(libc::O_DIRECT).open(&path).unwrap();
+        let mut f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .unwrap();
         // O_DIRECT wants an aligned buffer: take a 4 KiB-aligned slice of a larger one.
         let raw = vec![0xabu8; 8192];
         let off = raw.as_ptr().align_offset(4096);
@@ -108,10 +178,16 @@ fn direct_writes_are_counted_on_the_root_disk() {
     let intervals = agent.intervals(FINISH);
     let tags = [("device", device.as_str()), ("op", "write")];
     let ops = sum(&intervals, "disk.ops", &tags);
-    assert!(ops >= M as f64, "disk.ops{{device={device},op=write}} = {ops}, want >= {M}");
+    assert!(
+        ops >= M as f64,
+        "disk.ops{{device={device},op=write}} = {ops}, want >= {M}"
+    );
     assert!(sum(&intervals, "disk.bytes", &tags) >= (M * 4096) as f64);
     let p99 = values(&intervals, "disk.latency_us.p99", &tags);
-    assert!(!p99.is_empty() && p99.iter().all(|&v| v > 0.0), "write p99: {p99:?}");
+    assert!(
+        !p99.is_empty() && p99.iter().all(|&v| v > 0.0),
+        "write p99: {p99:?}"
+    );
 }
 
 #[test]
@@ -119,7 +195,15 @@ fn loopback_connects_are_counted_exactly() {
     const K: usize = 40;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut agent = Agent::start(&["run", "--output", "json", "--probes", "tcp", "--duration", "3s"]);
+    let mut agent = Agent::start(&[
+        "run",
+        "--output",
+        "json",
+        "--probes",
+        "tcp",
+        "--duration",
+        "3s",
+    ]);
     agent.wait_ready();
     for _ in 0..K {
         let mut c = TcpStream::connect(addr).unwrap();
@@ -138,13 +222,28 @@ fn loopback_connects_are_counted_exactly() {
     assert_eq!(sum(&intervals, "tcp.accepts", &[]), K as f64);
     assert!(sum(&intervals, "tcp.rtt_samples", &[]) > 0.0);
     let rtt = values(&intervals, "tcp.rtt_us.p50", &[]);
-    assert!(!rtt.is_empty() && rtt.iter().all(|&v| v > 0.0), "rtt p50: {rtt:?}");
+    assert!(
+        !rtt.is_empty() && rtt.iter().all(|&v| v > 0.0),
+        "rtt p50: {rtt:?}"
+    );
     let connect = values(&intervals, "tcp.connect_latency_us.p50", &[]);
     assert!(!connect.is_empty() && connect.iter().all(|&v| v > 0.0));
     // Every connect and accept also reached the ring buffer.
     let port = addr.port().to_string();
-    let events: Vec<_> = intervals.iter().flat_map(|i| i["events"].as_array().cloned().unwrap_or_default()).collect();
-    let connects = events.iter().filter(|e| e["kind"] == "tcp_connect" && e["target"].as_str().unwrap().ends_with(&format!("127.0.0.1:{port}"))).count();
+    let events: Vec<_> = intervals
+        .iter()
+        .flat_map(|i| i["events"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let connects = events
+        .iter()
+        .filter(|e| {
+            e["kind"] == "tcp_connect"
+                && e["target"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(&format!("127.0.0.1:{port}"))
+        })
+        .count();
     assert_eq!(connects, K);
 }
 
@@ -152,7 +251,17 @@ fn loopback_connects_are_counted_exactly() {
 fn pid_filter_excludes_other_processes() {
     const N: usize = 10_000;
     let me = std::process::id().to_string();
-    let mut agent = Agent::start(&["run", "--output", "json", "--probes", "syscall", "--duration", "3s", "--pid", &me]);
+    let mut agent = Agent::start(&[
+        "run",
+        "--output",
+        "json",
+        "--probes",
+        "syscall",
+        "--duration",
+        "3s",
+        "--pid",
+        &me,
+    ]);
     agent.wait_ready();
     // Another process hammering getppid must not be counted.
     let other = Command::new("python3")
@@ -163,7 +272,10 @@ fn pid_filter_excludes_other_processes() {
     getppid_n(N);
     let intervals = agent.intervals(FINISH);
     let count = sum(&intervals, "syscall.count", &[("syscall", "getppid")]);
-    assert!((N as f64..=N as f64 + 5.0).contains(&count), "getppid with --pid: {count}, want {N}");
+    assert!(
+        (N as f64..=N as f64 + 5.0).contains(&count),
+        "getppid with --pid: {count}, want {N}"
+    );
 }
 
 #[test]
@@ -172,12 +284,23 @@ fn check_reports_every_probe() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "check failed:\n{text}");
     for probe in ["syscall", "disk", "tcp", "memory", "tracefs"] {
-        let line = text.lines().find(|l| l.starts_with(probe)).unwrap_or_else(|| panic!("no {probe} line:\n{text}"));
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(probe))
+            .unwrap_or_else(|| panic!("no {probe} line:\n{text}"));
         assert!(line.contains(" ok "), "{line}");
     }
     // The kernel map budget: at most 2 MiB per possible CPU.
     let mem = text.lines().find(|l| l.starts_with("memory")).unwrap();
-    let per_cpu: f64 = mem.split('(').nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let per_cpu: f64 = mem
+        .split('(')
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(per_cpu > 0.5 && per_cpu <= 2.0, "{mem}");
 }
 
@@ -193,7 +316,10 @@ fn bad_flags_exit_2_with_one_line() {
         let out = Command::new(common::bin()).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.lines().next().unwrap().starts_with("error:"), "{args:?}: {err}");
+        assert!(
+            err.lines().next().unwrap().starts_with("error:"),
+            "{args:?}: {err}"
+        );
     }
 }
 
@@ -201,7 +327,13 @@ fn bad_flags_exit_2_with_one_line() {
 fn without_bpf_privilege_runs_procfs_only() {
     // An unprivileged user (nobody) cannot load programs: the agent must degrade, not fail.
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .arg(common::bin())
         .args(["run", "--output", "json", "--duration", "1s"])
         .output()
@@ -212,8 +344,144 @@ fn without_bpf_privilege_runs_procfs_only() {
     let intervals = common::parse_lines(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(intervals.len(), 1);
     for p in ["syscall", "disk", "tcp"] {
-        assert_eq!(values(&intervals, "agent.probe_up", &[("probe", p)]), vec![0.0]);
+        assert_eq!(
+            values(&intervals, "agent.probe_up", &[("probe", p)]),
+            vec![0.0]
+        );
     }
-    assert_eq!(values(&intervals, "agent.probe_up", &[("probe", "procfs")]), vec![1.0]);
+    assert_eq!(
+        values(&intervals, "agent.probe_up", &[("probe", "procfs")]),
+        vec![1.0]
+    );
     assert!(values(&intervals, "mem.total_bytes", &[])[0] > 0.0);
+}
+
+/// Programs of ours loaded in the kernel (by name), via bpftool.
+fn our_programs() -> usize {
+    count_programs()
+}
+
+/// Waits (up to 3 s) for our program count to settle back to `want`: the kernel frees the
+/// programs of an exited process asynchronously (RCU), a few milliseconds later.
+fn programs_settle_to(want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while our_programs() != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(our_programs(), want, "programs left in the kernel");
+}
+
+fn count_programs() -> usize {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool (cargo xtask setup installs it)");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    // bpftool prints the full function names (from BTF).
+    [
+        "sys_enter",
+        "sys_exit",
+        "block_rq_issue",
+        "block_rq_complete",
+        "inet_sock_set_state",
+        "tcp_probe",
+        "tcp_retransmit_skb",
+        "tcp_send_reset",
+        "tcp_receive_reset",
+    ]
+    .iter()
+    .map(|name| {
+        text.lines()
+            .filter(|l| l.contains(&format!(" name {name} ")))
+            .count()
+    })
+    .sum()
+}
+
+#[test]
+fn a_probe_that_cannot_attach_is_down_alone() {
+    let before = our_programs();
+    let out = Command::new(common::bin())
+        .env("EBPF_AGENT_BREAK_PROBE", "disk")
+        .args(["run", "--output", "json", "--duration", "1s"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let warnings: Vec<_> = err.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "one warning: {warnings:#?}");
+    assert!(
+        warnings[0].contains("probe disk disabled")
+            && warnings[0].contains("ebpf_agent_no_such_tracepoint")
+    );
+    let intervals = common::parse_lines(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        values(&intervals, "agent.probe_up", &[("probe", "disk")]),
+        vec![0.0]
+    );
+    assert_eq!(
+        values(&intervals, "agent.probe_up", &[("probe", "syscall")]),
+        vec![1.0]
+    );
+    assert_eq!(
+        values(&intervals, "agent.probe_up", &[("probe", "tcp")]),
+        vec![1.0]
+    );
+    assert!(sum(&intervals, "syscall.count", &[]) > 0.0);
+    programs_settle_to(before);
+}
+
+#[test]
+fn while_running_exactly_the_up_probes_are_loaded() {
+    let before = our_programs();
+    let mut agent = Agent::start(&["run", "--output", "none", "--duration", "1s"]);
+    agent.wait_ready();
+    assert_eq!(our_programs(), before + 9);
+    agent.finish(FINISH);
+    programs_settle_to(before);
+    let mut agent = Agent::start_env(
+        &["run", "--output", "none", "--duration", "1s"],
+        &[("EBPF_AGENT_BREAK_PROBE", "disk")],
+    );
+    agent.wait_ready();
+    // The disk probe's programs were unloaded when its attach failed: no half-attached probe.
+    assert_eq!(our_programs(), before + 7);
+    agent.finish(FINISH);
+}
+
+#[test]
+fn nothing_stays_attached_after_exit_or_failure() {
+    let before = our_programs();
+    // Clean exit at --duration.
+    let mut agent = Agent::start(&["run", "--output", "none", "--duration", "1s"]);
+    agent.wait_ready();
+    assert_eq!(
+        our_programs(),
+        before + 9,
+        "all 9 programs attached while running"
+    );
+    let (status, _, _) = agent.finish(FINISH);
+    assert!(status.success());
+    programs_settle_to(before);
+    // SIGTERM mid-interval: exit 0 and detach.
+    let mut agent = Agent::start(&["run", "--output", "none"]);
+    agent.wait_ready();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) };
+    let (status, _, _) = agent.finish(FINISH);
+    assert!(status.success(), "{status}");
+    programs_settle_to(before);
+    // A runtime failure (stdout closed under it): exit 1 with a message, nothing left.
+    let mut child = Command::new(common::bin())
+        .args(["run", "--output", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stdout closed"));
+    programs_settle_to(before);
 }

@@ -25,8 +25,13 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(args: &[&str]) -> Agent {
+        Self::start_env(args, &[])
+    }
+
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Agent {
         let mut child = Command::new(bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -48,7 +53,12 @@ impl Agent {
                 }
             }
         });
-        Agent { child, stdout: Some(stdout), stderr_lines: rx, stderr: vec![] }
+        Agent {
+            child,
+            stdout: Some(stdout),
+            stderr_lines: rx,
+            stderr: vec![],
+        }
     }
 
     /// Waits for the "collecting:" log line: programs are attached and deltas primed, so every
@@ -130,12 +140,21 @@ pub fn sum(intervals: &[Value], name: &str, tags: &[(&str, &str)]) -> f64 {
 }
 
 /// The value of `name` in the same interval where `key` (same tags) is largest.
-pub fn at_busiest(intervals: &[Value], key: &str, name: &str, tags: &[(&str, &str)]) -> Option<(f64, f64)> {
+pub fn at_busiest(
+    intervals: &[Value],
+    key: &str,
+    name: &str,
+    tags: &[(&str, &str)],
+) -> Option<(f64, f64)> {
     intervals
         .iter()
         .filter_map(|i| {
             let ms = i["metrics"].as_array().unwrap();
-            let find = |n: &str| ms.iter().find(|m| m["name"] == n && tags_match(m, tags)).map(|m| m["value"].as_f64().unwrap());
+            let find = |n: &str| {
+                ms.iter()
+                    .find(|m| m["name"] == n && tags_match(m, tags))
+                    .map(|m| m["value"].as_f64().unwrap())
+            };
             Some((find(key)?, find(name)?))
         })
         .max_by(|a, b| a.0.total_cmp(&b.0))

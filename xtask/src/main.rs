@@ -90,7 +90,10 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn require_root(what: &str) -> Result<()> {
@@ -120,17 +123,26 @@ fn cargo(args: &[&str]) -> Result<()> {
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn setup(root: &Path, test_peers: bool) -> Result<()> {
     // Nightly: the machine's toolchain manager has it; it cannot be downloaded here.
-    let sysroot = output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))
-        .context("the nightly toolchain is missing: `rustup toolchain install nightly`")?;
+    let sysroot =
+        output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))
+            .context("the nightly toolchain is missing: `rustup toolchain install nightly`")?;
     let core_src = Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core");
     if !core_src.is_dir() {
         eprintln!("xtask: installing rust-src for {NIGHTLY}");
-        status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+        status(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            NIGHTLY,
+        ]))?;
     }
     let linker = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
     if !linker.contains(BPF_LINKER_VERSION) {
@@ -147,10 +159,34 @@ fn setup(root: &Path, test_peers: bool) -> Result<()> {
         ]))?;
     }
     if test_peers {
+        // bpftool: the tests count the programs left in the kernel.
+        apt_install(&[("bpftool", "bpftool")])?;
         let script = root.join("tests/peers/setup.sh");
         if script.exists() {
             status(Command::new("bash").arg(script))?;
         }
     }
     Ok(())
+}
+
+/// Installs Debian packages whose command is missing: (command, package).
+fn apt_install(wanted: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(cmd, _)| {
+            output(Command::new("sh").args(["-c", &format!("command -v {cmd}")])).is_none()
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    status(Command::new("apt-get").args(["update", "-qq"]))?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }

@@ -375,26 +375,37 @@ fn fdinfo_memlock(data: &MapData) -> Option<u64> {
 
 /// Loads and attaches every program of `probe`; on any failure unloads them all (no half probe).
 fn attach_probe(ebpf: &mut Ebpf, probe: Probe) -> Result<(), String> {
-    let mut done: Vec<&'static str> = Vec::new();
     let mut result = Ok(());
     for prog in probe.programs() {
-        match attach_program(ebpf, prog) {
-            Ok(()) => done.push(prog.name),
-            Err(e) => {
-                result = Err(format!("{} ({}): {e}", prog.name, prog.attach));
-                break;
-            }
+        if let Err(e) = attach_program(ebpf, probe, prog) {
+            result = Err(format!("{} ({}): {e}", prog.name, prog.attach));
+            break;
         }
     }
     if result.is_err() {
-        for name in done {
-            unload(ebpf, name);
+        // Including the one that failed: it may be loaded without being attached.
+        for prog in probe.programs() {
+            unload(ebpf, prog.name);
         }
     }
     result
 }
 
-fn attach_program(ebpf: &mut Ebpf, prog: &Program) -> Result<(), String> {
+/// Test hook: `EBPF_AGENT_BREAK_PROBE=disk` points that probe's hooks at a tracepoint that does
+/// not exist, so tests can exercise a real attach failure.
+pub const BREAK_PROBE_ENV: &str = "EBPF_AGENT_BREAK_PROBE";
+const NO_SUCH_TRACEPOINT: &str = "ebpf_agent_no_such_tracepoint";
+
+fn broken(probe: Probe) -> bool {
+    std::env::var(BREAK_PROBE_ENV).is_ok_and(|v| v.split(',').any(|p| p == probe.name()))
+}
+
+fn attach_program(ebpf: &mut Ebpf, probe: Probe, prog: &Program) -> Result<(), String> {
+    let attach = match (broken(probe), prog.attach) {
+        (false, a) => a,
+        (true, Attach::Raw(_)) => Attach::Raw(NO_SUCH_TRACEPOINT),
+        (true, Attach::Tracepoint(cat, _)) => Attach::Tracepoint(cat, NO_SUCH_TRACEPOINT),
+    };
     let p = ebpf
         .program_mut(prog.name)
         .ok_or_else(|| format!("program {} not in object", prog.name))?;
@@ -405,7 +416,7 @@ fn attach_program(ebpf: &mut Ebpf, prog: &Program) -> Result<(), String> {
             error_chain(e)
         }
     };
-    match prog.attach {
+    match attach {
         Attach::Raw(tp) => {
             let p: &mut RawTracePoint = p.try_into().map_err(|e| describe(&e))?;
             p.load().map_err(|e| describe(&e))?;
@@ -422,14 +433,12 @@ fn attach_program(ebpf: &mut Ebpf, prog: &Program) -> Result<(), String> {
 
 fn unload(ebpf: &mut Ebpf, name: &str) {
     if let Some(p) = ebpf.program_mut(name) {
-        let r = match p {
+        // Programs never loaded answer NotLoaded: nothing to undo.
+        let _ = match p {
             aya::programs::Program::RawTracePoint(p) => p.unload(),
             aya::programs::Program::TracePoint(p) => p.unload(),
             _ => Ok(()),
         };
-        if let Err(e) = r {
-            tracing::warn!("unloading {name}: {e}");
-        }
     }
 }
 
