@@ -1,0 +1,526 @@
+//! StatsD (Etsy line protocol, optionally DogStatsD tags): pure encoding of a snapshot into
+//! datagrams. Sending lives in [`super`].
+//!
+//! One line per metric, `name:value|g` for gauges and `name:value|c` for counters, lines packed
+//! into datagrams of at most `max_packet` bytes separated by `\n`, a line never split.
+//!
+//! Names:
+//! - [`StatsdTagStyle::Name`] (plain StatsD / Graphite): tag values are folded into the name,
+//!   `PREFIX.[--tag values.]<first name segment>.<metric tag values>.<rest of name>`, e.g.
+//!   `ebpf.syscall.read.latency_us.p99`, `ebpf.disk.vda.write.ops`.
+//! - [`StatsdTagStyle::Dogstatsd`]: `PREFIX.<name>` and `|#k:v,k2:v2` (metric tags, then `--tag`s).
+//!
+//! Every name segment keeps only `[A-Za-z0-9_-]` (anything else becomes `_`, an empty segment is
+//! `_`), so a name never holds `:`, `|`, `@`, `#`, `,`, a space or a newline whatever a tag value
+//! holds. DogStatsD tag keys and values keep `[A-Za-z0-9_./-]`.
+//!
+//! Values never use exponent notation; NaN and infinities are skipped (and counted by the
+//! caller). Etsy's statsd reads a gauge value with a leading sign as a change to the current
+//! value, so a negative gauge is sent as the two lines `name:0|g` and `name:-X|g`, kept together
+//! in one datagram: the result is `-X` whatever the server held before.
+
+use crate::snapshot::{Kind, Metric, Snapshot};
+
+use super::{Datagram, Encoded, StatsdTagStyle};
+
+/// What the StatsD encoder needs from the command line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Dotted prefix, e.g. `ebpf` (may be empty).
+    pub prefix: String,
+    pub style: StatsdTagStyle,
+    /// `--tag` pairs, added to every metric.
+    pub tags: Vec<(String, String)>,
+    /// Largest datagram payload, in bytes.
+    pub max_packet: usize,
+}
+
+/// Encodes one interval: every finite metric once, packed into datagrams of at most
+/// `cfg.max_packet` bytes. `skipped` counts non-finite values and lines longer than a datagram.
+pub fn encode(snap: &Snapshot, cfg: &Config) -> Encoded {
+    let mut skipped = 0;
+    let entries = snap.metrics.iter().filter_map(|m| {
+        let e = entry(m, cfg);
+        if e.is_none() {
+            skipped += 1;
+        }
+        e
+    });
+    let (datagrams, oversize) = pack(entries, cfg.max_packet);
+    Encoded {
+        datagrams,
+        skipped: skipped + oversize,
+    }
+}
+
+/// The line(s) for one metric: one line, or two (`0` then the value) for a negative gauge.
+/// `None` when the value is NaN or infinite.
+pub fn entry(m: &Metric, cfg: &Config) -> Option<String> {
+    let name = name(m, cfg);
+    let suffix = match cfg.style {
+        StatsdTagStyle::Name => String::new(),
+        StatsdTagStyle::Dogstatsd => dogstatsd_tags(m, &cfg.tags),
+    };
+    match m.kind {
+        Kind::Counter => {
+            let v = format_value(m.value.round())?;
+            Some(format!("{name}:{v}|c{suffix}"))
+        }
+        Kind::Gauge => {
+            let v = format_value(m.value)?;
+            if v.starts_with('-') {
+                Some(format!("{name}:0|g{suffix}\n{name}:{v}|g{suffix}"))
+            } else {
+                Some(format!("{name}:{v}|g{suffix}"))
+            }
+        }
+    }
+}
+
+/// The metric's StatsD name (see the module doc).
+pub fn name(m: &Metric, cfg: &Config) -> String {
+    let mut out = String::with_capacity(cfg.prefix.len() + m.name.len() + 16);
+    let mut push = |seg: &str| {
+        if !out.is_empty() {
+            out.push('.');
+        }
+        push_sanitized(&mut out, seg, is_name_char);
+    };
+    if !cfg.prefix.is_empty() {
+        cfg.prefix.split('.').for_each(&mut push);
+    }
+    let mut segs = m.name.split('.');
+    match cfg.style {
+        StatsdTagStyle::Dogstatsd => segs.for_each(&mut push),
+        StatsdTagStyle::Name => {
+            cfg.tags.iter().for_each(|(_, v)| push(v));
+            if let Some(first) = segs.next() {
+                push(first);
+            }
+            m.tags.iter().for_each(|(_, v)| push(v));
+            segs.for_each(&mut push);
+        }
+    }
+    out
+}
+
+/// `|#k:v,...`: the metric's tags, then the `--tag`s; empty when there are none.
+fn dogstatsd_tags(m: &Metric, global: &[(String, String)]) -> String {
+    let pairs = m
+        .tags
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .chain(global.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let mut out = String::new();
+    for (k, v) in pairs {
+        out.push(if out.is_empty() { '#' } else { ',' });
+        push_sanitized(&mut out, k, is_tag_char);
+        out.push(':');
+        push_sanitized(&mut out, v, is_tag_char);
+    }
+    if out.is_empty() {
+        out
+    } else {
+        format!("|{out}")
+    }
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+fn is_tag_char(c: char) -> bool {
+    is_name_char(c) || c == '.' || c == '/'
+}
+
+fn push_sanitized(out: &mut String, s: &str, keep: fn(char) -> bool) {
+    if s.is_empty() {
+        out.push('_');
+    }
+    out.extend(s.chars().map(|c| if keep(c) { c } else { '_' }));
+}
+
+/// Decimal text every StatsD server parses: no exponent, no `inf`/`NaN` (→ `None`), `-0` is `0`.
+/// Whole numbers print without a fraction (`12`), others with the shortest exact digits.
+pub fn format_value(v: f64) -> Option<String> {
+    if !v.is_finite() {
+        return None;
+    }
+    if v == 0.0 {
+        return Some("0".to_owned());
+    }
+    // Rust's `Display` for f64 never uses exponent notation and round-trips exactly.
+    Some(format!("{v}"))
+}
+
+/// Packs entries into datagrams in order: entries joined by `\n`, each datagram at most `max`
+/// bytes, an entry never split. Returns the datagrams and how many entries were longer than
+/// `max` on their own (left out).
+pub fn pack(entries: impl IntoIterator<Item = String>, max: usize) -> (Vec<Datagram>, u64) {
+    let mut out = Vec::new();
+    let mut cur = Datagram::default();
+    let mut oversize = 0;
+    for e in entries {
+        if e.len() > max {
+            oversize += 1;
+            continue;
+        }
+        if !cur.bytes.is_empty() && cur.bytes.len() + 1 + e.len() > max {
+            out.push(std::mem::take(&mut cur));
+        }
+        if !cur.bytes.is_empty() {
+            cur.bytes.push(b'\n');
+        }
+        cur.bytes.extend_from_slice(e.as_bytes());
+        cur.metrics += 1;
+    }
+    if !cur.bytes.is_empty() {
+        out.push(cur);
+    }
+    (out, oversize)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::snapshot::Tags;
+
+    fn cfg(style: StatsdTagStyle) -> Config {
+        Config {
+            prefix: "ebpf".into(),
+            style,
+            tags: vec![],
+            max_packet: 1432,
+        }
+    }
+
+    fn snap(metrics: Vec<Metric>) -> Snapshot {
+        Snapshot {
+            time: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            interval: Duration::from_secs(1),
+            host: "h".into(),
+            metrics,
+        }
+    }
+
+    #[test]
+    fn names_fold_tag_values_after_the_first_segment() {
+        let c = cfg(StatsdTagStyle::Name);
+        let m = Metric::gauge(
+            "syscall.latency_us.p99",
+            vec![("syscall", "read".into())],
+            1.0,
+        );
+        assert_eq!(name(&m, &c), "ebpf.syscall.read.latency_us.p99");
+        let m = Metric::counter(
+            "disk.ops",
+            vec![("device", "vda".into()), ("op", "write".into())],
+            3,
+        );
+        assert_eq!(name(&m, &c), "ebpf.disk.vda.write.ops");
+        let m = Metric::gauge("load.1", vec![], 0.5);
+        assert_eq!(name(&m, &c), "ebpf.load.1");
+        let m = Metric::gauge("uptime", vec![("k", "v".into())], 0.5);
+        assert_eq!(name(&m, &c), "ebpf.uptime.v");
+    }
+
+    #[test]
+    fn global_tags_go_right_after_the_prefix() {
+        let mut c = cfg(StatsdTagStyle::Name);
+        c.prefix = "ebpf.prod".into();
+        c.tags = vec![("dc".into(), "par1".into())];
+        let m = Metric::counter("syscall.count", vec![("syscall", "read".into())], 1);
+        assert_eq!(name(&m, &c), "ebpf.prod.par1.syscall.read.count");
+        c.prefix = String::new();
+        c.tags.clear();
+        assert_eq!(name(&m, &c), "syscall.read.count");
+    }
+
+    #[test]
+    fn hostile_tag_values_are_sanitised() {
+        let hostile = [
+            "a:b|c@d#e f\ng",
+            "",
+            "..",
+            "é/ü\u{0}\r\t,=;",
+            "x:1|c\ny:2|g",
+            "#|@:",
+        ];
+        for style in [StatsdTagStyle::Name, StatsdTagStyle::Dogstatsd] {
+            let mut c = cfg(style);
+            c.tags = vec![("env".into(), "p r:o|d".into())];
+            for h in hostile {
+                let m = Metric::gauge(
+                    "tcp.rtt_us.p50",
+                    vec![("peer", h.to_string()), ("port", h.to_string())],
+                    -2.5,
+                );
+                let n = name(&m, &c);
+                assert!(
+                    n.chars().all(|ch| is_name_char(ch) || ch == '.'),
+                    "{style:?} {h:?} → {n:?}"
+                );
+                assert!(!n.contains(".."), "{n:?}");
+                assert!(!n.starts_with('.') && !n.ends_with('.'), "{n:?}");
+                let e = entry(&m, &c).unwrap();
+                // Exactly the two lines of a negative gauge, each `name:value|g[|#tags]`.
+                let lines: Vec<&str> = e.split('\n').collect();
+                assert_eq!(lines.len(), 2, "{e:?}");
+                for l in lines {
+                    let (lname, value, kind, tags) = parse_line(l).unwrap();
+                    assert_eq!(lname, n);
+                    assert_eq!(kind, "g");
+                    assert!(value == 0.0 || value == -2.5);
+                    match style {
+                        StatsdTagStyle::Name => assert!(tags.is_empty()),
+                        StatsdTagStyle::Dogstatsd => {
+                            assert_eq!(tags.len(), 3, "{l:?}");
+                            for (k, v) in tags {
+                                assert!(k.chars().all(is_tag_char) && !k.is_empty());
+                                assert!(v.chars().all(is_tag_char) && !v.is_empty());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dogstatsd_tags_and_names() {
+        let mut c = cfg(StatsdTagStyle::Dogstatsd);
+        c.tags = vec![("env".into(), "prod".into())];
+        let m = Metric::gauge(
+            "syscall.latency_us.p99",
+            vec![("syscall", "read".into())],
+            12.5,
+        );
+        assert_eq!(
+            entry(&m, &c).unwrap(),
+            "ebpf.syscall.latency_us.p99:12.5|g|#syscall:read,env:prod"
+        );
+        c.tags.clear();
+        let m = Metric::counter("net.drops", vec![], 7);
+        assert_eq!(entry(&m, &c).unwrap(), "ebpf.net.drops:7|c");
+    }
+
+    #[test]
+    fn float_formatting() {
+        assert_eq!(format_value(0.5).unwrap(), "0.5");
+        assert_eq!(format_value(12.0).unwrap(), "12");
+        assert_eq!(format_value(-0.0).unwrap(), "0");
+        assert_eq!(format_value(-3.25).unwrap(), "-3.25");
+        assert_eq!(format_value(1e21).unwrap(), "1000000000000000000000");
+        assert_eq!(format_value(1.5e-7).unwrap(), "0.00000015");
+        assert_eq!(format_value(0.1 + 0.2).unwrap(), "0.30000000000000004");
+        assert_eq!(format_value(f64::NAN), None);
+        assert_eq!(format_value(f64::INFINITY), None);
+        assert_eq!(format_value(f64::NEG_INFINITY), None);
+        for v in [
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            -f64::MAX,
+            123456.789,
+            1.0 / 3.0,
+            9007199254740993.0,
+        ] {
+            let s = format_value(v).unwrap();
+            assert!(
+                s.bytes()
+                    .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-')
+            );
+            assert_eq!(s.parse::<f64>().unwrap(), v, "{s}");
+        }
+    }
+
+    #[test]
+    fn counters_are_integers_and_non_finite_values_are_skipped() {
+        let c = cfg(StatsdTagStyle::Name);
+        let s = snap(vec![
+            Metric::counter("a.count", vec![], 12),
+            Metric::gauge("b.gauge", vec![], f64::NAN),
+            Metric::gauge("c.gauge", vec![], f64::INFINITY),
+            Metric::gauge("d.gauge", vec![], 0.25),
+        ]);
+        let enc = encode(&s, &c);
+        assert_eq!(enc.skipped, 2);
+        assert_eq!(enc.datagrams.len(), 1);
+        assert_eq!(
+            std::str::from_utf8(&enc.datagrams[0].bytes).unwrap(),
+            "ebpf.a.count:12|c\nebpf.d.gauge:0.25|g"
+        );
+        assert_eq!(enc.datagrams[0].metrics, 2);
+    }
+
+    #[test]
+    fn an_entry_longer_than_a_datagram_is_left_out_and_counted() {
+        let (d, over) = pack(["x".repeat(10), "y".repeat(11), "z".repeat(4)], 10);
+        assert_eq!(over, 1);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].bytes, b"xxxxxxxxxx");
+        assert_eq!(d[1].bytes, b"zzzz");
+    }
+
+    /// A parsed line: name, value, type, DogStatsD tags.
+    type Line = (String, f64, String, Vec<(String, String)>);
+
+    /// Splits `name:value|type[|#k:v,...]`, rejecting anything a StatsD server would misread.
+    fn parse_line(l: &str) -> Option<Line> {
+        let (name, rest) = l.split_once(':')?;
+        let mut parts = rest.split('|');
+        let value = parts.next()?;
+        let kind = parts.next()?;
+        let tags = match parts.next() {
+            None => vec![],
+            Some(t) => t
+                .strip_prefix('#')?
+                .split(',')
+                .map(|kv| {
+                    let (k, v) = kv.split_once(':')?;
+                    Some((k.to_owned(), v.to_owned()))
+                })
+                .collect::<Option<Vec<_>>>()?,
+        };
+        if parts.next().is_some() || name.is_empty() {
+            return None;
+        }
+        if !value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-')
+        {
+            return None;
+        }
+        Some((name.to_owned(), value.parse().ok()?, kind.to_owned(), tags))
+    }
+
+    /// xorshift64*: deterministic randomness without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn text(&mut self, max_len: u64) -> String {
+            const ALPHABET: &[char] = &[
+                'a', 'Z', '0', '9', '_', '-', '.', ':', '|', '@', '#', ',', ' ', '\n', '/', 'é',
+                '\u{0}', '=',
+            ];
+            (0..self.below(max_len + 1))
+                .map(|_| ALPHABET[self.below(ALPHABET.len() as u64) as usize])
+                .collect()
+        }
+        fn value(&mut self) -> f64 {
+            match self.below(8) {
+                0 => 0.0,
+                1 => -(self.below(1_000_000) as f64) / 7.0,
+                2 => f64::from_bits(self.next()), // anything, NaN and inf included
+                3 => self.below(u32::MAX as u64) as f64 * 1e6,
+                _ => self.below(1_000_000) as f64 / 64.0,
+            }
+        }
+    }
+
+    const KEYS: [&str; 4] = ["syscall", "device", "op", "peer"];
+
+    fn random_snapshot(rng: &mut Rng, n: usize) -> Snapshot {
+        let metrics = (0..n)
+            .map(|i| {
+                let tags: Tags = (0..rng.below(4) as usize)
+                    .map(|k| (KEYS[k], rng.text(40)))
+                    .collect();
+                // A unique, clean name per metric, so every metric is found again by name.
+                let name = format!("m{i}.x{}.p99", rng.below(100));
+                if rng.below(2) == 0 {
+                    Metric::counter(name, tags, rng.below(1 << 40))
+                } else {
+                    Metric::gauge(name, tags, rng.value())
+                }
+            })
+            .collect();
+        snap(metrics)
+    }
+
+    #[test]
+    fn random_snapshots_pack_within_the_limit_and_parse_back_exactly() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for round in 0..300 {
+            let style = if round % 2 == 0 {
+                StatsdTagStyle::Name
+            } else {
+                StatsdTagStyle::Dogstatsd
+            };
+            let max = [64, 200, 512, 1432, 8932][round % 5];
+            let mut c = cfg(style);
+            c.max_packet = max;
+            if round % 3 == 0 {
+                c.tags = vec![("env".into(), rng.text(12))];
+            }
+            let n = rng.below(400) as usize;
+            let s = random_snapshot(&mut rng, n);
+            let enc = encode(&s, &c);
+
+            // Expected: one entry per finite metric that fits, keyed by the metric index.
+            let mut expected: HashMap<String, (f64, &'static str)> = HashMap::new();
+            let mut skipped = 0;
+            for m in &s.metrics {
+                let kind = if m.kind == Kind::Counter { "c" } else { "g" };
+                match entry(m, &c) {
+                    Some(e) if e.len() <= max => {
+                        let v = if m.kind == Kind::Counter {
+                            m.value.round()
+                        } else {
+                            m.value
+                        };
+                        assert!(expected.insert(name(m, &c), (v, kind)).is_none());
+                    }
+                    _ => skipped += 1,
+                }
+            }
+            assert_eq!(enc.skipped, skipped);
+
+            let mut seen: HashMap<String, (f64, String)> = HashMap::new();
+            let mut metric_count = 0;
+            for d in &enc.datagrams {
+                assert!(
+                    d.bytes.len() <= max,
+                    "datagram of {} > {max}",
+                    d.bytes.len()
+                );
+                assert!(!d.bytes.is_empty());
+                metric_count += d.metrics;
+                let text = std::str::from_utf8(&d.bytes).unwrap();
+                let mut lines = text.split('\n').peekable();
+                while let Some(l) = lines.next() {
+                    let (n, v, kind, _) =
+                        parse_line(l).unwrap_or_else(|| panic!("unparsable line {l:?}"));
+                    if kind == "g" && v == 0.0 {
+                        // Possibly the reset line of a negative gauge: its value follows.
+                        if let Some(next) = lines.peek()
+                            && let Some((n2, v2, _, _)) = parse_line(next)
+                            && n2 == n
+                            && v2 < 0.0
+                        {
+                            continue;
+                        }
+                    }
+                    assert!(seen.insert(n.clone(), (v, kind)).is_none(), "duplicate {n}");
+                }
+            }
+            assert_eq!(metric_count, expected.len());
+            assert_eq!(seen.len(), expected.len(), "lost or extra lines");
+            for (n, (v, kind)) in expected {
+                let (sv, sk) = &seen[&n];
+                assert_eq!(*sv, v, "{n}");
+                assert_eq!(sk, kind, "{n}");
+            }
+        }
+    }
+}
