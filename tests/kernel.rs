@@ -312,12 +312,18 @@ fn bad_flags_exit_2_with_one_line() {
         &["run", "--output", "xml"],
         &["watch", "--pid", "abc"],
         &["frobnicate"],
+        &["run", "--statsd", "no-port-here"],
+        &["run", "--statsd", "host.invalid:8125"],
+        &["run", "--riemann", "ftp://127.0.0.1:5555"],
+        &["run", "--tag", "novalue"],
     ] {
         let out = Command::new(common::bin()).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
+        // One line: clap's usage errors start with "error:", ours with "ebpf-agent:".
+        let first = err.lines().next().unwrap();
         assert!(
-            err.lines().next().unwrap().starts_with("error:"),
+            first.starts_with("error:") || first.starts_with("ebpf-agent:"),
             "{args:?}: {err}"
         );
     }

@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::probes::Probe;
+use crate::{probes::Probe, sinks::SinkArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -136,12 +136,25 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
 pub struct RunArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// What to print on stdout each interval (logs always go to stderr).
-    #[arg(long, value_enum, default_value = "text")]
-    pub output: Output,
+    /// What to print on stdout each interval (logs always go to stderr). Default: text, or none
+    /// when a --statsd or --riemann sink is given.
+    #[arg(long, value_enum)]
+    pub output: Option<Output>,
     /// Host name reported with every metric (default: this machine's hostname).
     #[arg(long)]
     pub host: Option<String>,
+    #[command(flatten)]
+    pub sinks: SinkArgs,
+}
+
+impl RunArgs {
+    pub fn output(&self) -> Output {
+        match self.output {
+            Some(o) => o,
+            None if self.sinks.statsd.is_empty() && self.sinks.riemann.is_empty() => Output::Text,
+            None => Output::None,
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -183,7 +196,7 @@ mod tests {
         let Command::Run(r) = cli.command else {
             panic!("not run")
         };
-        assert_eq!(r.output, Output::Json);
+        assert_eq!(r.output(), Output::Json);
         assert_eq!(r.common.duration, Some(Duration::from_secs(3)));
         assert_eq!(r.common.interval, Duration::from_millis(500));
         assert_eq!(r.common.probes, vec![Source::Syscall, Source::Procfs]);

@@ -4,6 +4,7 @@
 //! /proc → [`procfs`] ─────────────────────────────────────────────────────┼→ [`snapshot`] → [`sinks`], [`output`], [`watch`]
 //! (assembled each interval by [`collector`], driven by [`run`]).
 
+pub mod anomaly;
 pub mod check;
 pub mod cli;
 pub mod collector;

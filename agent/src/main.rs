@@ -1,10 +1,17 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use ebpf_agent::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // bad flags: one line, exit 2
+    if let Command::Run(args) = &cli.command
+        && let Err(msg) = args.sinks.validate()
+    {
+        Cli::command()
+            .error(clap::error::ErrorKind::ValueValidation, msg)
+            .exit();
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -4,6 +4,7 @@
 use std::{
     io::{self, Write},
     process::ExitCode,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -14,7 +15,11 @@ use crate::{
     cli::{Output, RunArgs},
     collector::{Collector, next_boundary},
     output,
+    sinks::Sinks,
 };
+
+/// How long delivery of the last interval may take on exit.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
 /// Tokio instant at which the wall clock reads `t` (sleeping on the monotonic clock).
 fn instant_at(t: SystemTime) -> Instant {
@@ -39,6 +44,18 @@ pub fn hostname() -> String {
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
     let host = args.host.clone().unwrap_or_else(hostname);
     let interval = args.common.interval;
+    let output = args.output();
+    // Sinks first: a bad address is a usage error (exit 2) before anything is attached.
+    let sinks = match Sinks::start(&args.sinks, interval).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ebpf-agent: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if !sinks.is_empty() {
+        tracing::info!("sending to {}", sinks.names().join(", "));
+    }
     let mut collector = Collector::start(&args.common);
 
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -82,8 +99,16 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         };
         let len = end.duration_since(start).unwrap_or(interval);
         if len > Duration::ZERO {
-            let snap = collector.collect(end, len, &host);
-            emit(&mut stdout, args.output, &snap, &collector)?;
+            let mut snap = collector.collect(end, len, &host);
+            snap.metrics.extend(sinks.self_metrics());
+            let snap = Arc::new(snap);
+            sinks.send(snap.clone());
+            if let Err(e) = emit(&mut stdout, output, &snap, &collector) {
+                collector.stop();
+                drop(collector);
+                sinks.shutdown(SHUTDOWN_FLUSH).await;
+                return Err(e);
+            }
         }
         start = end;
         if stopping {
@@ -92,6 +117,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     }
     collector.stop();
     drop(collector); // detaches every program
+    sinks.shutdown(SHUTDOWN_FLUSH).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -804,3 +804,162 @@ fn repo_proto_matches_debians_riemann_proto() {
     let debian = std::fs::read_to_string(peers().join("proto/riemann.proto")).unwrap();
     assert_eq!(strip(&ours), strip(&debian));
 }
+
+// ---- end to end: the running agent, on the real kernel, into the real peers -----------------
+
+/// Runs `ebpf-agent run --output json ARGS`, making `getppid_calls` once it has attached;
+/// returns its JSON intervals.
+async fn run_agent(args: &[String], getppid_calls: usize) -> Vec<Value> {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ebpf-agent"))
+        .args(["run", "--output", "json"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = tokio::time::timeout(
+            WAIT,
+            tokio::io::AsyncBufReadExt::read_line(&mut stderr, &mut line),
+        )
+        .await
+        .expect("agent not ready in time")
+        .unwrap();
+        assert!(n > 0, "agent exited before attaching");
+        eprint!("[agent] {line}");
+        if line.contains("collecting:") {
+            break;
+        }
+    }
+    for _ in 0..getppid_calls {
+        // SAFETY: no preconditions.
+        unsafe { libc::getppid() };
+    }
+    tokio::spawn(async move { tokio::io::copy(&mut stderr, &mut tokio::io::stderr()).await });
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("agent did not stop")
+        .unwrap();
+    assert!(out.status.success(), "agent exit {}", out.status);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn printed<'a>(
+    intervals: &'a [Value],
+    name: &'a str,
+    tag: Option<(&'a str, &'a str)>,
+) -> impl Iterator<Item = (i64, f64)> + 'a {
+    intervals.iter().flat_map(move |i| {
+        let t = i["time"].as_i64().unwrap();
+        i["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(move |m| m["name"] == name && tag.is_none_or(|(k, v)| m["tags"][k] == v))
+            .map(move |m| (t, m["value"].as_f64().unwrap()))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_to_statsd_holds_what_the_agent_printed() {
+    const N: usize = 30_000;
+    let statsd = Statsd::start(free_udp_port()).await;
+    let args = vec![
+        "--probes".into(),
+        "syscall,procfs".into(),
+        "--duration".into(),
+        "3s".into(),
+        "--statsd".into(),
+        format!("127.0.0.1:{}", statsd.port),
+    ];
+    let intervals = run_agent(&args, N).await;
+    let printed_count: f64 = printed(&intervals, "syscall.count", Some(("syscall", "getppid")))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(printed_count >= N as f64);
+    let (_, last_mem) = printed(&intervals, "mem.total_bytes", None).last().unwrap();
+    let (_, last_p99) = printed(
+        &intervals,
+        "syscall.latency_us.p99",
+        Some(("syscall", "getppid")),
+    )
+    .last()
+    .unwrap();
+    // statsd's counters add up every interval sent (no flush during the test); gauges keep the last.
+    let counters = statsd
+        .wait("counters", |c| {
+            c.get("ebpf.syscall.getppid.count") == Some(&printed_count)
+        })
+        .await;
+    assert_eq!(counters["ebpf.syscall.getppid.count"], printed_count);
+    assert_eq!(counters["ebpf.agent.heartbeat"], intervals.len() as f64);
+    let gauges = statsd
+        .wait("gauges", |g| g.contains_key("ebpf.mem.total_bytes"))
+        .await;
+    assert_eq!(gauges["ebpf.mem.total_bytes"], last_mem);
+    assert!(gauges.contains_key("ebpf.syscall.getppid.latency_us.p99"));
+    assert_eq!(gauges["ebpf.agent.syscall.probe_up"], 1.0);
+    assert_eq!(
+        counters
+            .get("statsd.bad_lines_seen")
+            .copied()
+            .unwrap_or(0.0),
+        0.0
+    );
+    // The p99 of the last interval containing getppid may differ from the last gauge if getppid
+    // was not called in the last interval; it was printed at least once.
+    assert!(last_p99 > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_to_riemann_udp_and_tcp_carry_what_the_agent_printed() {
+    const N: usize = 20_000;
+    let mut udp = Riemann::start("udp", 0, &[]);
+    let mut tcp = Riemann::start("tcp", 0, &[]);
+    let args = vec![
+        "--probes".into(),
+        "syscall,procfs".into(),
+        "--duration".into(),
+        "2s".into(),
+        "--host".into(),
+        "e2e-host".into(),
+        "--riemann".into(),
+        format!("127.0.0.1:{}", udp.port),
+        "--riemann".into(),
+        format!("tcp://127.0.0.1:{}", tcp.port),
+    ];
+    let intervals = run_agent(&args, N).await;
+    let counts: Vec<(i64, f64)> =
+        printed(&intervals, "syscall.count", Some(("syscall", "getppid"))).collect();
+    assert!(counts.iter().map(|c| c.1).sum::<f64>() >= N as f64);
+    let heartbeats = intervals.len();
+    for (rx, transport) in [(&mut udp, "udp"), (&mut tcp, "tcp")] {
+        rx.wait("every heartbeat", |ev| {
+            ev.iter()
+                .filter(|e| e["service"] == "ebpf agent.heartbeat")
+                .count()
+                == heartbeats
+        })
+        .await;
+        for &(t, v) in &counts {
+            let e = rx
+                .with_service("ebpf syscall.count getppid")
+                .find(|e| e["time"] == t)
+                .unwrap_or_else(|| panic!("{transport}: no getppid count at {t}"));
+            assert_eq!(e["host"], "e2e-host");
+            assert_eq!(e["metric_sint64"], v as i64);
+            assert_eq!(e["metric_d"], v);
+            assert_eq!(e["ttl"], 2.0);
+            assert_eq!(e["state"], "ok");
+            assert_eq!(e["attributes"], json!([["syscall", "getppid"]]));
+            assert_eq!(e["transport"], transport);
+        }
+    }
+}
