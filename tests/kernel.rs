@@ -144,7 +144,7 @@ fn disk_of(path: &str) -> String {
 #[test]
 fn direct_writes_are_counted_on_the_root_disk() {
     const M: usize = 200;
-    let dir = std::env::var("CARGO_TARGET_TMPDIR").unwrap_or_else(|_| "/var/tmp".into());
+    let dir = env!("CARGO_TARGET_TMPDIR").to_string();
     let path = format!("{dir}/ebpf-agent-direct-{}", std::process::id());
     let device = disk_of(&dir);
     let mut agent = Agent::start(&[
@@ -490,4 +490,114 @@ fn nothing_stays_attached_after_exit_or_failure() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("stdout closed"));
     programs_settle_to(before);
+}
+
+#[test]
+fn config_check_validates_and_names_the_line() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/config.example.toml"
+    );
+    let out = Command::new(common::bin())
+        .args(["config", "check", example])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("interval = \"1s\"") && text.contains("[sinks]"),
+        "{text}"
+    );
+    let dir = env!("CARGO_TARGET_TMPDIR");
+    let bad = format!("{dir}/bad-config.toml");
+    std::fs::write(&bad, "interval = \"1s\"\n[sinks]\nstatsd = [\"no-port\"]\n").unwrap();
+    let out = Command::new(common::bin())
+        .args(["config", "check", &bad])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{bad}:3:")), "{err}");
+    // `run` refuses the same file before attaching anything.
+    let out = Command::new(common::bin())
+        .args(["run", "--config", &bad])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn sighup_reloads_without_losing_counts() {
+    const N: usize = 20_000;
+    let dir = env!("CARGO_TARGET_TMPDIR");
+    let path = format!("{dir}/reload-{}.toml", std::process::id());
+    std::fs::write(
+        &path,
+        "output = \"json\"\n[enable]\ndisk = false\ntcp = false\nprocfs = false\n",
+    )
+    .unwrap();
+    let mut agent = Agent::start(&["run", "--config", &path]);
+    agent.wait_ready();
+    let pid = agent.pid() as i32;
+    let before = our_programs();
+    getppid_n(N);
+    std::thread::sleep(Duration::from_millis(1500));
+    // Switch disk and procfs on: syscall stays attached (same programs), nothing lost.
+    std::fs::write(
+        &path,
+        "output = \"json\"\n[enable]\ndisk = true\ntcp = false\nprocfs = true\n",
+    )
+    .unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        our_programs(),
+        before + 2,
+        "disk's two programs added, syscall's kept"
+    );
+    getppid_n(N);
+    std::thread::sleep(Duration::from_millis(1200));
+    // A broken file is rejected: the agent keeps running with what it had.
+    std::fs::write(&path, "output = \"json\"\ninterval = \"never\"\n").unwrap();
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(1200));
+    getppid_n(N);
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let (status, out, err) = agent.finish(FINISH);
+    assert!(status.success(), "{status}");
+    assert!(
+        err.iter()
+            .any(|l| l.contains("reload rejected") && l.contains("interval")),
+        "{err:#?}"
+    );
+    let intervals = common::parse_lines(&out);
+    let count = sum(&intervals, "syscall.count", &[("syscall", "getppid")]);
+    assert!(
+        (3.0 * N as f64..=3.0 * N as f64 * 1.005).contains(&count),
+        "getppid across reloads: {count}"
+    );
+    // Switched-off probes are not reported; from the reload on, disk is up.
+    assert!(
+        intervals[0]["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["tags"]["probe"] != "disk")
+    );
+    let disk_up = values(&intervals, "agent.probe_up", &[("probe", "disk")]);
+    assert!(
+        !disk_up.is_empty() && disk_up.len() < intervals.len() && disk_up.iter().all(|&v| v == 1.0),
+        "disk probe_up: {disk_up:?}"
+    );
+    assert!(
+        values(&intervals, "mem.total_bytes", &[]).len() >= 2,
+        "procfs switched on"
+    );
+    programs_settle_to(before - 2);
 }

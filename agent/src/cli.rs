@@ -25,9 +25,22 @@ pub enum Command {
     Watch(WatchArgs),
     /// What this kernel and these privileges allow: one line per probe; exit 0 if all can run.
     Check(CheckArgs),
+    /// Configuration file tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate a configuration file and print the effective settings (exit 2 if invalid).
+    Check {
+        /// The file (default: /etc/ebpf-agent/config.toml).
+        path: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Output {
     Text,
     Json,
@@ -64,7 +77,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn parse_interval(s: &str) -> Result<Duration, String> {
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_millis(100) {
         return Err(format!("`{s}`: the interval must be at least 100ms"));
@@ -73,14 +86,14 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 }
 
 /// A duration where 0 is allowed (thresholds).
-fn parse_threshold(s: &str) -> Result<Duration, String> {
+pub fn parse_threshold(s: &str) -> Result<Duration, String> {
     if s == "0" {
         return Ok(Duration::ZERO);
     }
     humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (examples: 10ms, 1s, 0)"))
 }
 
-fn parse_comm(s: &str) -> Result<String, String> {
+pub fn parse_comm(s: &str) -> Result<String, String> {
     if s.is_empty() || s.len() > 15 {
         return Err(format!(
             "`{s}`: a command name has 1 to 15 bytes (the kernel's comm)"
@@ -89,7 +102,7 @@ fn parse_comm(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-fn parse_pid(s: &str) -> Result<u32, String> {
+pub fn parse_pid(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
         Ok(p) if p > 0 => Ok(p),
         _ => Err(format!("`{s}`: a process id is a positive integer")),
@@ -120,12 +133,15 @@ pub struct CommonArgs {
     /// Root of the proc filesystem to read (e.g. /host/proc in a container).
     #[arg(long = "procfs-root", default_value = "/proc")]
     pub procfs_root: PathBuf,
+    /// Turn off the one-by-one event stream (slow syscalls and block requests, TCP opens).
+    #[arg(long = "no-events")]
+    pub no_events: bool,
     /// Ring buffer size in KiB (a power of two).
     #[arg(long = "ring-buffer-kib", default_value_t = 256, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,
 }
 
-fn parse_ring_kib(s: &str) -> Result<u32, String> {
+pub fn parse_ring_kib(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
         Ok(k) if k >= 4 && k.is_power_of_two() && k <= 1 << 20 => Ok(k),
         _ => Err(format!("`{s}`: a power of two between 4 and 1048576")),
@@ -143,6 +159,10 @@ pub struct RunArgs {
     /// Host name reported with every metric (default: this machine's hostname).
     #[arg(long)]
     pub host: Option<String>,
+    /// Configuration file (TOML); flags given here win over it. Default: /etc/ebpf-agent/config.toml
+    /// when it exists. Reloaded on SIGHUP.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub sinks: SinkArgs,
 }

@@ -8,6 +8,7 @@ pub mod anomaly;
 pub mod check;
 pub mod cli;
 pub mod collector;
+pub mod config;
 pub mod histogram;
 pub mod output;
 pub mod probes;

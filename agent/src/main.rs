@@ -1,17 +1,17 @@
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
-use ebpf_agent::cli::{Cli, Command};
+use clap::{CommandFactory, FromArgMatches, Parser};
+use ebpf_agent::{
+    cli::{Cli, Command, ConfigCommand},
+    config, run,
+};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse(); // bad flags: one line, exit 2
-    if let Command::Run(args) = &cli.command
-        && let Err(msg) = args.sinks.validate()
-    {
-        Cli::command()
-            .error(clap::error::ErrorKind::ValueValidation, msg)
-            .exit();
-    }
+    let matches = Cli::command().get_matches(); // bad flags: one line, exit 2
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -20,6 +20,30 @@ fn main() -> ExitCode {
         )
         .with_target(false)
         .init();
+
+    // Settings are checked before anything is attached: a bad file or value exits 2.
+    let run_setup = match &cli.command {
+        Command::Run(args) => {
+            let run_matches = matches.subcommand_matches("run").cloned();
+            let reload = run::Reload::new(
+                args.clone(),
+                run_matches,
+                config::path(args.config.as_deref()),
+            );
+            match reload.effective() {
+                Ok(effective) => Some((effective, reload)),
+                Err(e) => {
+                    eprintln!("ebpf-agent: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        Command::Config(ConfigCommand::Check { path }) => {
+            return config_check(path.as_deref());
+        }
+        _ => None,
+    };
+
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -32,17 +56,44 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
-        match cli.command {
-            Command::Run(args) => ebpf_agent::run::run(args).await,
-            Command::Watch(args) => ebpf_agent::watch::watch(args).await,
-            Command::Check(_) => ebpf_agent::check::check().await,
+        match (cli.command, run_setup) {
+            (Command::Run(_), Some((args, reload))) => run::run(args, reload).await,
+            (Command::Watch(args), _) => ebpf_agent::watch::watch(args).await,
+            (Command::Check(_), _) => ebpf_agent::check::check().await,
+            _ => unreachable!("handled above"),
         }
     });
     match result {
-        Ok(code) => code.into(),
+        Ok(code) => code,
         Err(e) => {
             eprintln!("ebpf-agent: {e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// `ebpf-agent config check [PATH]`: prints the effective settings, or the line and reason.
+fn config_check(path: Option<&std::path::Path>) -> ExitCode {
+    let Some(path) = config::path(path) else {
+        eprintln!(
+            "ebpf-agent: no configuration file at {} (give a path)",
+            config::DEFAULT_PATH
+        );
+        return ExitCode::from(2);
+    };
+    let defaults = match Cli::try_parse_from(["ebpf-agent", "run"]).map(|c| c.command) {
+        Ok(Command::Run(r)) => r,
+        _ => unreachable!("`run` parses without flags"),
+    };
+    match config::load(&path).and_then(|l| config::effective(&defaults, None, Some(&l))) {
+        Ok(eff) => {
+            println!("# {}: valid; effective settings:", path.display());
+            print!("{}", config::render(&eff));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ebpf-agent: {e}");
+            ExitCode::from(2)
         }
     }
 }

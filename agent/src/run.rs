@@ -14,7 +14,7 @@ use tokio::{signal::unix::SignalKind, time::Instant};
 use crate::{
     cli::{Output, RunArgs},
     collector::{Collector, next_boundary},
-    output,
+    config, output,
     sinks::Sinks,
 };
 
@@ -41,12 +41,42 @@ pub fn hostname() -> String {
     "localhost".into()
 }
 
-pub async fn run(args: RunArgs) -> Result<ExitCode> {
-    let host = args.host.clone().unwrap_or_else(hostname);
-    let interval = args.common.interval;
-    let output = args.output();
+/// What a SIGHUP needs to rebuild the settings: the command line as given, and the file.
+pub struct Reload {
+    cli: RunArgs,
+    matches: Option<clap::ArgMatches>,
+    path: Option<std::path::PathBuf>,
+}
+
+impl Reload {
+    pub fn new(
+        cli: RunArgs,
+        matches: Option<clap::ArgMatches>,
+        path: Option<std::path::PathBuf>,
+    ) -> Self {
+        Self { cli, matches, path }
+    }
+
+    /// Flags given on the command line, over the file, over defaults; validated.
+    pub fn effective(&self) -> Result<RunArgs, String> {
+        let loaded = match &self.path {
+            Some(p) => Some(config::load(p).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let eff = config::effective(&self.cli, self.matches.as_ref(), loaded.as_ref())
+            .map_err(|e| e.to_string())?;
+        eff.sinks.validate()?;
+        Ok(eff)
+    }
+}
+
+pub async fn run(args: RunArgs, reload: Reload) -> Result<ExitCode> {
+    let mut args = args;
+    let mut host = args.host.clone().unwrap_or_else(hostname);
+    let mut interval = args.common.interval;
+    let mut output = args.output();
     // Sinks first: a bad address is a usage error (exit 2) before anything is attached.
-    let sinks = match Sinks::start(&args.sinks, interval).await {
+    let mut sinks = match Sinks::start(&args.sinks, interval).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ebpf-agent: {e:#}");
@@ -60,6 +90,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
 
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
 
     // Prime at the first boundary so every reported interval is a whole one.
     let mut boundary = next_boundary(SystemTime::now(), interval);
@@ -86,10 +117,47 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         };
         let target = stop_at.unwrap_or(boundary);
         let mut stopping = stop_at.is_some();
+        let mut hup = false;
         tokio::select! {
             _ = tokio::time::sleep_until(instant_at(target)) => {}
             _ = sigterm.recv() => stopping = true,
             _ = sigint.recv() => stopping = true,
+            _ = sighup.recv() => hup = true,
+        }
+        if hup {
+            // Apply the new settings and keep waiting for the same boundary.
+            match reload.effective() {
+                Err(e) => tracing::warn!("reload rejected, keeping the running settings: {e}"),
+                Ok(new) => {
+                    if new.sinks != args.sinks {
+                        match Sinks::start(&new.sinks, new.common.interval).await {
+                            Ok(s) => {
+                                let old = std::mem::replace(&mut sinks, s);
+                                tokio::spawn(old.shutdown(SHUTDOWN_FLUSH));
+                            }
+                            Err(e) => {
+                                tracing::warn!(
+                                    "reload rejected, keeping the running settings: {e:#}"
+                                );
+                                boundary = SystemTime::now();
+                                continue;
+                            }
+                        }
+                    }
+                    if new.common.ring_buffer_kib != args.common.ring_buffer_kib {
+                        tracing::warn!("ring_buffer_kib changes at the next restart");
+                    }
+                    collector.apply(&new.common);
+                    host = new.host.clone().unwrap_or_else(hostname);
+                    output = new.output();
+                    interval = new.common.interval;
+                    args = new;
+                    tracing::info!("reloaded: {}", collector.summary());
+                }
+            }
+            // The current interval goes on to the next boundary (of the new interval) after now.
+            boundary = SystemTime::now();
+            continue;
         }
         // On a signal the interval ends now: flush what it holds.
         let end = if stopping {

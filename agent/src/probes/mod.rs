@@ -147,10 +147,19 @@ pub struct Kernel {
     ebpf: Ebpf,
     table: HistTable,
     diff: RowDiff,
+    /// Probes asked for, and how attaching them went.
     status: Vec<ProbeStatus>,
+    /// Probes that cannot be attached on this kernel (tracepoint formats missing), with why.
+    unpreparable: Vec<(Probe, String)>,
     syscall: syscall::SyscallProbe,
     disk: disk::DiskProbe,
     tcp: tcp::TcpProbe,
+    /// Keeps the kernel's BPF run-time statistics on while open (refcounted by the kernel, so
+    /// closing it on exit restores the previous state, and other users are unaffected).
+    stats_fd: Option<std::os::fd::OwnedFd>,
+    /// Per program: (run time, run count, when read).
+    prev_stats:
+        std::collections::HashMap<&'static str, (std::time::Duration, u64, std::time::Instant)>,
 }
 
 /// Whether any error in `e`'s chain is EPERM/EACCES.
@@ -186,22 +195,12 @@ impl Kernel {
     pub fn load(opts: &ProbeOptions) -> Result<Kernel, ProbeError> {
         let ncpus = aya::util::nr_cpus()
             .map_err(|(path, e)| ProbeError::Load(format!("reading {path}: {e}")))?;
-        let mut status: Vec<ProbeStatus> = Vec::new();
-        let mut wanted: Vec<Probe> = Vec::new();
-
-        // Tracepoint field offsets come from tracefs, read before load (they are load-time globals).
+        // Tracepoint field offsets come from tracefs, read before load (they are load-time
+        // globals) for every probe, so a probe switched on later by a reload can attach too.
         let mut offsets = TpOffsets::UNSET;
-        let needs_tracefs = opts.probes.iter().any(|p| {
-            p.programs()
-                .iter()
-                .any(|prog| matches!(prog.attach, Attach::Tracepoint(..)))
-        });
-        let tracefs: Result<PathBuf, String> = if needs_tracefs {
-            tracefs::ensure_mounted().map_err(|e| e.to_string())
-        } else {
-            Ok(PathBuf::new())
-        };
-        for &probe in &opts.probes {
+        let tracefs: Result<PathBuf, String> = tracefs::ensure_mounted().map_err(|e| e.to_string());
+        let mut unpreparable = Vec::new();
+        for probe in Probe::ALL {
             let prepared =
                 match probe {
                     Probe::Syscall => Ok(()),
@@ -212,12 +211,8 @@ impl Kernel {
                         tcp::read_offsets(t, &mut offsets).map_err(|e| e.to_string())
                     }),
                 };
-            match prepared {
-                Ok(()) => wanted.push(probe),
-                Err(e) => status.push(ProbeStatus {
-                    probe,
-                    result: Err(e),
-                }),
+            if let Err(e) = prepared {
+                unpreparable.push((probe, e));
             }
         }
 
@@ -256,30 +251,80 @@ impl Kernel {
             HistTable::new(data, ncpus).map_err(ProbeError::Mmap)?
         };
 
-        let mut disk = disk::DiskProbe::default();
-        for probe in wanted {
-            let result = attach_probe(&mut ebpf, probe);
-            if let Err(e) = &result {
-                tracing::warn!("probe {probe} disabled: {e}");
-            }
-            if probe == Probe::Disk && result.is_ok() {
-                disk.refresh_slots(&mut ebpf);
-            }
-            status.push(ProbeStatus { probe, result });
-        }
-        status.sort_by_key(|s| s.probe);
-
         let mut diff = RowDiff::default();
         diff.prime(&table, 0..layout::ROWS);
-        Ok(Kernel {
+        let stats_fd = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::info!("BPF run-time statistics unavailable ({e}): no agent.bpf_* metrics");
+                None
+            }
+        };
+        let mut kernel = Kernel {
             ebpf,
             table,
             diff,
-            status,
+            status: Vec::new(),
+            unpreparable,
             syscall: syscall::SyscallProbe::default(),
-            disk,
+            disk: disk::DiskProbe::default(),
             tcp: tcp::TcpProbe,
-        })
+            stats_fd,
+            prev_stats: Default::default(),
+        };
+        kernel.set_probes(&opts.probes);
+        Ok(kernel)
+    }
+
+    /// Attaches the probes in `wanted` that are not attached and detaches the others; probes
+    /// already attached and still wanted are left alone (their counts continue).
+    pub fn set_probes(&mut self, wanted: &[Probe]) {
+        for probe in Probe::ALL {
+            let current = self.status.iter().position(|s| s.probe == probe);
+            let want = wanted.contains(&probe);
+            match (current, want) {
+                (Some(i), false) => {
+                    if self.status[i].result.is_ok() {
+                        for prog in probe.programs() {
+                            unload(&mut self.ebpf, prog.name);
+                        }
+                        tracing::info!("probe {probe} detached");
+                    }
+                    self.status.remove(i);
+                }
+                (Some(i), true) if self.status[i].result.is_ok() => {}
+                (current, true) => {
+                    let result = match self.unpreparable.iter().find(|(p, _)| *p == probe) {
+                        Some((_, e)) => Err(e.clone()),
+                        None => attach_probe(&mut self.ebpf, probe),
+                    };
+                    match &result {
+                        Err(e) => tracing::warn!("probe {probe} disabled: {e}"),
+                        Ok(()) => {
+                            if probe == Probe::Disk {
+                                self.disk.refresh_slots(&mut self.ebpf);
+                            }
+                            // Counts recorded while it was detached are none: re-prime anyway so
+                            // a re-attached probe starts clean.
+                            let rows = probe_rows(probe);
+                            self.diff.prime(&self.table, rows);
+                        }
+                    }
+                    let st = ProbeStatus { probe, result };
+                    match current {
+                        Some(i) => self.status[i] = st,
+                        None => self.status.push(st),
+                    }
+                }
+                (None, false) => {}
+            }
+        }
+        self.status.sort_by_key(|s| s.probe);
+    }
+
+    /// Forgets everything recorded so far: the next interval starts now.
+    pub fn prime(&mut self) {
+        self.diff.prime(&self.table, 0..layout::ROWS);
     }
 
     pub fn status(&self) -> &[ProbeStatus] {
@@ -330,9 +375,45 @@ impl Kernel {
                 ));
             }
         }
+        self.collect_bpf_stats(out);
         let read_errors = self.diff.counter(&self.table, layout::CTR_READ_ERRORS);
         if read_errors > 0 {
             tracing::warn!("{read_errors} tracepoint field reads failed in the last interval");
+        }
+    }
+
+    /// `agent.bpf_ns_per_event{program}` and `agent.bpf_cpu_pct{program}`: the kernel's own
+    /// measure of what each attached program costs (needs run-time statistics on).
+    fn collect_bpf_stats(&mut self, out: &mut Vec<Metric>) {
+        if self.stats_fd.is_none() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        for s in self.status.iter().filter(|s| s.result.is_ok()) {
+            for prog in s.probe.programs() {
+                let Some((run_time, run_count)) = program_stats(&self.ebpf, prog.name) else {
+                    continue;
+                };
+                if let Some((t0, c0, when)) = self
+                    .prev_stats
+                    .insert(prog.name, (run_time, run_count, now))
+                {
+                    let ns = run_time.saturating_sub(t0).as_nanos() as f64;
+                    let events = run_count.saturating_sub(c0);
+                    let wall = now.duration_since(when).as_nanos() as f64;
+                    let tags: Tags = vec![("program", prog.name.to_string())];
+                    if events > 0 {
+                        out.push(Metric::gauge(
+                            "agent.bpf_ns_per_event",
+                            tags.clone(),
+                            ns / events as f64,
+                        ));
+                    }
+                    if wall > 0.0 {
+                        out.push(Metric::gauge("agent.bpf_cpu_pct", tags, ns / wall * 100.0));
+                    }
+                }
+            }
         }
     }
 
@@ -350,6 +431,25 @@ impl Kernel {
             .map(|data| fdinfo_memlock(data).unwrap_or(0))
             .sum()
     }
+}
+
+/// Histogram and counter rows written by `probe`'s programs.
+fn probe_rows(probe: Probe) -> std::ops::Range<usize> {
+    match probe {
+        Probe::Syscall => layout::ROW_SYSCALL0..layout::ROW_DISK0,
+        Probe::Disk => layout::ROW_DISK0..layout::ROW_TCP_RTT,
+        Probe::Tcp => layout::ROW_TCP_RTT..layout::ROW_COUNTERS,
+    }
+}
+
+/// (run time, run count) of a loaded program, from the kernel.
+fn program_stats(ebpf: &Ebpf, name: &str) -> Option<(std::time::Duration, u64)> {
+    let info = match ebpf.program(name)? {
+        aya::programs::Program::RawTracePoint(p) => p.info().ok()?,
+        aya::programs::Program::TracePoint(p) => p.info().ok()?,
+        _ => return None,
+    };
+    Some((info.run_time(), info.run_count()))
 }
 
 fn map_data(map: &aya::maps::Map) -> Option<&MapData> {

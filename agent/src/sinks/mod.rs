@@ -47,7 +47,7 @@ pub enum StatsdTagStyle {
 /// Sink options of `ebpf-agent run` (flattened into its arguments; also read from a config file,
 /// where a missing key takes the command line's default).
 #[derive(clap::Args, Debug, Clone, PartialEq, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SinkArgs {
     /// Push every interval to this StatsD server over UDP (repeatable).
     #[arg(long = "statsd", value_name = "HOST:PORT")]
