@@ -469,6 +469,20 @@ pub fn tcp_receive_reset(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
+// ---- the benchmark's floor: empty programs on the same hooks as the syscall probe ----
+// Never attached by the agent; `ebpf-agent floor` attaches them so the overhead benchmark can
+// measure what merely running a program on every syscall costs.
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn floor_enter(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn floor_exit(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -103,3 +103,19 @@ pub async fn check() -> Result<ExitCode> {
 fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
+
+/// `ebpf-agent floor`: the benchmark's empty programs, attached until duration or a signal.
+pub async fn floor(duration: Option<std::time::Duration>) -> Result<ExitCode> {
+    let ebpf = crate::probes::attach_floor()?;
+    eprintln!("floor attached: empty sys_enter and sys_exit programs");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let sleep =
+        tokio::time::sleep(duration.unwrap_or(std::time::Duration::from_secs(u64::MAX / 4)));
+    tokio::select! {
+        _ = sleep => {}
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    drop(ebpf);
+    Ok(ExitCode::SUCCESS)
+}

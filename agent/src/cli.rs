@@ -28,6 +28,13 @@ pub enum Command {
     /// Configuration file tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Benchmark helper: attach two empty programs on sys_enter/sys_exit (the cost floor of any
+    /// syscall tracer) until the duration ends or a signal.
+    #[command(hide = true)]
+    Floor {
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -60,6 +60,7 @@ fn main() -> ExitCode {
             (Command::Run(_), Some((args, reload))) => run::run(args, reload).await,
             (Command::Watch(args), _) => ebpf_agent::watch::watch(args).await,
             (Command::Check(_), _) => ebpf_agent::check::check().await,
+            (Command::Floor { duration }, _) => ebpf_agent::check::floor(duration).await,
             _ => unreachable!("handled above"),
         }
     });

@@ -548,3 +548,32 @@ pub fn program_names() -> impl Iterator<Item = (Probe, &'static Program)> {
         .into_iter()
         .flat_map(|p| p.programs().iter().map(move |prog| (p, prog)))
 }
+
+/// The benchmark's floor: loads the object and attaches only the two empty programs on
+/// sys_enter/sys_exit. Detached when the returned object is dropped.
+pub fn attach_floor() -> Result<Ebpf, ProbeError> {
+    let ncpus = aya::util::nr_cpus()
+        .map_err(|(path, e)| ProbeError::Load(format!("reading {path}: {e}")))?;
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(maps::HIST, layout::hist_entries(ncpus) as u32)
+        .load(EBPF_OBJECT)
+        .map_err(|e| {
+            if is_permission_error(&e) {
+                ProbeError::NoPrivilege(error_chain(&e))
+            } else {
+                ProbeError::Load(error_chain(&e))
+            }
+        })?;
+    for (name, tp) in [("floor_enter", "sys_enter"), ("floor_exit", "sys_exit")] {
+        attach_program(
+            &mut ebpf,
+            Probe::Syscall,
+            &Program {
+                name,
+                attach: Attach::Raw(tp),
+            },
+        )
+        .map_err(ProbeError::Load)?;
+    }
+    Ok(ebpf)
+}
