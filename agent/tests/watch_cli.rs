@@ -1,0 +1,250 @@
+//! `ebpf-agent watch` on the real kernel (root): frames on a pipe, known `getppid` load, the exit
+//! report, and the `--pid` filter. Run with one test thread: the programs count system-wide.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Mutex, MutexGuard, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+const N: usize = 50_000;
+
+/// The tests count this process's own calls: they must not overlap, even without
+/// `--test-threads=1`.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running `ebpf-agent watch` whose stdout lines arrive on a channel.
+struct Watch {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stdout: Vec<String>,
+    stderr: thread::JoinHandle<String>,
+}
+
+impl Watch {
+    fn start(args: &[&str]) -> Watch {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ebpf-agent"))
+            .arg("watch")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ebpf-agent watch");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let stderr = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        Watch {
+            child,
+            lines,
+            stdout: vec![],
+            stderr,
+        }
+    }
+
+    /// Waits for the first frame's `--- <time>` line: from now on every call is counted.
+    fn wait_first_frame(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let frame = line.starts_with("--- ");
+                    self.stdout.push(line);
+                    if frame {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no frame within 20 s; stdout so far: {:#?}", self.stdout);
+    }
+
+    /// Waits for exit (it must stop by itself); returns status, stdout lines and stderr.
+    fn finish(mut self) -> (ExitStatus, Vec<String>, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("watch did not stop by itself; stdout: {:#?}", self.stdout);
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        // The reader ends at EOF, once the process is gone.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.stdout.push(line);
+        }
+        let stderr = self.stderr.join().unwrap();
+        (status, self.stdout, stderr)
+    }
+}
+
+fn getppid_n(n: usize) {
+    for _ in 0..n {
+        // SAFETY: getppid has no preconditions.
+        unsafe { libc::getppid() };
+    }
+}
+
+/// Frames: the lines after each `--- <time>` separator, up to the next one or the report.
+fn frames(out: &[String]) -> Vec<&[String]> {
+    let mut starts: Vec<usize> = out
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("--- "))
+        .map(|(i, _)| i)
+        .collect();
+    let report = out
+        .iter()
+        .position(|l| l.starts_with("=== "))
+        .unwrap_or(out.len());
+    starts.push(report);
+    starts.windows(2).map(|w| &out[w[0] + 1..w[1]]).collect()
+}
+
+/// calls/s of `syscall` in a frame's top-syscalls table, if listed.
+fn calls_per_s(frame: &[String], syscall: &str) -> Option<f64> {
+    frame
+        .iter()
+        .skip_while(|l| !l.starts_with("TOP SYSCALLS BY TOTAL TIME"))
+        .skip(2)
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| {
+            let mut cols = l.split_whitespace();
+            (cols.next() == Some(syscall)).then(|| cols.next().unwrap().parse::<f64>().unwrap())
+        })
+}
+
+/// The exit report's histogram of `title` (heading line and bar rows).
+fn report_histogram<'a>(out: &'a [String], title: &str) -> Option<Vec<&'a String>> {
+    let report = out.iter().position(|l| l.starts_with("=== "))?;
+    let head = format!("{title}: ");
+    let at = out[report..].iter().position(|l| l.starts_with(&head))? + report;
+    Some(out[at..].iter().take_while(|l| !l.is_empty()).collect())
+}
+
+#[test]
+fn watch_shows_frames_and_the_session_histogram_of_known_load() {
+    let _serial = serial();
+    let mut w = Watch::start(&["--duration", "3s", "--probes", "syscall,procfs"]);
+    w.wait_first_frame();
+    getppid_n(N);
+    let (status, out, stderr) = w.finish();
+    let text = out.join("\n");
+    assert!(
+        status.success(),
+        "exit {status:?}; stderr: {stderr}; stdout:\n{text}"
+    );
+    assert!(!text.contains('\x1b'), "escape codes on a pipe:\n{text}");
+
+    let frames = frames(&out);
+    assert!(frames.len() >= 2, "{} frames:\n{text}", frames.len());
+    for f in &frames {
+        assert!(
+            f[0].starts_with("ebpf-agent watch · "),
+            "frame header: {f:#?}"
+        );
+        assert!(f[1].contains("collecting: syscall, procfs"), "{f:#?}");
+        assert!(
+            f.iter().any(|l| l.starts_with("MEMORY, SWAP, IOWAIT")),
+            "{f:#?}"
+        );
+    }
+    let seen: Vec<f64> = frames
+        .iter()
+        .filter_map(|f| calls_per_s(f, "getppid"))
+        .collect();
+    assert!(
+        !seen.is_empty(),
+        "getppid not in any top-syscalls table:\n{text}"
+    );
+    let total: f64 = seen.iter().sum();
+    // System-wide: other processes may add a few calls.
+    assert!(
+        total >= N as f64,
+        "getppid calls/s summed over frames = {total}, want ≥ {N}:\n{text}"
+    );
+
+    let hist = report_histogram(&out, "syscall getppid")
+        .unwrap_or_else(|| panic!("no session histogram for getppid:\n{text}"));
+    let samples: u64 = hist[0]
+        .split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("heading: {}", hist[0]));
+    assert!(samples >= N as u64, "{}", hist[0]);
+    let rows: Vec<u64> = hist[1..]
+        .iter()
+        .map(|r| {
+            assert!(r.contains(") µs") && r.ends_with('|'), "bar row: {r}");
+            let count = r.split(") µs").nth(1).unwrap().split('|').next().unwrap();
+            count.trim().parse().unwrap()
+        })
+        .collect();
+    assert!(!rows.is_empty(), "no bar rows: {hist:#?}");
+    assert_eq!(
+        rows.iter().sum::<u64>(),
+        samples,
+        "rows add up to the samples: {hist:#?}"
+    );
+}
+
+#[test]
+fn watch_pid_filter_excludes_other_processes() {
+    let _serial = serial();
+    let me = std::process::id().to_string();
+    let mut w = Watch::start(&["--duration", "3s", "--probes", "syscall", "--pid", &me]);
+    w.wait_first_frame();
+    // Another process's 20,000 getppid calls must not be counted...
+    let other = Command::new("python3")
+        .args(["-c", "import os\nfor _ in range(20000): os.getppid()"])
+        .spawn()
+        .expect("python3 is needed by this test");
+    // ...while this process's are.
+    getppid_n(N);
+    let other = other.wait_with_output().unwrap();
+    assert!(other.status.success(), "python3 failed: {other:?}");
+    let (status, out, stderr) = w.finish();
+    let text = out.join("\n");
+    assert!(
+        status.success(),
+        "exit {status:?}; stderr: {stderr}; stdout:\n{text}"
+    );
+    let frames = frames(&out);
+    assert!(frames.len() >= 2, "{} frames:\n{text}", frames.len());
+    assert!(
+        frames[0][1].contains(&format!("filter: pid {me}")),
+        "{:#?}",
+        frames[0]
+    );
+    let total: f64 = frames
+        .iter()
+        .filter_map(|f| calls_per_s(f, "getppid"))
+        .sum();
+    assert!(
+        (N as f64..=N as f64 + 50.0).contains(&total),
+        "getppid calls/s summed over frames = {total}, want {N} (+50 at most), far below {}:\n{text}",
+        N + 20_000
+    );
+}
