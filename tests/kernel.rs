@@ -601,3 +601,151 @@ fn sighup_reloads_without_losing_counts() {
     );
     programs_settle_to(before - 2);
 }
+
+#[test]
+fn without_bpf_capabilities_runs_procfs_only() {
+    // Root, but with the capabilities BPF needs dropped from every set.
+    let cmd = format!("exec {} run --output json --duration 1s", common::bin());
+    let out = Command::new("capsh")
+        .args(["--drop=cap_bpf,cap_perfmon,cap_sys_admin", "--", "-c", &cmd])
+        .output()
+        .expect("capsh (libcap2-bin)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {}: {err}", out.status);
+    assert_eq!(
+        err.lines().filter(|l| l.contains("WARN")).count(),
+        1,
+        "one warning: {err}"
+    );
+    assert!(err.contains("procfs metrics only"), "{err}");
+    let intervals = common::parse_lines(&String::from_utf8_lossy(&out.stdout));
+    for p in ["syscall", "disk", "tcp"] {
+        assert_eq!(
+            values(&intervals, "agent.probe_up", &[("probe", p)]),
+            vec![0.0],
+            "{p}"
+        );
+    }
+    assert!(values(&intervals, "load.1", &[]).len() == 1);
+}
+
+#[test]
+fn procfs_root_fixture_without_pressure_is_read_quietly() {
+    // A proc tree of our own: every procfs metric must come from it, and no PSI, no warning.
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/proc/nopsi");
+    let root = format!(
+        "{}/proc-root-{}",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    );
+    std::fs::create_dir_all(&root).unwrap();
+    for f in ["loadavg", "stat", "vmstat"] {
+        std::fs::copy(format!("{src}/{f}"), format!("{root}/{f}")).unwrap();
+    }
+    let meminfo = std::fs::read_to_string(format!("{src}/meminfo")).unwrap();
+    let meminfo: String = meminfo
+        .lines()
+        .map(|l| {
+            if l.starts_with("MemTotal:") {
+                "MemTotal:        1234567 kB".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .map(|l| l + "\n")
+        .collect();
+    std::fs::write(format!("{root}/meminfo"), meminfo).unwrap();
+    std::fs::write(format!("{root}/loadavg"), "3.25 2.50 1.75 1/123 4567\n").unwrap();
+    let out = Command::new(common::bin())
+        .args([
+            "run",
+            "--output",
+            "json",
+            "--probes",
+            "procfs",
+            "--duration",
+            "2s",
+            "--procfs-root",
+            &root,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        !err.contains("WARN") && !err.contains("ERROR"),
+        "no warnings: {err}"
+    );
+    let intervals = common::parse_lines(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(intervals.len(), 2);
+    assert_eq!(
+        values(&intervals, "mem.total_bytes", &[]),
+        vec![1234567.0 * 1024.0; 2]
+    );
+    assert_eq!(values(&intervals, "load.1", &[]), vec![3.25; 2]);
+    assert_eq!(values(&intervals, "load.15", &[]), vec![1.75; 2]);
+    assert_eq!(values(&intervals, "swap.total_bytes", &[]), vec![0.0; 2]);
+    let psi = intervals
+        .iter()
+        .flat_map(|i| i["metrics"].as_array().unwrap().iter())
+        .filter(|m| m["name"].as_str().unwrap().starts_with("psi."))
+        .count();
+    assert_eq!(psi, 0);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn dead_sinks_for_a_long_time_keep_memory_bounded_then_deliver() {
+    // 150 intervals of 100 ms with every endpoint away: far more than the 20-interval queue.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = udp.local_addr().unwrap().port();
+    drop(udp); // nothing listens: ICMP port unreachable, ECONNREFUSED on the next send
+    let tcp_port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let statsd = format!("127.0.0.1:{port}");
+    let riemann = format!("tcp://127.0.0.1:{tcp_port}");
+    let mut agent = Agent::start(&[
+        "run",
+        "--output",
+        "json",
+        "--interval",
+        "100ms",
+        "--duration",
+        "15s",
+        "--sink-queue",
+        "20",
+        "--statsd",
+        &statsd,
+        "--riemann",
+        &riemann,
+        "--riemann-timeout",
+        "200ms",
+    ]);
+    agent.wait_ready();
+    // Bring the StatsD endpoint back for the last seconds: delivery resumes.
+    std::thread::sleep(Duration::from_secs(12));
+    let back = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
+    back.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = [0u8; 2048];
+    let n = back
+        .recv(&mut buf)
+        .expect("statsd datagrams again once the endpoint is back");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("ebpf."));
+    let intervals = agent.intervals(FINISH);
+    assert!(intervals.len() >= 140, "{}", intervals.len());
+    let tcp_tag = format!("riemann-tcp:127.0.0.1:{tcp_port}");
+    assert!(sum(&intervals, "agent.sink_errors", &[("sink", &tcp_tag)]) > 0.0);
+    assert!(
+        sum(&intervals, "agent.sink_dropped", &[("sink", &tcp_tag)]) > 0.0,
+        "the queue overflowed: oldest dropped, counted"
+    );
+    // Memory is flat: the last RSS is within 4 MiB of the RSS after the first 2 seconds.
+    let rss = values(&intervals, "agent.rss_bytes", &[]);
+    let (early, last) = (rss[20], *rss.last().unwrap());
+    assert!(
+        last <= early + 4.0 * 1024.0 * 1024.0,
+        "RSS grew from {early} to {last}"
+    );
+}

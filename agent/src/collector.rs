@@ -204,85 +204,14 @@ impl Collector {
         }
     }
 
-    /// Cumulative rows since load (cells of `agent_common::layout`: count, sum_ns, aux, then the
-    /// `hist` buckets in ns) of every syscall, disk × op and TCP latency histogram with samples,
-    /// named like the snapshot's metrics. The difference of two calls is an exact histogram of
-    /// what happened in between (`watch`'s session histograms). [`Kernel`] does not hand out its
-    /// table, so this maps our own `HIST` map a second time, read-only, through a duplicate of the
-    /// fd this process already holds (no extra privilege needed).
+    /// Cumulative histogram rows (since load) of every key with samples, named like the
+    /// snapshot's latency families: diff two calls to get exactly what happened in between
+    /// (`watch`'s session histograms).
     pub fn cumulative_histograms(&self) -> Vec<(&'static str, crate::snapshot::Tags, Vec<u64>)> {
-        use crate::probes::{disk, syscall, table::HistTable};
-        use agent_common::{layout, maps};
-        use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-        use std::{os::fd::BorrowedFd, path::Path};
-
-        let Some(k) = &self.kernel else { return vec![] };
-        let Ok(ncpus) = aya::util::nr_cpus() else {
-            return vec![];
-        };
-        let (mut table, mut slots) = (None, Vec::<(u32, u32)>::new());
-        for entry in std::fs::read_dir("/proc/self/fd")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-                continue;
-            };
-            if std::fs::read_link(entry.path()).ok().as_deref()
-                != Some(Path::new("anon_inode:bpf-map"))
-            {
-                continue;
-            }
-            // SAFETY: `fd` was listed open just now and is only duplicated; a number closed or
-            // reused meanwhile fails the dup or is rejected by `from_fd` and the name check.
-            let Ok(fd) = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned() else {
-                continue;
-            };
-            let Ok(data) = MapData::from_fd(fd) else {
-                continue;
-            };
-            let name = data
-                .info()
-                .ok()
-                .and_then(|i| i.name_as_str().map(str::to_owned));
-            match name.as_deref() {
-                Some(maps::HIST) => table = HistTable::new(&data, ncpus).ok(),
-                Some(maps::DISK_SLOTS) => {
-                    if let Ok(m) = BpfHashMap::<_, u32, u32>::try_from(Map::HashMap(data)) {
-                        slots = m.iter().flatten().collect();
-                    }
-                }
-                _ => {}
-            }
-        }
-        let Some(t) = table else { return vec![] };
-        let mut out = Vec::new();
-        let mut push = |name, tags, row: usize| {
-            if t.total(row, layout::CELL_COUNT) > 0 {
-                let mut cells = [0u64; layout::ROW_LEN];
-                t.row_total(row, &mut cells);
-                out.push((name, tags, cells.to_vec()));
-            }
-        };
-        for nr in 0..layout::MAX_SYSCALLS {
-            let tags = vec![("syscall", syscall::name(nr))];
-            push("syscall.latency_us", tags, layout::ROW_SYSCALL0 + nr);
-        }
-        for slot in 0..layout::DISK_SLOTS {
-            let device = match slots.iter().find(|&&(_, s)| s as usize == slot) {
-                _ if slot == layout::DISK_SLOTS - 1 => disk::OTHER_DEVICE.to_string(),
-                Some(&(dev, _)) => k.device_name(dev),
-                None => continue,
-            };
-            for (op, op_name) in ["read", "write", "other"].into_iter().enumerate() {
-                let tags = vec![("device", device.clone()), ("op", op_name.to_string())];
-                push("disk.latency_us", tags, layout::disk_row(slot, op as u32));
-            }
-        }
-        push("tcp.rtt_us", vec![], layout::ROW_TCP_RTT);
-        push("tcp.connect_latency_us", vec![], layout::ROW_TCP_CONNECT);
-        out
+        self.kernel
+            .as_ref()
+            .map(|k| k.cumulative_rows())
+            .unwrap_or_default()
     }
 
     /// Stops reading the ring buffer; dropping the collector detaches every program.

@@ -28,7 +28,7 @@ pub const PROGRAMS: &[Program] = &[
     },
 ];
 
-const OPS: [&str; layout::DISK_OPS] = ["read", "write", "other"];
+pub const OPS: [&str; layout::DISK_OPS] = ["read", "write", "other"];
 /// Device tag of the last slot, shared by devices beyond the first `DISK_SLOTS - 1`.
 pub const OTHER_DEVICE: &str = "other";
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
@@ -132,13 +132,12 @@ impl DiskProbe {
 
     /// `disk.ops`, `disk.bytes`, `disk.latency_us.*` per device and op with I/O in the interval.
     pub fn collect(&self, t: &HistTable, diff: &mut RowDiff, out: &mut Vec<Metric>) {
-        for (slot, name) in self.names.iter().enumerate() {
-            let Some(name) = name else { continue };
+        for (slot, name) in self.slot_names() {
             for (op, op_name) in OPS.iter().enumerate() {
                 let Some(d) = diff.delta(t, layout::disk_row(slot, op as u32)) else {
                     continue;
                 };
-                let tags = vec![("device", name.clone()), ("op", op_name.to_string())];
+                let tags = vec![("device", name.to_string()), ("op", op_name.to_string())];
                 out.push(Metric::counter(
                     "disk.ops",
                     tags.clone(),
@@ -155,6 +154,14 @@ impl DiskProbe {
                 }
             }
         }
+    }
+
+    /// (slot, device name) of every slot in use, the shared "other" slot included.
+    pub fn slot_names(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.names
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.as_deref().map(|n| (i, n)))
     }
 
     /// Name of a kernel dev for events; falls back to major:minor.

@@ -417,6 +417,35 @@ impl Kernel {
         }
     }
 
+    /// Cumulative rows (since load) of every histogram key with samples: (latency family, tags,
+    /// row cells in `layout` order).
+    pub fn cumulative_rows(&self) -> Vec<(&'static str, Tags, Vec<u64>)> {
+        let mut out = Vec::new();
+        let mut push = |name, tags, row: usize| {
+            if self.table.total(row, layout::CELL_COUNT) > 0 {
+                let mut cells = [0u64; layout::ROW_LEN];
+                self.table.row_total(row, &mut cells);
+                out.push((name, tags, cells.to_vec()));
+            }
+        };
+        for nr in 0..layout::MAX_SYSCALLS {
+            push(
+                "syscall.latency_us",
+                vec![("syscall", syscall::name(nr))],
+                layout::ROW_SYSCALL0 + nr,
+            );
+        }
+        for (slot, device) in self.disk.slot_names() {
+            for (op, op_name) in disk::OPS.iter().enumerate() {
+                let tags = vec![("device", device.to_string()), ("op", op_name.to_string())];
+                push("disk.latency_us", tags, layout::disk_row(slot, op as u32));
+            }
+        }
+        push("tcp.rtt_us", vec![], layout::ROW_TCP_RTT);
+        push("tcp.connect_latency_us", vec![], layout::ROW_TCP_CONNECT);
+        out
+    }
+
     /// Name of a block device from its kernel dev number.
     pub fn device_name(&self, dev: u32) -> String {
         self.disk.device_name(dev)
