@@ -21,7 +21,7 @@ pub const CELL_AUX: usize = 2;
 pub const CELL_BUCKETS: usize = 8;
 pub const ROW_LEN: usize = CELL_BUCKETS + hist::BUCKETS;
 // Rows are whole cache lines (8 × u64 = 64 bytes): CPUs never share a line.
-const _: () = assert!(ROW_LEN % 8 == 0);
+const _: () = assert!(ROW_LEN.is_multiple_of(8));
 
 /// Syscall numbers at or above this are not tracked (x86_64 and arm64 stay below 512).
 pub const MAX_SYSCALLS: usize = 512;
