@@ -1,4 +1,4 @@
-//! Developer and CI tasks: `cargo xtask setup | build | run | test`.
+//! Developer and CI tasks: `cargo xtask setup | build | run | test | bench`.
 //!
 //! `setup` installs, idempotently, what a fresh machine lacks to build the kernel programs
 //! (nightly's rust-src, bpf-linker 0.10.4) and to run the tests (StatsD and Riemann peers,
@@ -12,6 +12,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
+
+mod bench;
 
 const BPF_LINKER_VERSION: &str = "0.10.4";
 const NIGHTLY: &str = "nightly";
@@ -45,6 +47,22 @@ enum Cmd {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Overhead and accuracy against the peer tools (syscount, biolatency, bpftrace, the
+    /// empty-program floor), interleaved rounds; prints tables with PASS/MISS per target and
+    /// writes JSON (needs root; installs the peers). Exits non-zero only if a configuration
+    /// could not run.
+    Bench {
+        /// A short run (CI): everything briefly, figures indicative only.
+        #[arg(long)]
+        smoke: bool,
+        /// Where to write the JSON results (relative to the workspace root).
+        #[arg(long, default_value = "bench-results/bench.json")]
+        out: PathBuf,
+        /// Only these sections (comma-separated): syscalls, disk, tcp, agent_itself,
+        /// ring_buffer, accuracy_sleep, accuracy_disk.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
@@ -86,6 +104,7 @@ fn run(cli: Cli) -> Result<()> {
             test.extend(args.iter().map(String::as_str));
             cargo(&test)
         }
+        Cmd::Bench { smoke, out, only } => bench::run(&root, bench::Options { smoke, out, only }),
     }
 }
 

@@ -1,0 +1,1495 @@
+//! `cargo xtask bench`: what the agent costs, side by side with what users would otherwise run
+//! (libbpf-tools `syscount`/`biolatency`, a bpftrace one-liner, the empty-program floor), and
+//! how accurate it is. Every configuration runs in each of several interleaved rounds (the
+//! order rotates each round); figures are medians over the rounds with their min–max, and the
+//! ratios that count are those between configurations of the same run. Prints Markdown tables
+//! with PASS/MISS per target and writes everything as JSON. No timing is asserted: the exit
+//! status is non-zero only when a configuration could not run at all.
+
+// Figures are [configuration][round] matrices filled in round-robin order.
+#![allow(clippy::needless_range_loop)]
+
+mod load;
+mod proc;
+mod report;
+mod stats;
+
+use std::{
+    collections::BTreeMap,
+    env, fs,
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+
+use self::{
+    proc::{Finished, Helper, Ready},
+    report::{Table, Target, num},
+    stats::{Log2Hist, Spread, median, percentile},
+};
+
+/// What `--smoke` and a full run change.
+struct Plan {
+    sys_rounds: usize,
+    sys_samples: usize,
+    sys_calls: u64,
+    disk_rounds: usize,
+    fio_secs: f64,
+    fio_mib: u64,
+    tcp_rounds: usize,
+    tcp_secs: f64,
+    self_rounds: usize,
+    self_secs: f64,
+    ring_rounds: usize,
+    ring_kib: Vec<u64>,
+    ring_secs: f64,
+    sleep_secs: f64,
+}
+
+impl Plan {
+    fn new(smoke: bool) -> Self {
+        if smoke {
+            Plan {
+                sys_rounds: 2,
+                sys_samples: 2,
+                sys_calls: 1_000_000,
+                disk_rounds: 1,
+                fio_secs: 3.0,
+                fio_mib: 256,
+                tcp_rounds: 1,
+                tcp_secs: 1.0,
+                self_rounds: 1,
+                self_secs: 3.2,
+                ring_rounds: 1,
+                ring_kib: vec![256, 4096],
+                ring_secs: 3.2,
+                sleep_secs: 3.2,
+            }
+        } else {
+            Plan {
+                sys_rounds: 5,
+                sys_samples: 5,
+                sys_calls: 2_000_000,
+                disk_rounds: 5,
+                fio_secs: 10.0,
+                fio_mib: 256,
+                tcp_rounds: 5,
+                tcp_secs: 2.0,
+                self_rounds: 3,
+                self_secs: 6.2,
+                ring_rounds: 2,
+                ring_kib: vec![256, 1024, 4096, 16384],
+                ring_secs: 5.2,
+                sleep_secs: 6.2,
+            }
+        }
+    }
+}
+
+/// The peer tools, found (and installed with apt-get when missing).
+#[derive(Default)]
+struct Tools {
+    syscount: Option<PathBuf>,
+    biolatency: Option<PathBuf>,
+    bpftrace: Option<PathBuf>,
+    fio: Option<PathBuf>,
+}
+
+/// Debian packages and the command each provides.
+const PEERS: [(&str, &str); 4] = [
+    ("syscount", "libbpf-tools"),
+    ("biolatency", "libbpf-tools"),
+    ("bpftrace", "bpftrace"),
+    ("fio", "fio"),
+];
+
+impl Tools {
+    fn find() -> Self {
+        Tools {
+            syscount: find_tool("syscount", "libbpf-tools"),
+            biolatency: find_tool("biolatency", "libbpf-tools"),
+            bpftrace: find_tool("bpftrace", "bpftrace"),
+            fio: find_tool("fio", "fio"),
+        }
+    }
+
+    /// Installs the missing peers (idempotent: nothing runs when all are there).
+    fn install() -> Self {
+        let found = Self::find();
+        let mut missing: Vec<&str> = PEERS
+            .iter()
+            .filter(|(cmd, pkg)| find_tool(cmd, pkg).is_none())
+            .map(|(_, pkg)| *pkg)
+            .collect();
+        missing.dedup();
+        if missing.is_empty() {
+            return found;
+        }
+        eprintln!("bench: installing {}", missing.join(" "));
+        let apt = |args: &[&str]| {
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        if !apt(&["install", "-y", "-qq"]
+            .iter()
+            .chain(&missing)
+            .copied()
+            .collect::<Vec<_>>())
+        {
+            // The package lists may be missing or stale: refresh them once and retry.
+            apt(&["update", "-qq"]);
+            if !apt(&["install", "-y", "-qq"]
+                .iter()
+                .chain(&missing)
+                .copied()
+                .collect::<Vec<_>>())
+            {
+                eprintln!(
+                    "bench: apt-get could not install {}: those configurations will fail",
+                    missing.join(" ")
+                );
+            }
+        }
+        Self::find()
+    }
+}
+
+/// A command on PATH or in the sbin directories, or listed by `dpkg -L pkg` (Debian versions
+/// differ in where and under which name libbpf-tools installs).
+fn find_tool(name: &str, pkg: &str) -> Option<PathBuf> {
+    let path = env::var("PATH").unwrap_or_default();
+    let dirs = path
+        .split(':')
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/sbin"]);
+    for d in dirs.filter(|d| !d.is_empty()) {
+        let p = Path::new(d).join(name);
+        if is_executable(&p) {
+            return Some(p);
+        }
+    }
+    let listed = super::output(Command::new("dpkg").args(["-L", pkg]))?;
+    listed
+        .lines()
+        .map(PathBuf::from)
+        .filter(|p| {
+            p.components()
+                .any(|c| c.as_os_str() == "bin" || c.as_os_str() == "sbin")
+        })
+        .find(|p| {
+            p.file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f == name || f.ends_with(&format!("-{name}")))
+                && is_executable(p)
+        })
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// What is attached to the kernel during one measurement.
+#[derive(Clone, Debug)]
+enum Cfg {
+    Nothing,
+    /// `ebpf-agent run` with these arguments.
+    Agent(Vec<&'static str>),
+    /// `ebpf-agent floor`: two empty raw tracepoint programs.
+    Floor,
+    /// The floor while BPF run-time statistics are on (the agent turns them on for
+    /// `agent.bpf_ns_per_event`): what the statistics alone add.
+    FloorStats,
+    Syscount,
+    Bpftrace,
+    Biolatency(Vec<&'static str>),
+}
+
+/// The bpftrace one-liner: a latency histogram per syscall from raw_syscalls enter/exit.
+const BPFTRACE_HIST: &str = "tracepoint:raw_syscalls:sys_enter { @start[tid] = nsecs; } \
+    tracepoint:raw_syscalls:sys_exit /@start[tid]/ { @h[args->id] = hist(nsecs - @start[tid]); \
+    delete(@start[tid]); } END { clear(@start); }";
+
+/// A configuration while attached.
+struct Attached {
+    helper: Option<Helper>,
+    _stats: Option<OwnedFd>,
+}
+
+impl Attached {
+    fn pid(&self) -> Option<u32> {
+        self.helper.as_ref().map(Helper::pid)
+    }
+
+    /// Detaches; the helper's output, if there was one.
+    fn stop(self) -> Result<Option<Finished>> {
+        self.helper.map(Helper::stop).transpose()
+    }
+}
+
+/// BPF_ENABLE_STATS(BPF_STATS_RUN_TIME): run-time statistics stay on while the fd is open.
+fn enable_bpf_stats() -> Result<OwnedFd> {
+    const BPF_ENABLE_STATS: libc::c_long = 32;
+    let attr = [0u32; 2]; // enable_stats.type = BPF_STATS_RUN_TIME (0)
+    // SAFETY: attr is a valid, zeroed bpf_attr prefix of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_ENABLE_STATS,
+            attr.as_ptr(),
+            size_of_val(&attr) as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("BPF_ENABLE_STATS");
+    }
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+struct Bench {
+    plan: Plan,
+    smoke: bool,
+    agent: PathBuf,
+    config: PathBuf,
+    fio_file: PathBuf,
+    tools: Tools,
+    cpu: usize,
+    errors: Vec<String>,
+    targets: Vec<Target>,
+    tables: Vec<Table>,
+    json: serde_json::Map<String, Value>,
+}
+
+/// Options of `cargo xtask bench`.
+pub struct Options {
+    pub smoke: bool,
+    pub out: PathBuf,
+    /// Run only these sections (empty: all).
+    pub only: Vec<String>,
+}
+
+/// The sections, in the order they run.
+pub const SECTIONS: [&str; 7] = [
+    "syscalls",
+    "disk",
+    "tcp",
+    "agent_itself",
+    "ring_buffer",
+    "accuracy_sleep",
+    "accuracy_disk",
+];
+
+/// Runs the benchmark from the workspace root.
+pub fn run(root: &Path, opts: Options) -> Result<()> {
+    if let Some(bad) = opts.only.iter().find(|o| !SECTIONS.contains(&o.as_str())) {
+        bail!("unknown section {bad:?}: one of {}", SECTIONS.join(", "));
+    }
+    super::require_root("bench")?;
+    super::setup(root, false)?;
+    super::cargo(&["build", "--release", "--package", "agent"])?;
+    let tools = Tools::install();
+    let work = root.join("target/bench");
+    fs::create_dir_all(&work).context("creating target/bench")?;
+    // An empty configuration file: a /etc/ebpf-agent/config.toml on this machine must not
+    // change what is measured.
+    let config = work.join("empty-config.toml");
+    fs::write(&config, "")?;
+    let mut b = Bench {
+        plan: Plan::new(opts.smoke),
+        smoke: opts.smoke,
+        agent: root.join("target/release/ebpf-agent"),
+        config,
+        fio_file: work.join("fio.dat"),
+        tools,
+        cpu: load::load_cpu(),
+        errors: Vec::new(),
+        targets: Vec::new(),
+        tables: Vec::new(),
+        json: Default::default(),
+    };
+    let started = Instant::now();
+    b.machine();
+    let sections: [fn(&mut Bench) -> Result<Value>; SECTIONS.len()] = [
+        Bench::syscalls,
+        Bench::disk,
+        Bench::tcp,
+        Bench::agent_itself,
+        Bench::ring_buffer,
+        Bench::accuracy_sleep,
+        Bench::accuracy_disk,
+    ];
+    for (name, f) in SECTIONS.iter().zip(sections) {
+        if opts.only.is_empty() || opts.only.iter().any(|o| o == name) {
+            b.section(name, f);
+        }
+    }
+    b.json
+        .insert("seconds".into(), json!(started.elapsed().as_secs_f64()));
+    b.finish(&opts.out)?;
+    if !b.errors.is_empty() {
+        bail!(
+            "{} configuration(s) could not run:\n  {}",
+            b.errors.len(),
+            b.errors.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+fn read_trim(path: &str) -> String {
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn first_line(cmd: &mut Command) -> String {
+    super::output(cmd)
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_default()
+}
+
+impl Bench {
+    fn machine(&mut self) {
+        let meminfo = read_trim("/proc/meminfo");
+        let mem_kib: u64 = meminfo
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0);
+        let cpuinfo = read_trim("/proc/cpuinfo");
+        let model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, m)| m.trim().to_string())
+            .unwrap_or_default();
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        let dpkg = |pkg: &str| {
+            first_line(Command::new("dpkg-query").args(["-W", "-f", "${Version}", pkg]))
+        };
+        let m = json!({
+            "date": first_line(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
+            "kernel": read_trim("/proc/sys/kernel/osrelease"),
+            "cpus": cpus,
+            "cpu_model": model,
+            "mem_bytes": mem_kib * 1024,
+            "clocksource": read_trim("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
+            "bpf_stats_enabled_sysctl": read_trim("/proc/sys/kernel/bpf_stats_enabled"),
+            "loadavg": read_trim("/proc/loadavg"),
+            "load_cpu": self.cpu,
+            "smoke": self.smoke,
+            "peers": {
+                "libbpf-tools": dpkg("libbpf-tools"),
+                "bpftrace": dpkg("bpftrace"),
+                "fio": dpkg("fio"),
+            },
+            "paths": {
+                "syscount": self.tools.syscount,
+                "biolatency": self.tools.biolatency,
+                "bpftrace": self.tools.bpftrace,
+                "fio": self.tools.fio,
+            },
+        });
+        println!(
+            "# ebpf-agent benchmark{}\n\n{} · Linux {} · {} CPUs ({}) · {:.1} GiB · load {} · loops pinned to CPU {}",
+            if self.smoke {
+                " (smoke: short, figures indicative only)"
+            } else {
+                ""
+            },
+            m["date"].as_str().unwrap_or(""),
+            m["kernel"].as_str().unwrap_or(""),
+            cpus,
+            m["cpu_model"].as_str().unwrap_or(""),
+            mem_kib as f64 / 1048576.0,
+            m["loadavg"].as_str().unwrap_or(""),
+            self.cpu,
+        );
+        self.json.insert("machine".into(), m);
+    }
+
+    /// Runs one section; its failure is recorded, and the next section runs.
+    fn section(&mut self, name: &str, f: fn(&mut Bench) -> Result<Value>) {
+        let load_before = read_trim("/proc/loadavg");
+        eprintln!("bench: {name} (load {load_before})");
+        let t = Instant::now();
+        let mut v = match f(self) {
+            Ok(v) => v,
+            Err(e) => {
+                self.errors.push(format!("{name}: {e:#}"));
+                json!({ "error": format!("{e:#}") })
+            }
+        };
+        if let Value::Object(o) = &mut v {
+            o.insert("loadavg_before".into(), json!(load_before));
+            o.insert("loadavg_after".into(), json!(read_trim("/proc/loadavg")));
+            o.insert("seconds".into(), json!(t.elapsed().as_secs_f64()));
+        }
+        self.json.insert(name.into(), v);
+    }
+
+    fn print(&mut self, t: Table) {
+        t.print();
+        self.tables.push(t);
+    }
+
+    fn target(&mut self, t: Target) {
+        self.targets.push(t);
+    }
+
+    /// Starts a configuration and waits until it is attached.
+    fn attach(&self, cfg: &Cfg) -> Result<Attached> {
+        let tool = |t: &Option<PathBuf>, name: &str| -> Result<PathBuf> {
+            t.clone()
+                .with_context(|| format!("{name} is not installed (apt-get install failed?)"))
+        };
+        let line_buffered = |bin: PathBuf| {
+            let mut c = Command::new("stdbuf");
+            c.arg("-oL").arg(bin);
+            c
+        };
+        let secs = Duration::from_secs;
+        let (helper, settle, stats) = match cfg {
+            Cfg::Nothing => (None, 0, None),
+            Cfg::Agent(args) => {
+                let mut c = Command::new(&self.agent);
+                c.arg("run")
+                    .arg("--config")
+                    .arg(&self.config)
+                    .args(args)
+                    .env("EBPF_AGENT_LOG", "info");
+                let h = Helper::start("ebpf-agent", c, Ready::Stderr("collecting:"), secs(30))?;
+                (Some(h), 300, None)
+            }
+            Cfg::Floor | Cfg::FloorStats => {
+                let stats = match cfg {
+                    Cfg::FloorStats => Some(enable_bpf_stats()?),
+                    _ => None,
+                };
+                let mut c = Command::new(&self.agent);
+                c.arg("floor");
+                let h = Helper::start(
+                    "ebpf-agent floor",
+                    c,
+                    Ready::Stderr("floor attached"),
+                    secs(30),
+                )?;
+                (Some(h), 300, stats)
+            }
+            Cfg::Syscount => {
+                let mut c = line_buffered(tool(&self.tools.syscount, "syscount")?);
+                c.arg("-L");
+                let h = Helper::start("syscount", c, Ready::Stdout("Tracing syscalls"), secs(30))?;
+                (Some(h), 300, None)
+            }
+            Cfg::Bpftrace => {
+                let mut c = line_buffered(tool(&self.tools.bpftrace, "bpftrace")?);
+                c.arg("-e").arg(BPFTRACE_HIST);
+                // bpftrace prints "Attaching N probes..." just before it attaches.
+                let h = Helper::start("bpftrace", c, Ready::Stdout("Attaching"), secs(60))?;
+                (Some(h), 1000, None)
+            }
+            Cfg::Biolatency(args) => {
+                let mut c = line_buffered(tool(&self.tools.biolatency, "biolatency")?);
+                c.args(args);
+                let h = Helper::start(
+                    "biolatency",
+                    c,
+                    Ready::Stdout("Tracing block device"),
+                    secs(30),
+                )?;
+                (Some(h), 300, None)
+            }
+        };
+        thread::sleep(Duration::from_millis(settle));
+        Ok(Attached {
+            helper,
+            _stats: stats,
+        })
+    }
+
+    fn fio(&self, secs: f64) -> Result<load::Fio> {
+        let fio = self.tools.fio.clone().context("fio is not installed")?;
+        load::fio(&fio, &self.fio_file, self.plan.fio_mib, secs)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // 1. Syscalls
+
+    fn syscalls(&mut self) -> Result<Value> {
+        let configs: Vec<(&str, Cfg)> = vec![
+            ("nothing", Cfg::Nothing),
+            (
+                "ebpf-agent (--probes syscall)",
+                Cfg::Agent(vec!["--output", "none", "--probes", "syscall"]),
+            ),
+            ("syscount -L (libbpf-tools)", Cfg::Syscount),
+            ("bpftrace hist per syscall (raw_syscalls)", Cfg::Bpftrace),
+            ("floor: 2 empty raw tracepoints", Cfg::Floor),
+            ("floor + BPF run-time stats on", Cfg::FloorStats),
+        ];
+        let (rounds, samples, calls, cpu) = (
+            self.plan.sys_rounds,
+            self.plan.sys_samples,
+            self.plan.sys_calls,
+            self.cpu,
+        );
+        let n = configs.len();
+        let mut ns = vec![vec![None::<f64>; rounds]; n];
+        let mut best = vec![f64::INFINITY; n];
+        let mut failed = vec![false; n];
+        for r in 0..rounds {
+            for k in (0..n).map(|i| (i + r) % n) {
+                if failed[k] {
+                    continue;
+                }
+                let (name, cfg) = &configs[k];
+                eprintln!("bench: syscalls round {}/{rounds}: {name}", r + 1);
+                let res = (|| -> Result<Vec<f64>> {
+                    let att = self.attach(cfg)?;
+                    let per_sample = load::pinned(cpu, move || {
+                        load::getppid_ns(calls / 10);
+                        (0..samples)
+                            .map(|_| load::getppid_ns(calls))
+                            .collect::<Vec<_>>()
+                    });
+                    att.stop()?;
+                    Ok(per_sample)
+                })();
+                match res {
+                    Ok(v) => {
+                        ns[k][r] = median(&v);
+                        best[k] = v.iter().copied().fold(best[k], f64::min);
+                    }
+                    Err(e) => {
+                        self.errors.push(format!("syscalls, {name}: {e:#}"));
+                        failed[k] = true;
+                    }
+                }
+            }
+        }
+        // Added cost per round against "nothing" of the same round, and the agent's ratio.
+        let added = |k: usize| -> Vec<Option<f64>> {
+            (0..rounds).map(|r| Some(ns[k][r]? - ns[0][r]?)).collect()
+        };
+        let agent_added = added(1);
+        let mut table = Table::new(
+            &format!(
+                "Syscalls: getppid loop pinned to CPU {cpu}, ns per call ({rounds} rounds × {samples} samples × {calls} calls)"
+            ),
+            &[
+                "attached",
+                "ns/call",
+                "added ns/call",
+                "agent added ÷ this added",
+                "best sample ns/call",
+                "best added",
+            ],
+        );
+        let mut out = serde_json::Map::new();
+        let mut ratio_of = BTreeMap::new();
+        for (k, (name, _)) in configs.iter().enumerate() {
+            let total: Spread = Spread(ns[k].iter().flatten().copied().collect());
+            let add_k = added(k);
+            let add: Spread = Spread(add_k.iter().flatten().copied().collect());
+            let ratio: Spread = Spread(
+                agent_added
+                    .iter()
+                    .zip(&add_k)
+                    .filter_map(|(a, b)| Some(a.as_ref()? / b.as_ref()?))
+                    .collect(),
+            );
+            let (add_s, ratio_s) = match k {
+                0 => ("–".into(), "–".into()),
+                1 => (add.show(0), "1".into()),
+                _ => (add.show(0), ratio.show(2)),
+            };
+            let best_added =
+                (k > 0 && best[k].is_finite() && best[0].is_finite()).then(|| best[k] - best[0]);
+            table.row(vec![
+                name.to_string(),
+                total.show(0),
+                add_s,
+                ratio_s,
+                num(best[k].is_finite().then_some(best[k]), 0),
+                num(best_added, 0),
+            ]);
+            ratio_of.insert(k, ratio.clone());
+            out.insert(
+                name.to_string(),
+                json!({
+                    "ns_per_call": total.json(),
+                    "added_ns_per_call": if k == 0 { Value::Null } else { add.json() },
+                    "agent_added_ratio": if k <= 1 { Value::Null } else { ratio.json() },
+                    "best_sample_ns_per_call": best[k].is_finite().then_some(best[k]),
+                    "best_added_ns_per_call": best_added,
+                }),
+            );
+        }
+        table.note(
+            "Medians over rounds (min–max). Each round's figure is the median of its samples; \
+             added = that round's ns/call minus the same round's \"nothing\"; ratios are per round. \
+             Best sample: the fastest single sample over all rounds (least disturbed by other load).",
+        );
+        self.print(table);
+        let ratio_target = |b: &mut Bench, k: usize, limit: f64, peer: &str| {
+            let m = ratio_of.get(&k).and_then(Spread::median);
+            b.target(Target {
+                name: format!("syscall: agent's added ns/call ≤ {limit} × {peer}'s"),
+                value: num(m, 2),
+                limit: format!("≤ {limit}"),
+                pass: m.map(|m| m <= limit),
+                note: format!(
+                    "agent +{} ns, {peer} +{} ns (medians)",
+                    num(
+                        Spread(agent_added.iter().flatten().copied().collect()).median(),
+                        0
+                    ),
+                    num(
+                        Spread(added(k).iter().flatten().copied().collect()).median(),
+                        0
+                    )
+                ),
+            });
+        };
+        ratio_target(self, 2, 0.5, "syscount -L");
+        ratio_target(self, 4, 1.3, "the empty-program floor");
+        Ok(json!({
+            "rounds": rounds,
+            "samples_per_round": samples,
+            "calls_per_sample": calls,
+            "cpu": cpu,
+            "configs": out,
+        }))
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // 2. Disk
+
+    fn disk(&mut self) -> Result<Value> {
+        let configs: Vec<(&str, Cfg)> = vec![
+            ("nothing", Cfg::Nothing),
+            (
+                "ebpf-agent (--probes disk)",
+                // JSON: for the programs' own cost (agent.bpf_ns_per_event), once a second.
+                Cfg::Agent(vec!["--output", "json", "--probes", "disk"]),
+            ),
+            ("biolatency 1 (libbpf-tools)", Cfg::Biolatency(vec!["1"])),
+        ];
+        let (rounds, secs) = (self.plan.disk_rounds, self.plan.fio_secs);
+        // Lays the file out (and warms the disk) before anything is measured.
+        self.fio(1.0).context("fio warm-up")?;
+        let n = configs.len();
+        let mut iops = vec![vec![None::<f64>; rounds]; n];
+        let mut costs = BTreeMap::new();
+        let mut clat = vec![Spread::default(); n];
+        let mut failed = vec![false; n];
+        for r in 0..rounds {
+            for k in (0..n).map(|i| (i + r) % n) {
+                if failed[k] {
+                    continue;
+                }
+                let (name, cfg) = &configs[k];
+                eprintln!("bench: disk round {}/{rounds}: {name}", r + 1);
+                let res = (|| -> Result<load::Fio> {
+                    let att = self.attach(cfg)?;
+                    let f = self.fio(secs);
+                    if let Some(fin) = att.stop()? {
+                        bpf_costs(&fin, &mut costs);
+                    }
+                    f
+                })();
+                match res {
+                    Ok(f) => {
+                        iops[k][r] = Some(f.iops);
+                        if let Some(p) = f.clat_p50_us {
+                            clat[k].push(p);
+                        }
+                    }
+                    Err(e) => {
+                        self.errors.push(format!("disk, {name}: {e:#}"));
+                        failed[k] = true;
+                    }
+                }
+            }
+        }
+        let ratio = |a: usize, b: usize| -> Spread {
+            Spread(
+                (0..rounds)
+                    .filter_map(|r| Some(iops[a][r]? / iops[b][r]?))
+                    .collect(),
+            )
+        };
+        let mut table = Table::new(
+            &format!(
+                "Disk: fio 4 KiB O_DIRECT random writes + fdatasync, {} MiB file on the root disk, {secs} s per run, {rounds} rounds",
+                self.plan.fio_mib
+            ),
+            &["attached", "IOPS", "÷ nothing", "fio write clat p50 µs"],
+        );
+        let mut out = serde_json::Map::new();
+        for (k, (name, _)) in configs.iter().enumerate() {
+            let v = Spread(iops[k].iter().flatten().copied().collect());
+            let rel = ratio(k, 0);
+            table.row(vec![
+                name.to_string(),
+                v.show(0),
+                if k == 0 { "1".into() } else { rel.show(3) },
+                clat[k].show(1),
+            ]);
+            out.insert(
+                name.to_string(),
+                json!({ "iops": v.json(), "ratio_to_nothing": rel.json(), "fio_clat_p50_us": clat[k].json() }),
+            );
+        }
+        let vs_bio = ratio(1, 2);
+        table.row(vec![
+            "agent ÷ biolatency".into(),
+            String::new(),
+            vs_bio.show(3),
+            String::new(),
+        ]);
+        table.note("Ratios are per round (same round's runs), then median (min–max).");
+        table.note(costs_note(&costs));
+        self.print(table);
+        let m = ratio(1, 0).median();
+        self.target(Target {
+            name: "disk: IOPS with the agent within 2% of nothing".into(),
+            value: num(m, 3),
+            limit: "≥ 0.98".into(),
+            pass: m.map(|m| m >= 0.98),
+            note: "agent IOPS ÷ nothing IOPS, median of per-round ratios".into(),
+        });
+        let m = vs_bio.median();
+        self.target(Target {
+            name: "disk: IOPS with the agent no worse than with biolatency".into(),
+            value: num(m, 3),
+            limit: "≥ 1.00".into(),
+            pass: m.map(|m| m >= 1.0),
+            note: format!(
+                "agent IOPS ÷ biolatency IOPS, per-round spread {}",
+                vs_bio.show(3)
+            ),
+        });
+        out.insert("agent_over_biolatency".into(), vs_bio.json());
+        out.insert("agent_bpf_ns_per_event".into(), costs_json(&costs));
+        Ok(json!({ "rounds": rounds, "fio_secs": secs, "configs": out }))
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // 3. TCP
+
+    fn tcp(&mut self) -> Result<Value> {
+        let configs: Vec<(&str, Cfg)> = vec![
+            ("nothing", Cfg::Nothing),
+            (
+                "ebpf-agent (--probes tcp)",
+                // JSON: for the programs' own cost (agent.bpf_ns_per_event), once a second.
+                Cfg::Agent(vec!["--output", "json", "--probes", "tcp"]),
+            ),
+        ];
+        let (rounds, secs) = (self.plan.tcp_rounds, self.plan.tcp_secs);
+        let d = Duration::from_secs_f64(secs);
+        let n = configs.len();
+        let mut short = vec![vec![None::<f64>; rounds]; n];
+        let mut costs = BTreeMap::new();
+        let mut pp = vec![vec![None::<f64>; rounds]; n];
+        let mut failed = vec![false; n];
+        for r in 0..rounds {
+            for k in (0..n).map(|i| (i + r) % n) {
+                if failed[k] {
+                    continue;
+                }
+                let (name, cfg) = &configs[k];
+                eprintln!("bench: tcp round {}/{rounds}: {name}", r + 1);
+                let res = (|| -> Result<(f64, f64)> {
+                    let att = self.attach(cfg)?;
+                    let s = load::tcp_short_connections(d);
+                    let p = load::tcp_ping_pong(d);
+                    if let Some(fin) = att.stop()? {
+                        bpf_costs(&fin, &mut costs);
+                    }
+                    Ok((s?, p?))
+                })();
+                match res {
+                    Ok((s, p)) => {
+                        short[k][r] = Some(s);
+                        pp[k][r] = Some(p);
+                    }
+                    Err(e) => {
+                        self.errors.push(format!("tcp, {name}: {e:#}"));
+                        failed[k] = true;
+                    }
+                }
+            }
+        }
+        let ratio = |v: &Vec<Vec<Option<f64>>>, k: usize| -> Spread {
+            Spread(
+                (0..rounds)
+                    .filter_map(|r| Some(v[k][r]? / v[0][r]?))
+                    .collect(),
+            )
+        };
+        let mut table = Table::new(
+            &format!("TCP over loopback, {secs} s per load, {rounds} rounds"),
+            &[
+                "attached",
+                "short connections/s",
+                "÷ nothing",
+                "ping-pong round trips/s",
+                "÷ nothing",
+            ],
+        );
+        let mut out = serde_json::Map::new();
+        for (k, (name, _)) in configs.iter().enumerate() {
+            let s = Spread(short[k].iter().flatten().copied().collect());
+            let p = Spread(pp[k].iter().flatten().copied().collect());
+            let (rs, rp) = (ratio(&short, k), ratio(&pp, k));
+            table.row(vec![
+                name.to_string(),
+                s.show(0),
+                if k == 0 { "1".into() } else { rs.show(3) },
+                p.show(0),
+                if k == 0 { "1".into() } else { rp.show(3) },
+            ]);
+            out.insert(
+                name.to_string(),
+                json!({
+                    "short_connections_per_s": s.json(),
+                    "short_ratio_to_nothing": rs.json(),
+                    "ping_pong_per_s": p.json(),
+                    "ping_pong_ratio_to_nothing": rp.json(),
+                }),
+            );
+        }
+        table.note(
+            "Short connection: connect, send 64 B, receive 64 B, close (server closes first). \
+             Ping-pong: one connection, 64 B each way, TCP_NODELAY. No target: reported only.",
+        );
+        table.note(costs_note(&costs));
+        self.print(table);
+        Ok(json!({
+            "rounds": rounds,
+            "secs": secs,
+            "configs": out,
+            "agent_bpf_ns_per_event": costs_json(&costs),
+        }))
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // 4. The agent itself: CPU, memory, ring buffer
+
+    /// Runs the agent with `args` (JSON output) for `secs` seconds while a getppid loop runs
+    /// on each CPU of `load` (none: idle). Returns what was measured.
+    fn agent_window(&self, args: &[&'static str], load: &[usize], secs: f64) -> Result<Window> {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let att = self.attach(&Cfg::Agent(all))?;
+        let pid = att.pid().context("agent pid")?;
+        let (u0, s0) = proc::cpu_secs(pid)?;
+        let from = SystemTime::now();
+        let t = Instant::now();
+        let d = Duration::from_secs_f64(secs);
+        let (calls, load_secs) = if !load.is_empty() {
+            load::getppid_on(load, d)
+        } else {
+            thread::sleep(d);
+            (0, d.as_secs_f64())
+        };
+        let wall = t.elapsed().as_secs_f64();
+        let to = SystemTime::now();
+        let (u1, s1) = proc::cpu_secs(pid)?;
+        let rss = proc::rss_bytes(pid)?;
+        // The interval that covers the end of the load must have been printed.
+        let helper = att.helper.as_ref().expect("agent helper");
+        helper.wait_stdout(Duration::from_secs(3), |l| proc::interval_ends_after(l, to));
+        let fin = att.stop()?.context("agent output")?;
+        let ivs = proc::intervals(&fin.stdout);
+        let inside = proc::inside(&ivs, from, to);
+        if inside.is_empty() {
+            bail!("no whole agent interval inside the {secs} s window");
+        }
+        let med = |name: &str, tags: &[(&str, &str)]| -> Option<f64> {
+            let v: Vec<f64> = inside
+                .iter()
+                .filter_map(|i| proc::metric(&i.v, name, tags).map(|x| x / i.len))
+                .collect();
+            median(&v)
+        };
+        let gauge = |name: &str, tags: &[(&str, &str)]| -> Option<f64> {
+            let v: Vec<f64> = inside
+                .iter()
+                .filter_map(|i| proc::metric(&i.v, name, tags))
+                .collect();
+            median(&v)
+        };
+        let lost: f64 = ivs
+            .iter()
+            .filter_map(|i| proc::metric(&i.v, "agent.events_lost", &[("probe", "syscall")]))
+            .sum();
+        let rss_json = ivs
+            .iter()
+            .filter_map(|i| proc::metric(&i.v, "agent.rss_bytes", &[]))
+            .fold(0.0, f64::max);
+        Ok(Window {
+            calls_per_s: calls as f64 / load_secs,
+            cpu_pct: (u1 - u0 + s1 - s0) / wall * 100.0,
+            user_pct: (u1 - u0) / wall * 100.0,
+            json_cpu_pct: gauge("agent.cpu_pct", &[]),
+            rss_bytes: (rss as f64).max(rss_json),
+            events_per_s: med("agent.events", &[]),
+            lost,
+            lost_per_s: med("agent.events_lost", &[("probe", "syscall")]),
+            enter_ns: gauge("agent.bpf_ns_per_event", &[("program", "sys_enter")]),
+            exit_ns: gauge("agent.bpf_ns_per_event", &[("program", "sys_exit")]),
+            intervals: inside.len(),
+        })
+    }
+
+    fn agent_itself(&mut self) -> Result<Value> {
+        let (rounds, secs) = (self.plan.self_rounds, self.plan.self_secs);
+        let all = load::all_cpus();
+        let states = [
+            ("idle, all probes", vec![]),
+            (
+                "getppid loops at full speed on every CPU, all probes",
+                all.clone(),
+            ),
+        ];
+        let mut got: Vec<Vec<Window>> = vec![Vec::new(), Vec::new()];
+        for r in 0..rounds {
+            for k in (0..2).map(|i| (i + r) % 2) {
+                eprintln!(
+                    "bench: agent itself round {}/{rounds}: {}",
+                    r + 1,
+                    states[k].0
+                );
+                match self.agent_window(&[], &states[k].1, secs) {
+                    Ok(w) => got[k].push(w),
+                    Err(e) => self
+                        .errors
+                        .push(format!("agent itself, {}: {e:#}", states[k].0)),
+                }
+            }
+        }
+        let mut table = Table::new(
+            &format!(
+                "The agent itself: its process's CPU and memory ({secs} s windows, {rounds} rounds)"
+            ),
+            &[
+                "state",
+                "traced syscalls/s (loop)",
+                "agent CPU % of one core",
+                "of which user %",
+                "agent.cpu_pct (JSON)",
+                "RSS MiB (max)",
+                "BPF ns/event sys_enter",
+                "BPF ns/event sys_exit",
+            ],
+        );
+        let mut out = serde_json::Map::new();
+        let mut rss_max: f64 = 0.0;
+        for (k, (name, _)) in states.iter().enumerate() {
+            let s = |f: fn(&Window) -> Option<f64>| Spread(got[k].iter().filter_map(f).collect());
+            let rate = s(|w| Some(w.calls_per_s));
+            let cpu = s(|w| Some(w.cpu_pct));
+            let user = s(|w| Some(w.user_pct));
+            let jcpu = s(|w| w.json_cpu_pct);
+            let rss = s(|w| Some(w.rss_bytes / 1048576.0));
+            let enter = s(|w| w.enter_ns);
+            let exit = s(|w| w.exit_ns);
+            rss_max = rss_max.max(rss.max().unwrap_or(0.0));
+            table.row(vec![
+                name.to_string(),
+                if k == 0 { "–".into() } else { rate.show(0) },
+                cpu.show(2),
+                user.show(2),
+                jcpu.show(2),
+                num(rss.max(), 1),
+                enter.show(0),
+                exit.show(0),
+            ]);
+            out.insert(
+                name.to_string(),
+                json!({
+                    "syscalls_per_s": rate.json(),
+                    "cpu_pct": cpu.json(),
+                    "user_cpu_pct": user.json(),
+                    "agent_cpu_pct_json": jcpu.json(),
+                    "rss_mib": rss.json(),
+                    "bpf_ns_per_event_sys_enter": enter.json(),
+                    "bpf_ns_per_event_sys_exit": exit.json(),
+                    "agent_intervals": got[k].iter().map(|w| w.intervals).collect::<Vec<_>>(),
+                }),
+            );
+            if k == 1 {
+                let m = cpu.median();
+                let r = rate.median();
+                self.target(Target {
+                    name: "agent: userspace CPU < 1% of one core at ≥ 1M traced syscalls/s".into(),
+                    value: format!("{} %", num(m, 2)),
+                    limit: "< 1 %".into(),
+                    pass: match (m, r) {
+                        (Some(m), Some(r)) if r >= 1e6 => Some(m < 1.0),
+                        _ => None,
+                    },
+                    note: format!(
+                        "at {} syscalls/s; utime+stime of the agent's process over the window",
+                        num(r, 0)
+                    ),
+                });
+            }
+        }
+        table.note(
+            "CPU: utime+stime of every agent thread (/proc/PID/stat) over the window, in % of one \
+             core; agent.cpu_pct is the agent's own figure (10 ms ticks per 1 s interval). BPF \
+             ns/event: the kernel's run-time statistics for the agent's programs (kernel side, \
+             not in the CPU column).",
+        );
+        self.print(table);
+        self.target(Target {
+            name: "agent: RSS < 32 MiB".into(),
+            value: format!("{rss_max:.1} MiB"),
+            limit: "< 32 MiB".into(),
+            pass: (rss_max > 0.0).then_some(rss_max < 32.0),
+            note: "max over the idle and loaded windows".into(),
+        });
+        Ok(json!({ "rounds": rounds, "secs": secs, "states": out }))
+    }
+
+    fn ring_buffer(&mut self) -> Result<Value> {
+        let (rounds, secs) = (self.plan.ring_rounds, self.plan.ring_secs);
+        let all = load::all_cpus();
+        // Every size with one loop (the consumer has a CPU of its own), then the largest with
+        // a loop on every CPU (more events than one loop makes; the consumer competes for CPU).
+        let mut configs: Vec<(u64, Vec<usize>)> = self
+            .plan
+            .ring_kib
+            .iter()
+            .map(|&k| (k, vec![self.cpu]))
+            .collect();
+        if all.len() > 1
+            && let Some(&k) = self.plan.ring_kib.last()
+        {
+            configs.push((k, all.clone()));
+        }
+        let n = configs.len();
+        let mut got: Vec<Vec<Window>> = vec![Vec::new(); n];
+        for r in 0..rounds {
+            for k in (0..n).map(|i| (i + r) % n) {
+                let (kib, cpus) = &configs[k];
+                let kib_arg: &'static str = Box::leak(kib.to_string().into_boxed_str());
+                eprintln!(
+                    "bench: ring buffer round {}/{rounds}: {kib} KiB, {} loop(s)",
+                    r + 1,
+                    cpus.len()
+                );
+                let args = [
+                    "--probes",
+                    "syscall",
+                    "--slow-threshold",
+                    "0",
+                    "--ring-buffer-kib",
+                    kib_arg,
+                ];
+                match self.agent_window(&args, cpus, secs) {
+                    Ok(w) => got[k].push(w),
+                    Err(e) => self.errors.push(format!("ring buffer, {kib} KiB: {e:#}")),
+                }
+            }
+        }
+        let mut table = Table::new(
+            &format!(
+                "Ring buffer: --probes syscall --slow-threshold 0 (every syscall is an event), getppid loops at full speed ({secs} s windows, {rounds} rounds)"
+            ),
+            &[
+                "--ring-buffer-kib",
+                "loops (pinned)",
+                "loop syscalls/s",
+                "events/s consumed",
+                "events lost (sum)",
+                "lost/s",
+                "agent CPU % of one core",
+            ],
+        );
+        let mut out = Vec::new();
+        let mut enough: Option<(u64, usize)> = None;
+        let mut best: Option<(u64, f64)> = None;
+        for (k, (kib, cpus)) in configs.iter().enumerate() {
+            let w = &got[k];
+            let s = |f: fn(&Window) -> Option<f64>| Spread(w.iter().filter_map(f).collect());
+            let rate = s(|w| Some(w.calls_per_s));
+            let ev = s(|w| w.events_per_s);
+            let cpu = s(|w| Some(w.cpu_pct));
+            let lost: f64 = w.iter().map(|w| w.lost).sum();
+            let lost_rate = s(|w| w.lost_per_s);
+            let where_ = if cpus.len() == 1 {
+                format!("1 (CPU {})", cpus[0])
+            } else {
+                format!("{} (every CPU)", cpus.len())
+            };
+            table.row(vec![
+                kib.to_string(),
+                where_,
+                rate.show(0),
+                ev.show(0),
+                format!("{lost:.0}"),
+                lost_rate.show(0),
+                cpu.show(1),
+            ]);
+            if let Some(e) = ev.median() {
+                if best.is_none_or(|(_, b)| e > b) {
+                    best = Some((*kib, e));
+                }
+                if enough.is_none() && e >= 1e6 && lost == 0.0 {
+                    enough = Some((*kib, cpus.len()));
+                }
+            }
+            out.push(json!({
+                "ring_buffer_kib": kib,
+                "loop_cpus": cpus,
+                "syscalls_per_s": rate.json(),
+                "events_per_s": ev.json(),
+                "events_lost": lost,
+                "events_lost_per_s": lost_rate.json(),
+                "cpu_pct": cpu.json(),
+                "agent_intervals": w.iter().map(|w| w.intervals).collect::<Vec<_>>(),
+            }));
+        }
+        table.note(
+            "events/s: agent.events per whole interval inside the window (median; it also counts \
+             the other processes' syscalls); lost: agent.events_lost{probe=syscall} summed over \
+             every interval of the runs, lost/s over the whole intervals.",
+        );
+        self.print(table);
+        self.target(Target {
+            name: "ring buffer: ≥ 1M events/s consumed with 0 lost".into(),
+            value: match (enough, best) {
+                (Some((k, l)), _) => format!("met with --ring-buffer-kib {k} ({l} loop(s))"),
+                (None, Some((k, e))) => format!("best {e:.0} events/s ({k} KiB)"),
+                _ => "–".into(),
+            },
+            limit: "≥ 1000000/s, 0 lost".into(),
+            pass: best.map(|_| enough.is_some()),
+            note: "smallest ring that met it; the loops' rate (cost per traced syscall) caps \
+                   what can be produced"
+                .into(),
+        });
+        Ok(json!({
+            "rounds": rounds,
+            "secs": secs,
+            "configs": out,
+            "smallest_kib_meeting_target": enough.map(|e| e.0),
+        }))
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // 5. Accuracy
+
+    fn accuracy_sleep(&mut self) -> Result<Value> {
+        let secs = self.plan.sleep_secs;
+        let pid = std::process::id().to_string();
+        let pid: &'static str = Box::leak(pid.into_boxed_str());
+        let att = self.attach(&Cfg::Agent(vec![
+            "--output", "json", "--probes", "syscall", "--pid", pid,
+        ]))?;
+        let mut windows = Vec::new();
+        for ms in [1u64, 10] {
+            eprintln!("bench: accuracy: nanosleep({ms} ms) loop");
+            let from = SystemTime::now();
+            let samples =
+                load::nanosleep_loop(Duration::from_millis(ms), Duration::from_secs_f64(secs));
+            let to = SystemTime::now();
+            windows.push((ms, from, to, samples));
+        }
+        let last_to = windows.last().map(|w| w.2).unwrap_or_else(SystemTime::now);
+        if let Some(h) = att.helper.as_ref() {
+            h.wait_stdout(Duration::from_secs(3), |l| {
+                proc::interval_ends_after(l, last_to)
+            });
+        }
+        let fin = att.stop()?.context("agent output")?;
+        let ivs = proc::intervals(&fin.stdout);
+        let mut table = Table::new(
+            &format!(
+                "Accuracy: raw nanosleep loops ({secs} s each), the agent (--pid self) vs the time measured around each call"
+            ),
+            &[
+                "sleep",
+                "calls",
+                "true p50 µs",
+                "agent p50 µs",
+                "error",
+                "true p99 µs",
+                "agent p99 µs",
+                "error",
+            ],
+        );
+        let mut out = Vec::new();
+        for (ms, from, to, samples) in &windows {
+            let inside = proc::inside(&ivs, *from, *to);
+            let agent = |name: &str| {
+                let v: Vec<f64> = inside
+                    .iter()
+                    .filter_map(|i| proc::metric(&i.v, name, &[("syscall", "nanosleep")]))
+                    .collect();
+                median(&v)
+            };
+            let (a50, a99) = (
+                agent("syscall.latency_us.p50"),
+                agent("syscall.latency_us.p99"),
+            );
+            let (t50, t99) = (percentile(samples, 50.0), percentile(samples, 99.0));
+            let err = |a: Option<f64>, t: Option<f64>| match (a, t) {
+                (Some(a), Some(t)) if t > 0.0 => format!("{:+.1}%", (a - t) / t * 100.0),
+                _ => "–".into(),
+            };
+            table.row(vec![
+                format!("{ms} ms"),
+                samples.len().to_string(),
+                num(t50, 1),
+                num(a50, 1),
+                err(a50, t50),
+                num(t99, 1),
+                num(a99, 1),
+                err(a99, t99),
+            ]);
+            out.push(json!({
+                "sleep_ms": ms,
+                "calls": samples.len(),
+                "agent_intervals": inside.len(),
+                "true_p50_us": t50, "agent_p50_us": a50,
+                "true_p99_us": t99, "agent_p99_us": a99,
+            }));
+        }
+        table.note(
+            "Agent: median over its whole intervals inside the loop of syscall.latency_us.p50/p99 \
+             {syscall=nanosleep} (bucket midpoints, ±6.25% by design); true: percentiles of all \
+             calls, timed in userspace around the syscall (so including entry/exit, ~1 µs).",
+        );
+        self.print(table);
+        Ok(json!({ "secs": secs, "sleeps": out }))
+    }
+
+    fn accuracy_disk(&mut self) -> Result<Value> {
+        let secs = self.plan.fio_secs;
+        let agent = self.attach(&Cfg::Agent(vec!["--output", "json", "--probes", "disk"]))?;
+        let bio = match self.attach(&Cfg::Biolatency(vec!["-F", "1"])) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = agent.stop();
+                return Err(e);
+            }
+        };
+        eprintln!("bench: accuracy: fio with the agent and biolatency -F attached together");
+        let from = SystemTime::now();
+        let f = self.fio(secs);
+        let to = SystemTime::now();
+        if let Some(h) = agent.helper.as_ref() {
+            h.wait_stdout(Duration::from_secs(3), |l| proc::interval_ends_after(l, to));
+        }
+        let bio_out = bio.stop();
+        let agent_out = agent.stop()?.context("agent output")?;
+        let bio_out = bio_out?.context("biolatency output")?;
+        let f = f?;
+        // biolatency -F: one log2 histogram per set of request flags; the operation is the
+        // flags' last word (Write, Read, Flush, ...). Summed over its intervals.
+        let mut hists: BTreeMap<String, Log2Hist> = BTreeMap::new();
+        let mut class = "all".to_string();
+        for (_, l) in &bio_out.stdout {
+            if let Some(flags) = l.trim().strip_prefix("flags = ") {
+                class = flags.rsplit('-').next().unwrap_or(flags).to_lowercase();
+            } else if let Some((lo, hi, c)) = stats::parse_log2_row(l) {
+                hists.entry(class.clone()).or_default().add(lo, hi, c);
+                hists.entry("all".into()).or_default().add(lo, hi, c);
+            }
+        }
+        let ivs = proc::intervals(&agent_out.stdout);
+        let inside = proc::inside(&ivs, from, to);
+        // The device with the most writes in the window (the root disk).
+        let mut ops: BTreeMap<String, f64> = BTreeMap::new();
+        for i in &inside {
+            for (tags, v) in proc::metrics(&i.v, "disk.ops") {
+                if tags.get("op").and_then(Value::as_str) == Some("write") {
+                    let dev = tags.get("device").and_then(Value::as_str).unwrap_or("");
+                    *ops.entry(dev.to_string()).or_default() += v;
+                }
+            }
+        }
+        let dev = ops
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(d, _)| d.clone())
+            .unwrap_or_default();
+        let agent_pct = |op: &str, p: &str| {
+            let name = format!("disk.latency_us.{p}");
+            let v: Vec<f64> = inside
+                .iter()
+                .filter_map(|i| proc::metric(&i.v, &name, &[("device", &dev), ("op", op)]))
+                .collect();
+            median(&v)
+        };
+        let mut table = Table::new(
+            &format!(
+                "Accuracy: disk latency of the same fio load ({secs} s), the agent vs biolatency -F (log2 buckets), device {dev}"
+            ),
+            &[
+                "op",
+                "agent p50 µs",
+                "biolatency p50 bucket µs",
+                "agent p99 µs",
+                "biolatency p99 bucket µs",
+                "requests (biolatency)",
+            ],
+        );
+        let bucket = |h: Option<&Log2Hist>, p: f64| {
+            h.and_then(|h| h.percentile_bucket(p))
+                .map_or("–".into(), |(lo, hi)| format!("{lo}–{hi}"))
+        };
+        let mut out = Vec::new();
+        for (op, agent_op, bio_class) in [("write", "write", "write"), ("flush", "other", "flush")]
+        {
+            let h = hists.get(bio_class);
+            let (a50, a99) = (agent_pct(agent_op, "p50"), agent_pct(agent_op, "p99"));
+            table.row(vec![
+                format!("{op} (agent op={agent_op})"),
+                num(a50, 1),
+                bucket(h, 50.0),
+                num(a99, 1),
+                bucket(h, 99.0),
+                h.map_or(0, Log2Hist::total).to_string(),
+            ]);
+            out.push(json!({
+                "op": op,
+                "agent_p50_us": a50, "agent_p99_us": a99,
+                "biolatency_p50_bucket_us": h.and_then(|h| h.percentile_bucket(50.0)),
+                "biolatency_p99_bucket_us": h.and_then(|h| h.percentile_bucket(99.0)),
+                "biolatency_requests": h.map_or(0, Log2Hist::total),
+            }));
+        }
+        let all = hists.get("all");
+        table.row(vec![
+            "all requests (biolatency)".into(),
+            "–".into(),
+            bucket(all, 50.0),
+            "–".into(),
+            bucket(all, 99.0),
+            all.map_or(0, Log2Hist::total).to_string(),
+        ]);
+        table.note(format!(
+            "Both measure issue → completion in the device (biolatency without -Q). fio's own \
+             write completion latency for reference: p50 {} µs, p99 {} µs ({:.0} IOPS). Agent: \
+             median of its whole intervals inside the run.",
+            num(f.clat_p50_us, 1),
+            num(f.clat_p99_us, 1),
+            f.iops
+        ));
+        self.print(table);
+        Ok(json!({
+            "secs": secs,
+            "device": dev,
+            "ops": out,
+            "biolatency_all_p50_bucket_us": all.and_then(|h| h.percentile_bucket(50.0)),
+            "biolatency_all_p99_bucket_us": all.and_then(|h| h.percentile_bucket(99.0)),
+            "fio": { "iops": f.iops, "clat_p50_us": f.clat_p50_us, "clat_p99_us": f.clat_p99_us },
+        }))
+    }
+
+    // ---------------------------------------------------------------------------------------
+
+    fn finish(&mut self, out: &Path) -> Result<()> {
+        let mut t = Table::new("Targets", &["target", "value", "limit", "result", "how"]);
+        for g in &self.targets {
+            t.row(vec![
+                g.name.clone(),
+                g.value.clone(),
+                g.limit.clone(),
+                g.verdict().into(),
+                g.note.clone(),
+            ]);
+        }
+        if self.smoke {
+            t.note("Smoke run: too short for the figures to mean much; no timing is asserted.");
+        }
+        if !self.errors.is_empty() {
+            t.note(format!(
+                "Configurations that failed: {}",
+                self.errors.join("; ")
+            ));
+        }
+        self.print(t);
+        self.json.insert(
+            "targets".into(),
+            Value::Array(self.targets.iter().map(Target::json).collect()),
+        );
+        self.json.insert("errors".into(), json!(self.errors));
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        fs::write(
+            out,
+            serde_json::to_string_pretty(&Value::Object(self.json.clone()))?,
+        )
+        .with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("bench: results written to {}", out.display());
+        Ok(())
+    }
+}
+
+/// Adds the agent's per-program kernel cost (`agent.bpf_ns_per_event{program}`) of each of its
+/// whole intervals to `into`.
+fn bpf_costs(fin: &Finished, into: &mut BTreeMap<String, Spread>) {
+    for i in proc::intervals(&fin.stdout).iter().filter(|i| i.len >= 0.9) {
+        for (tags, v) in proc::metrics(&i.v, "agent.bpf_ns_per_event") {
+            if let Some(p) = tags.get("program").and_then(Value::as_str) {
+                into.entry(p.to_string()).or_default().push(v);
+            }
+        }
+    }
+}
+
+fn costs_note(c: &BTreeMap<String, Spread>) -> String {
+    let list: Vec<String> = c
+        .iter()
+        .map(|(p, s)| format!("{p} {}", num(s.median(), 0)))
+        .collect();
+    format!(
+        "The agent's programs, kernel run-time statistics (median ns per run over its \
+         intervals): {}.",
+        if list.is_empty() {
+            "–".into()
+        } else {
+            list.join(", ")
+        }
+    )
+}
+
+fn costs_json(c: &BTreeMap<String, Spread>) -> Value {
+    Value::Object(c.iter().map(|(p, s)| (p.clone(), s.json())).collect())
+}
+
+/// What one agent window measured.
+#[derive(Clone)]
+struct Window {
+    calls_per_s: f64,
+    cpu_pct: f64,
+    user_pct: f64,
+    json_cpu_pct: Option<f64>,
+    rss_bytes: f64,
+    events_per_s: Option<f64>,
+    lost: f64,
+    lost_per_s: Option<f64>,
+    enter_ns: Option<f64>,
+    exit_ns: Option<f64>,
+    /// Whole agent intervals inside the window.
+    intervals: usize,
+}

@@ -1,0 +1,97 @@
+//! The printed tables and the targets' PASS/MISS lines.
+
+use serde_json::{Value, json};
+
+/// A titled table printed as Markdown (readable on a terminal, pasteable into BENCHMARKS.md).
+pub struct Table {
+    pub title: String,
+    pub head: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    pub notes: Vec<String>,
+}
+
+impl Table {
+    pub fn new(title: &str, head: &[&str]) -> Self {
+        Self {
+            title: title.into(),
+            head: head.iter().map(|s| s.to_string()).collect(),
+            rows: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn note(&mut self, s: impl Into<String>) {
+        self.notes.push(s.into());
+    }
+
+    pub fn print(&self) {
+        let n = self.head.len();
+        let mut width: Vec<usize> = self.head.iter().map(|h| h.chars().count()).collect();
+        for r in &self.rows {
+            for (i, c) in r.iter().enumerate().take(n) {
+                width[i] = width[i].max(c.chars().count());
+            }
+        }
+        let line = |cells: &[String]| {
+            let mut s = String::from("|");
+            for (i, w) in width.iter().enumerate() {
+                let c = cells.get(i).map(String::as_str).unwrap_or("");
+                let pad = w - c.chars().count().min(*w);
+                s.push_str(&format!(" {c}{} |", " ".repeat(pad)));
+            }
+            s
+        };
+        println!("\n### {}\n", self.title);
+        println!("{}", line(&self.head));
+        let sep: Vec<String> = width.iter().map(|w| "-".repeat(*w)).collect();
+        println!("{}", line(&sep).replace(' ', "-"));
+        for r in &self.rows {
+            println!("{}", line(r));
+        }
+        if !self.notes.is_empty() {
+            println!();
+            for note in &self.notes {
+                println!("{note}");
+            }
+        }
+    }
+}
+
+/// One target of the issue and whether this run met it.
+pub struct Target {
+    pub name: String,
+    pub value: String,
+    pub limit: String,
+    /// None: could not be measured in this run.
+    pub pass: Option<bool>,
+    pub note: String,
+}
+
+impl Target {
+    pub fn verdict(&self) -> &'static str {
+        match self.pass {
+            Some(true) => "PASS",
+            Some(false) => "MISS",
+            None => "n/a",
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "target": self.name,
+            "value": self.value,
+            "limit": self.limit,
+            "result": self.verdict(),
+            "note": self.note,
+        })
+    }
+}
+
+/// `x` with `d` decimals, or `–`.
+pub fn num(x: Option<f64>, d: usize) -> String {
+    x.map_or("–".into(), |v| format!("{v:.d$}"))
+}
