@@ -178,8 +178,15 @@ fn setup(root: &Path, test_peers: bool) -> Result<()> {
         ]))?;
     }
     if test_peers {
-        // bpftool: the tests count the programs left in the kernel.
-        apt_install(&[("bpftool", "bpftool")])?;
+        // bpftool: the tests count the programs left in the kernel; systemd-analyze, capsh,
+        // setpriv and unshare: the deployment and degradation tests.
+        apt_install(&[
+            ("bpftool", "bpftool"),
+            ("systemd-analyze", "systemd"),
+            ("capsh", "libcap2-bin"),
+            ("setpriv", "util-linux"),
+            ("unshare", "util-linux"),
+        ])?;
         let script = root.join("tests/peers/setup.sh");
         if script.exists() {
             status(Command::new("bash").arg(script))?;
@@ -197,6 +204,8 @@ fn apt_install(wanted: &[(&str, &str)]) -> Result<()> {
         })
         .map(|(_, pkg)| *pkg)
         .collect();
+    let mut missing = missing;
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }

@@ -117,7 +117,7 @@ impl fmt::Display for Attach {
 #[derive(Debug, Error)]
 pub enum ProbeError {
     #[error(
-        "no permission to load eBPF programs ({0}): run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE"
+        "no permission to load eBPF programs ({0}): run as root, or grant CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN before Linux 5.8)"
     )]
     NoPrivilege(String),
     #[error("loading the eBPF object failed: {0}")]
@@ -195,6 +195,7 @@ impl Kernel {
     pub fn load(opts: &ProbeOptions) -> Result<Kernel, ProbeError> {
         let ncpus = aya::util::nr_cpus()
             .map_err(|(path, e)| ProbeError::Load(format!("reading {path}: {e}")))?;
+        raise_memlock_limit();
         // Tracepoint field offsets come from tracefs, read before load (they are load-time
         // globals) for every probe, so a probe switched on later by a reload can attach too.
         let mut offsets = TpOffsets::UNSET;
@@ -255,8 +256,14 @@ impl Kernel {
         diff.prime(&table, 0..layout::ROWS);
         let stats_fd = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
             Ok(fd) => Some(fd),
+            Err(e) if stats_sysctl_on() => {
+                tracing::debug!("BPF_ENABLE_STATS refused ({e}); kernel.bpf_stats_enabled is on");
+                None
+            }
             Err(e) => {
-                tracing::info!("BPF run-time statistics unavailable ({e}): no agent.bpf_* metrics");
+                tracing::info!(
+                    "BPF run-time statistics unavailable ({e}): no agent.bpf_* metrics unless kernel.bpf_stats_enabled=1"
+                );
                 None
             }
         };
@@ -385,7 +392,8 @@ impl Kernel {
     /// `agent.bpf_ns_per_event{program}` and `agent.bpf_cpu_pct{program}`: the kernel's own
     /// measure of what each attached program costs (needs run-time statistics on).
     fn collect_bpf_stats(&mut self, out: &mut Vec<Metric>) {
-        if self.stats_fd.is_none() {
+        // Without our own switch (it needs CAP_SYS_ADMIN), use the sysctl when someone set it.
+        if self.stats_fd.is_none() && !stats_sysctl_on() {
             return;
         }
         let now = std::time::Instant::now();
@@ -459,6 +467,24 @@ impl Kernel {
             .filter_map(|(_, map)| map_data(map))
             .map(|data| fdinfo_memlock(data).unwrap_or(0))
             .sum()
+    }
+}
+
+/// Whether `kernel.bpf_stats_enabled` is on (set by the operator, systemd or another tool).
+fn stats_sysctl_on() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
+}
+
+/// Lifts the locked-memory limit: kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (later
+/// ones to the memory cgroup). Best effort: without the privilege, loading says what failed.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!("RLIMIT_MEMLOCK unchanged: {}", io::Error::last_os_error());
     }
 }
 

@@ -19,6 +19,8 @@ pub enum TracefsError {
         "tracefs is not mounted and mounting it at {TRACEFS} failed: {0} (run as root, or mount it: `mount -t tracefs nodev {TRACEFS}`)"
     )]
     Mount(std::io::Error),
+    #[error("tracefs at {0} is mounted but not readable: run as root or grant CAP_DAC_READ_SEARCH")]
+    Unreadable(String),
     #[error("tracepoint {0} not found in tracefs (this kernel lacks it)")]
     NoTracepoint(String),
     #[error("reading {path}: {source}")]
@@ -40,6 +42,16 @@ pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
         if Path::new(p).join("events").is_dir() {
             return Ok(PathBuf::from(p));
         }
+    }
+    // Mounted, but we may not look inside (mode 0700, not root): mounting again would not help.
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if let Some(p) = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).zip(l.split_whitespace().nth(2)))
+        .find(|(dir, fstype)| *fstype == "tracefs" && [TRACEFS, DEBUGFS_TRACING].contains(dir))
+        .map(|(dir, _)| dir)
+    {
+        return Err(TracefsError::Unreadable(p.to_string()));
     }
     let target = CString::new(TRACEFS).expect("no NUL");
     let fstype = CString::new("tracefs").expect("no NUL");
