@@ -749,3 +749,66 @@ fn dead_sinks_for_a_long_time_keep_memory_bounded_then_deliver() {
         "RSS grew from {early} to {last}"
     );
 }
+
+#[test]
+fn bpf_statistics_report_the_programs_cost_and_are_switched_off_again() {
+    let sysctl = || {
+        std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let before = sysctl();
+    let mut agent = Agent::start(&[
+        "run",
+        "--output",
+        "json",
+        "--probes",
+        "syscall",
+        "--duration",
+        "3s",
+        "--bpf-stats-every",
+        "1",
+    ]);
+    agent.wait_ready();
+    getppid_n(10_000);
+    let intervals = agent.intervals(FINISH);
+    // Every interval after the first window has the kernel's measure of both programs.
+    for program in ["sys_enter", "sys_exit"] {
+        let ns = values(
+            &intervals,
+            "agent.bpf_ns_per_event",
+            &[("program", program)],
+        );
+        assert!(
+            ns.len() >= 2 && ns.iter().all(|&v| v > 0.0 && v < 100_000.0),
+            "{program}: {ns:?}"
+        );
+        let cpu = values(&intervals, "agent.bpf_cpu_pct", &[("program", program)]);
+        assert!(
+            !cpu.is_empty() && cpu.iter().all(|&v| (0.0..=100.0).contains(&v)),
+            "{program}: {cpu:?}"
+        );
+    }
+    assert_eq!(sysctl(), before, "kernel.bpf_stats_enabled restored");
+    // By default they are sampled one interval in ten: none in a 3-second run.
+    let mut agent = Agent::start(&[
+        "run",
+        "--output",
+        "json",
+        "--probes",
+        "syscall",
+        "--duration",
+        "3s",
+    ]);
+    agent.wait_ready();
+    let intervals = agent.intervals(FINISH);
+    assert!(
+        values(
+            &intervals,
+            "agent.bpf_ns_per_event",
+            &[("program", "sys_exit")]
+        )
+        .is_empty()
+    );
+}

@@ -48,6 +48,7 @@ pub async fn check() -> Result<ExitCode> {
         probes: Probe::ALL.to_vec(),
         runtime: RuntimeConfig::default(),
         ring_bytes: maps::EVENTS_DEFAULT_BYTES,
+        bpf_stats_every: 0,
     };
     let kernel = match Kernel::load(&opts) {
         Ok(k) => k,

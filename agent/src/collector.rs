@@ -257,6 +257,7 @@ fn probe_options(args: &CommonArgs, probes: &[Probe]) -> ProbeOptions {
         probes: probes.to_vec(),
         runtime,
         ring_bytes: args.ring_buffer_kib * 1024,
+        bpf_stats_every: args.bpf_stats_every,
     }
 }
 

@@ -77,6 +77,7 @@ pub struct FileConfig {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub ring_buffer_kib: Option<u32>,
+    pub bpf_stats_every: Option<u32>,
     pub enable: Enable,
     pub sinks: Option<SinkArgs>,
 }
@@ -195,6 +196,11 @@ pub fn effective(
         out.common.ring_buffer_kib =
             cli::parse_ring_kib(&v.to_string()).map_err(|e| l.invalid("ring_buffer_kib", e))?;
     }
+    if !given("bpf_stats_every")
+        && let Some(v) = f.bpf_stats_every
+    {
+        out.common.bpf_stats_every = v;
+    }
     if !given("output") && f.output.is_some() {
         out.output = f.output;
     }
@@ -312,6 +318,7 @@ pub fn render(r: &RunArgs) -> String {
         let _ = writeln!(o, "comm = {}", q(c));
     }
     let _ = writeln!(o, "ring_buffer_kib = {}", r.common.ring_buffer_kib);
+    let _ = writeln!(o, "bpf_stats_every = {}", r.common.bpf_stats_every);
     let _ = writeln!(o, "\n[enable]");
     for (k, s) in [
         ("syscall", Source::Syscall),

@@ -133,6 +133,8 @@ pub struct ProbeOptions {
     pub runtime: RuntimeConfig,
     /// Ring buffer size in bytes (a power of two, at least one page).
     pub ring_bytes: u32,
+    /// Measure the programs' own cost one interval out of this many (0 = never).
+    pub bpf_stats_every: u32,
 }
 
 /// Outcome of attaching one probe.
@@ -157,6 +159,10 @@ pub struct Kernel {
     /// Keeps the kernel's BPF run-time statistics on while open (refcounted by the kernel, so
     /// closing it on exit restores the previous state, and other users are unaffected).
     stats_fd: Option<std::os::fd::OwnedFd>,
+    /// Statistics are on for one interval out of this many (0 = never, 1 = always).
+    stats_every: u32,
+    stats_tick: u64,
+    stats_warned: bool,
     /// Per program: (run time, run count, when read).
     prev_stats:
         std::collections::HashMap<&'static str, (std::time::Duration, u64, std::time::Instant)>,
@@ -254,19 +260,6 @@ impl Kernel {
 
         let mut diff = RowDiff::default();
         diff.prime(&table, 0..layout::ROWS);
-        let stats_fd = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-            Ok(fd) => Some(fd),
-            Err(e) if stats_sysctl_on() => {
-                tracing::debug!("BPF_ENABLE_STATS refused ({e}); kernel.bpf_stats_enabled is on");
-                None
-            }
-            Err(e) => {
-                tracing::info!(
-                    "BPF run-time statistics unavailable ({e}): no agent.bpf_* metrics unless kernel.bpf_stats_enabled=1"
-                );
-                None
-            }
-        };
         let mut kernel = Kernel {
             ebpf,
             table,
@@ -276,7 +269,10 @@ impl Kernel {
             syscall: syscall::SyscallProbe::default(),
             disk: disk::DiskProbe::default(),
             tcp: tcp::TcpProbe,
-            stats_fd,
+            stats_fd: None,
+            stats_every: opts.bpf_stats_every,
+            stats_tick: 0,
+            stats_warned: false,
             prev_stats: Default::default(),
         };
         kernel.set_probes(&opts.probes);
@@ -390,12 +386,46 @@ impl Kernel {
     }
 
     /// `agent.bpf_ns_per_event{program}` and `agent.bpf_cpu_pct{program}`: the kernel's own
-    /// measure of what each attached program costs (needs run-time statistics on).
+    /// measure of what each attached program costs.
+    ///
+    /// The statistics add two clock reads to every program run (about as much as the programs
+    /// themselves), so the agent switches them on for one interval out of `stats_every` (0 =
+    /// never) and reports its cost at a fraction of the measuring price. When someone else keeps
+    /// `kernel.bpf_stats_enabled` on, they cost us nothing more and are read every interval.
     fn collect_bpf_stats(&mut self, out: &mut Vec<Metric>) {
-        // Without our own switch (it needs CAP_SYS_ADMIN), use the sysctl when someone set it.
-        if self.stats_fd.is_none() && !stats_sysctl_on() {
-            return;
+        self.stats_tick += 1;
+        let external = self.stats_fd.is_none() && stats_sysctl_on();
+        if self.stats_fd.is_some() || external {
+            self.read_bpf_stats(out);
         }
+        if self.stats_fd.is_some() && self.stats_every != 1 {
+            self.stats_fd = None; // the window is over: statistics off again
+            self.prev_stats.clear();
+        }
+        if !external
+            && self.stats_fd.is_none()
+            && self.stats_every > 0
+            && self.stats_tick % self.stats_every as u64 == 0
+        {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => {
+                    self.stats_fd = Some(fd);
+                    self.prev_stats.clear();
+                    self.read_bpf_stats(&mut Vec::new()); // the window's baseline
+                }
+                Err(e) => {
+                    if !self.stats_warned {
+                        self.stats_warned = true;
+                        tracing::info!(
+                            "BPF run-time statistics unavailable ({e}): no agent.bpf_* metrics unless kernel.bpf_stats_enabled=1"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn read_bpf_stats(&mut self, out: &mut Vec<Metric>) {
         let now = std::time::Instant::now();
         for s in self.status.iter().filter(|s| s.result.is_ok()) {
             for prog in s.probe.programs() {
