@@ -182,6 +182,15 @@ fn is_permission_error(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Loading the object failed: for lack of privilege, or for another reason.
+fn load_error(e: aya::EbpfError) -> ProbeError {
+    if is_permission_error(&e) {
+        ProbeError::NoPrivilege(error_chain(&e))
+    } else {
+        ProbeError::Load(error_chain(&e))
+    }
+}
+
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -231,13 +240,7 @@ impl Kernel {
             .map_max_entries(maps::HIST, layout::hist_entries(ncpus) as u32)
             .map_max_entries(maps::EVENTS, opts.ring_bytes)
             .load(EBPF_OBJECT)
-            .map_err(|e| {
-                if is_permission_error(&e) {
-                    ProbeError::NoPrivilege(error_chain(&e))
-                } else {
-                    ProbeError::Load(error_chain(&e))
-                }
-            })?;
+            .map_err(load_error)?;
 
         let mut config: Array<_, RuntimeConfig> = Array::try_from(
             ebpf.map_mut(maps::CONFIG)
@@ -642,13 +645,7 @@ pub fn attach_floor() -> Result<Ebpf, ProbeError> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(maps::HIST, layout::hist_entries(ncpus) as u32)
         .load(EBPF_OBJECT)
-        .map_err(|e| {
-            if is_permission_error(&e) {
-                ProbeError::NoPrivilege(error_chain(&e))
-            } else {
-                ProbeError::Load(error_chain(&e))
-            }
-        })?;
+        .map_err(load_error)?;
     for (name, tp) in [("floor_enter", "sys_enter"), ("floor_exit", "sys_exit")] {
         attach_program(
             &mut ebpf,
