@@ -5,7 +5,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use agent_common::RuntimeConfig;
@@ -305,40 +305,5 @@ impl SelfStats {
             (rss_pages * self.page_size) as f64,
         ));
         self.last = Some((now, ticks));
-    }
-}
-
-/// The next multiple of `interval` on the wall clock strictly after `now`.
-pub fn next_boundary(now: SystemTime, interval: Duration) -> SystemTime {
-    let since = now
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let step = interval.as_nanos().max(1);
-    let next = (since / step + 1) * step;
-    UNIX_EPOCH + Duration::from_nanos(next as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn boundaries_align_to_the_wall_clock() {
-        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_250);
-        assert_eq!(
-            next_boundary(t, Duration::from_secs(1)),
-            UNIX_EPOCH + Duration::from_secs(1_700_000_001)
-        );
-        assert_eq!(
-            next_boundary(t, Duration::from_millis(500)),
-            UNIX_EPOCH + Duration::from_millis(1_700_000_000_500)
-        );
-        // Exactly on a boundary: the next one.
-        let on = UNIX_EPOCH + Duration::from_secs(10);
-        assert_eq!(
-            next_boundary(on, Duration::from_secs(5)),
-            UNIX_EPOCH + Duration::from_secs(15)
-        );
     }
 }

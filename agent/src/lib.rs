@@ -16,4 +16,5 @@ pub mod procfs;
 pub mod run;
 pub mod sinks;
 pub mod snapshot;
+pub mod ticker;
 pub mod watch;

@@ -5,27 +5,21 @@ use std::{
     io::{self, Write},
     process::ExitCode,
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use anyhow::Result;
-use tokio::{signal::unix::SignalKind, time::Instant};
 
 use crate::{
     cli::{Output, RunArgs},
-    collector::{Collector, next_boundary},
+    collector::Collector,
     config, output,
     sinks::Sinks,
+    ticker::{Tick, Ticker},
 };
 
 /// How long delivery of the last interval may take on exit.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
-
-/// Tokio instant at which the wall clock reads `t` (sleeping on the monotonic clock).
-fn instant_at(t: SystemTime) -> Instant {
-    let now = SystemTime::now();
-    Instant::now() + t.duration_since(now).unwrap_or(Duration::ZERO)
-}
 
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];
@@ -73,7 +67,7 @@ impl Reload {
 pub async fn run(args: RunArgs, reload: Reload) -> Result<ExitCode> {
     let mut args = args;
     let mut host = args.host.clone().unwrap_or_else(hostname);
-    let mut interval = args.common.interval;
+    let interval = args.common.interval;
     let mut output = args.output();
     // Sinks first: a bad address is a usage error (exit 2) before anything is attached.
     let mut sinks = match Sinks::start(&args.sinks, interval).await {
@@ -88,84 +82,39 @@ pub async fn run(args: RunArgs, reload: Reload) -> Result<ExitCode> {
     }
     let mut collector = Collector::start(&args.common);
 
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
-
-    // Prime at the first boundary so every reported interval is a whole one.
-    let mut boundary = next_boundary(SystemTime::now(), interval);
-    tokio::select! {
-        _ = tokio::time::sleep_until(instant_at(boundary)) => {}
-        _ = sigterm.recv() => return Ok(ExitCode::SUCCESS),
-        _ = sigint.recv() => return Ok(ExitCode::SUCCESS),
+    let mut ticker = Ticker::new(interval, true)?;
+    if ticker.first(args.common.duration).await.is_none() {
+        return Ok(ExitCode::SUCCESS);
     }
     collector.prime();
-    let deadline = args.common.duration.map(|d| boundary + d);
     tracing::info!(
         "{} (every {})",
         collector.summary(),
         humantime::format_duration(interval)
     );
-    let mut start = boundary;
 
     let mut stdout = io::stdout().lock();
     loop {
-        boundary = next_boundary(boundary, interval);
-        let stop_at = match deadline {
-            Some(d) if d <= boundary => Some(d),
-            _ => None,
-        };
-        let target = stop_at.unwrap_or(boundary);
-        let mut stopping = stop_at.is_some();
-        let mut hup = false;
-        tokio::select! {
-            _ = tokio::time::sleep_until(instant_at(target)) => {}
-            _ = sigterm.recv() => stopping = true,
-            _ = sigint.recv() => stopping = true,
-            _ = sighup.recv() => hup = true,
-        }
-        if hup {
-            // Apply the new settings and keep waiting for the same boundary.
-            match reload.effective() {
-                Err(e) => tracing::warn!("reload rejected, keeping the running settings: {e}"),
-                Ok(new) => {
-                    if new.sinks != args.sinks {
-                        match Sinks::start(&new.sinks, new.common.interval).await {
-                            Ok(s) => {
-                                let old = std::mem::replace(&mut sinks, s);
-                                tokio::spawn(old.shutdown(SHUTDOWN_FLUSH));
-                            }
-                            Err(e) => {
-                                tracing::warn!(
-                                    "reload rejected, keeping the running settings: {e:#}"
-                                );
-                                boundary = SystemTime::now();
-                                continue;
-                            }
+        let (end, len, last) = match ticker.next().await {
+            Tick::Interval { end, len, last } => (end, len, last),
+            Tick::Reload => {
+                match reload.effective() {
+                    Err(e) => tracing::warn!("reload rejected, keeping the running settings: {e}"),
+                    Ok(new) => match apply(&mut args, new, &mut sinks, &mut collector).await {
+                        Err(e) => {
+                            tracing::warn!("reload rejected, keeping the running settings: {e:#}")
                         }
-                    }
-                    if new.common.ring_buffer_kib != args.common.ring_buffer_kib {
-                        tracing::warn!("ring_buffer_kib changes at the next restart");
-                    }
-                    collector.apply(&new.common);
-                    host = new.host.clone().unwrap_or_else(hostname);
-                    output = new.output();
-                    interval = new.common.interval;
-                    args = new;
-                    tracing::info!("reloaded: {}", collector.summary());
+                        Ok(()) => {
+                            host = args.host.clone().unwrap_or_else(hostname);
+                            output = args.output();
+                            ticker.set_interval(args.common.interval);
+                            tracing::info!("reloaded: {}", collector.summary());
+                        }
+                    },
                 }
+                continue;
             }
-            // The current interval goes on to the next boundary (of the new interval) after now.
-            boundary = SystemTime::now();
-            continue;
-        }
-        // On a signal the interval ends now: flush what it holds.
-        let end = if stopping {
-            SystemTime::now().min(target)
-        } else {
-            target
         };
-        let len = end.duration_since(start).unwrap_or(interval);
         if len > Duration::ZERO {
             let mut snap = collector.collect(end, len, &host);
             snap.metrics.extend(sinks.self_metrics());
@@ -178,8 +127,7 @@ pub async fn run(args: RunArgs, reload: Reload) -> Result<ExitCode> {
                 return Err(e);
             }
         }
-        start = end;
-        if stopping {
+        if last {
             break;
         }
     }
@@ -188,6 +136,27 @@ pub async fn run(args: RunArgs, reload: Reload) -> Result<ExitCode> {
     sinks.shutdown(SHUTDOWN_FLUSH).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Applies reloaded settings: new sinks first (a bad address keeps everything as it was), then
+/// probes, thresholds and switches.
+async fn apply(
+    args: &mut RunArgs,
+    new: RunArgs,
+    sinks: &mut Sinks,
+    collector: &mut Collector,
+) -> Result<()> {
+    if new.sinks != args.sinks {
+        let fresh = Sinks::start(&new.sinks, new.common.interval).await?;
+        let old = std::mem::replace(sinks, fresh);
+        tokio::spawn(old.shutdown(SHUTDOWN_FLUSH));
+    }
+    if new.common.ring_buffer_kib != args.common.ring_buffer_kib {
+        tracing::warn!("ring_buffer_kib changes at the next restart");
+    }
+    collector.apply(&new.common);
+    *args = new;
+    Ok(())
 }
 
 fn emit(

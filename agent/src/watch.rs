@@ -19,15 +19,15 @@ use std::{
 
 use agent_common::{hist, layout};
 use anyhow::Result;
-use tokio::{signal::unix::SignalKind, time::Instant};
 
 use crate::{
     cli::WatchArgs,
-    collector::{Collector, next_boundary},
+    collector::Collector,
     histogram::LatencyStats,
     probes::events::EventView,
     run::hostname,
     snapshot::{Snapshot, Tags},
+    ticker::{Tick, Ticker},
 };
 
 /// Points of history per key (one per interval): a minute at the default interval.
@@ -1079,12 +1079,6 @@ impl Drop for Screen {
     }
 }
 
-/// Tokio instant at which the wall clock reads `t` (sleeping on the monotonic clock).
-fn instant_at(t: SystemTime) -> Instant {
-    let now = SystemTime::now();
-    Instant::now() + t.duration_since(now).unwrap_or(Duration::ZERO)
-}
-
 fn quiet_pipe(r: io::Result<()>) -> Result<bool> {
     match r {
         Ok(()) => Ok(true),
@@ -1122,47 +1116,26 @@ pub async fn watch(args: WatchArgs) -> Result<ExitCode> {
     // Warnings and the line above stay on the main screen, readable after exit.
     let mut screen = Screen::new()?;
 
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
-
+    let mut ticker = Ticker::new(interval, false)?;
     // Prime at the first boundary so every frame shows a whole interval.
-    let mut boundary = next_boundary(SystemTime::now(), interval);
-    tokio::select! {
-        _ = tokio::time::sleep_until(instant_at(boundary)) => {}
-        _ = sigterm.recv() => return Ok(ExitCode::SUCCESS),
-        _ = sigint.recv() => return Ok(ExitCode::SUCCESS),
-    }
+    let Some(session_start) = ticker.first(common.duration).await else {
+        return Ok(ExitCode::SUCCESS);
+    };
     let baseline = collector.cumulative_histograms();
     collector.prime();
-    let deadline = common.duration.map(|d| boundary + d);
-    let session_start = boundary;
-    let mut start = boundary;
 
     let mut history = History::default();
     let mut events: VecDeque<TimedEvent> = VecDeque::with_capacity(KEEP_EVENTS);
     let mut events_received = 0u64;
     let mut frames = 0usize;
     let mut open = true;
+    let mut session_end;
     loop {
-        boundary = next_boundary(boundary, interval);
-        let stop_at = match deadline {
-            Some(d) if d <= boundary => Some(d),
-            _ => None,
+        let Tick::Interval { end, len, last } = ticker.next().await else {
+            continue; // no SIGHUP handling in watch
         };
-        let target = stop_at.unwrap_or(boundary);
-        let mut stopping = stop_at.is_some();
-        tokio::select! {
-            _ = tokio::time::sleep_until(instant_at(target)) => {}
-            _ = sigterm.recv() => stopping = true,
-            _ = sigint.recv() => stopping = true,
-        }
-        // On a signal the interval ends now: show what it holds.
-        let end = if stopping {
-            SystemTime::now().min(target)
-        } else {
-            target
-        };
-        let len = end.duration_since(start).unwrap_or(interval);
+        let mut stopping = last;
+        session_end = end;
         if len > Duration::ZERO {
             let snap = collector.collect(end, len, &host);
             history.record(&snap);
@@ -1194,7 +1167,6 @@ pub async fn watch(args: WatchArgs) -> Result<ExitCode> {
                 stopping = true;
             }
         }
-        start = end;
         if stopping {
             break;
         }
@@ -1208,7 +1180,7 @@ pub async fn watch(args: WatchArgs) -> Result<ExitCode> {
         let info = SessionInfo {
             host,
             start: session_start,
-            end: start,
+            end: session_end,
             frames,
             filters,
             slow_threshold,
