@@ -59,8 +59,8 @@ enum Cmd {
         /// Where to write the JSON results (relative to the workspace root).
         #[arg(long, default_value = "bench-results/bench.json")]
         out: PathBuf,
-        /// Only these sections (comma-separated): syscalls, disk, tcp, agent_itself,
-        /// ring_buffer, accuracy_sleep, accuracy_disk.
+        /// Only these sections (comma-separated): syscalls, disk, disk_loop, tcp,
+        /// agent_itself, ring_buffer, accuracy_sleep, accuracy_disk, kernel_costs.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

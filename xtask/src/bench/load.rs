@@ -1,17 +1,18 @@
 //! The loads the benchmark drives: a getppid loop, nanosleep loops, loopback TCP, fio.
 
 use std::{
+    fs,
     hint::black_box,
     io::{Read, Write},
     net::{Shutdown, TcpListener, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -104,9 +105,10 @@ pub fn all_cpus() -> Vec<usize> {
     }
 }
 
-/// Raw `nanosleep(req)` (syscall 35, not glibc's clock_nanosleep) in a loop for `total`: the
-/// latency of each call measured around it, in microseconds.
-pub fn nanosleep_loop(req: Duration, total: Duration) -> Vec<f64> {
+/// Raw `nanosleep(req)` (syscall 35, not glibc's clock_nanosleep) in a loop for `total`: for
+/// each call, when it returned (seconds since the epoch) and its latency measured around it, in
+/// microseconds.
+pub fn nanosleep_loop(req: Duration, total: Duration) -> Vec<(f64, f64)> {
     let ts = libc::timespec {
         tv_sec: req.as_secs() as libc::time_t,
         tv_nsec: req.subsec_nanos() as libc::c_long,
@@ -123,9 +125,58 @@ pub fn nanosleep_loop(req: Duration, total: Duration) -> Vec<f64> {
                 std::ptr::null_mut::<libc::timespec>(),
             );
         }
-        out.push(t.elapsed().as_nanos() as f64 / 1000.0);
+        let us = t.elapsed().as_nanos() as f64 / 1000.0;
+        out.push((crate::bench::proc::unix(SystemTime::now()), us));
     }
     out
+}
+
+/// A loop device over a sparse file in /dev/shm (tmpfs); detached and removed when dropped.
+pub struct LoopDev {
+    pub dev: PathBuf,
+    backing: PathBuf,
+}
+
+impl LoopDev {
+    pub fn new(mib: u64) -> Result<Self> {
+        let backing = PathBuf::from(format!(
+            "/dev/shm/ebpf-agent-bench-{}.img",
+            std::process::id()
+        ));
+        fs::File::create(&backing)
+            .and_then(|f| f.set_len(mib << 20))
+            .with_context(|| format!("creating {}", backing.display()))?;
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&backing)
+            .output()
+            .context("running losetup");
+        let dev = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            Ok(o) => {
+                let _ = fs::remove_file(&backing);
+                bail!(
+                    "losetup failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&backing);
+                return Err(e);
+            }
+        };
+        Ok(LoopDev {
+            dev: dev.into(),
+            backing,
+        })
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+        let _ = fs::remove_file(&self.backing);
+    }
 }
 
 const MSG: usize = 64;
