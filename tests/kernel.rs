@@ -632,7 +632,7 @@ fn without_bpf_capabilities_runs_procfs_only() {
 #[test]
 fn procfs_root_fixture_without_pressure_is_read_quietly() {
     // A proc tree of our own: every procfs metric must come from it, and no PSI, no warning.
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/proc/nopsi");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/proc/nopsi");
     let root = format!(
         "{}/proc-root-{}",
         env!("CARGO_TARGET_TMPDIR"),

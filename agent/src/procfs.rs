@@ -326,7 +326,7 @@ mod tests {
 
     fn fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/proc")
+            .join("../tests/fixtures/proc")
             .join(name)
     }
 

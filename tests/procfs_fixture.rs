@@ -8,7 +8,7 @@ use ebpf_agent::snapshot::{Kind, Metric};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/proc")
+        .join("../tests/fixtures/proc")
         .join(name)
 }
 
