@@ -814,13 +814,16 @@ pub fn session_histograms(
             }
             let prev = before.get(&(*name, tags));
             let cell = |i: usize| row[i].wrapping_sub(prev.map_or(0, |p| p[i]));
-            let count = cell(layout::CELL_COUNT);
+            let buckets: Vec<u64> = (layout::CELL_BUCKETS..layout::ROW_LEN).map(cell).collect();
+            // The count is the buckets' sum, not the count cell: the kernel may be between the
+            // two increments while we read, and the report's rows must add up to its count.
+            let count: u64 = buckets.iter().sum();
             (count > 0).then(|| SessionHist {
                 name,
                 tags: tags.clone(),
                 count,
                 sum_ns: cell(layout::CELL_SUM),
-                buckets: (layout::CELL_BUCKETS..layout::ROW_LEN).map(cell).collect(),
+                buckets,
             })
         })
         .collect()
