@@ -30,6 +30,15 @@ pub enum Command {
     /// Configuration file tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Record a known-good period as a reference sheet (per metric: count, mean, quantiles,
+    /// rhythm).
+    Record(RecordArgs),
+    /// Run live and print what deviates from a reference sheet, worst first; exit 1 when
+    /// something is beyond the critical level.
+    Compare(CompareArgs),
+    /// Replay the anomaly detector over a CSV history (`timestamp,value`); writes
+    /// `timestamp,value,anomaly_score,state` to stdout.
+    Detect(DetectArgs),
     /// Benchmark helper: attach two empty programs on sys_enter/sys_exit (the cost floor of any
     /// syscall tracer) until the duration ends or a signal.
     #[command(hide = true)]
@@ -198,6 +207,44 @@ pub struct WatchArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct CheckArgs {}
+
+#[derive(Args, Debug, Clone)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Where to write the sheet (JSON).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// The reference sheet written by `record`.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_sensitivity(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "`{s}`: a positive number (1 = default, 2 = twice as sensitive)"
+        )),
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DetectArgs {
+    /// CSV with a header `timestamp,value` (`YYYY-MM-DD HH:MM:SS` UTC or unix seconds), or `-`.
+    pub file: PathBuf,
+    /// Higher flags more.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_sensitivity)]
+    pub sensitivity: f64,
+}
 
 #[cfg(test)]
 mod tests {

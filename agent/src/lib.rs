@@ -13,6 +13,7 @@ pub mod histogram;
 pub mod output;
 pub mod probes;
 pub mod procfs;
+pub mod reference;
 pub mod run;
 pub mod sinks;
 pub mod snapshot;

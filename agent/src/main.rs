@@ -41,6 +41,17 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { path }) => {
             return config_check(path.as_deref());
         }
+        Command::Detect(args) => {
+            return ebpf_agent::reference::detect(&args.file, args.sensitivity);
+        }
+        Command::Record(args) if args.common.duration.is_none() => {
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "record needs --duration (e.g. --duration 10m)",
+                )
+                .exit();
+        }
         _ => None,
     };
 
@@ -61,6 +72,10 @@ fn main() -> ExitCode {
             (Command::Watch(args), _) => ebpf_agent::watch::watch(args).await,
             (Command::Check(_), _) => ebpf_agent::check::check().await,
             (Command::Floor { duration }, _) => ebpf_agent::check::floor(duration).await,
+            (Command::Record(a), _) => ebpf_agent::reference::record(a.common, &a.out).await,
+            (Command::Compare(a), _) => {
+                ebpf_agent::reference::compare(a.common, &a.file, a.json).await
+            }
             _ => unreachable!("handled above"),
         }
     });
