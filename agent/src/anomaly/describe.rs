@@ -1,0 +1,337 @@
+//! Words for people: metric labels, values with units, and the one-line description of an
+//! anomaly, e.g. `disk vda write latency p99 48.1 ms: 6.2x its usual 7.7 ms (Tue 14:00-15:00
+//! profile), for 12 s`.
+//!
+//! Units come from the metric name (see the README's catalogue): a segment ending in `_us` is
+//! microseconds (shown as µs, ms or s), `_bytes` or `bytes` is bytes (KiB, MiB, GiB), `_pct` is
+//! a percentage, `_pages` pages. Counters are shown per second.
+
+use super::State;
+use super::model::{Assessment, Profile, View};
+use super::time::WEEKDAYS;
+use crate::snapshot::Kind;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unit {
+    Micros,
+    Bytes,
+    Pct,
+    Pages,
+    Plain,
+}
+
+fn unit_of(name: &str) -> Unit {
+    for seg in name.split('.') {
+        if seg == "us" || seg.ends_with("_us") {
+            return Unit::Micros;
+        }
+        if seg == "bytes" || seg.ends_with("_bytes") {
+            return Unit::Bytes;
+        }
+        if seg.ends_with("_pct") {
+            return Unit::Pct;
+        }
+        if seg.ends_with("_pages") {
+            return Unit::Pages;
+        }
+    }
+    Unit::Plain
+}
+
+/// `name` made readable: tag values after the family, unit suffixes and the word `latency`
+/// dropped (the unit says it), underscores as spaces: `disk.latency_us.p99{device=vda,op=write}`
+/// → `disk vda write p99`; `syscall.count{syscall=read}` → `syscall read count`.
+pub fn metric_label(name: &str, tags: &[(&'static str, String)]) -> String {
+    let mut words: Vec<String> = Vec::new();
+    let mut segs = name.split('.');
+    if let Some(first) = segs.next() {
+        words.push(first.replace('_', " "));
+    }
+    words.extend(tags.iter().map(|(_, v)| v.clone()));
+    for seg in segs {
+        let mut s = seg;
+        for suffix in ["_us", "_bytes", "_pct", "_pages"] {
+            if let Some(stem) = s.strip_suffix(suffix) {
+                s = stem;
+            }
+        }
+        if s.is_empty() || s == "latency" {
+            continue;
+        }
+        words.push(s.replace('_', " "));
+    }
+    words.join(" ")
+}
+
+/// Three significant digits at most, without trailing zeros: 48.1, 7.7, 812, 0.53.
+fn sig(v: f64) -> String {
+    let a = v.abs();
+    let s = if a >= 100.0 || a == 0.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else if a >= 0.01 {
+        format!("{v:.3}")
+    } else {
+        return format!("{v:.2e}");
+    };
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    };
+    if s == "-0" { "0".into() } else { s }
+}
+
+fn scaled(v: f64, steps: &[(f64, &str)]) -> String {
+    let a = v.abs();
+    let (div, unit) = steps
+        .iter()
+        .rev()
+        .find(|(d, _)| a >= *d)
+        .copied()
+        .unwrap_or(steps[0]);
+    format!("{} {unit}", sig(v / div))
+}
+
+fn micros(v: f64) -> String {
+    scaled(v, &[(1.0, "µs"), (1e3, "ms"), (1e6, "s")])
+}
+
+fn bytes(v: f64) -> String {
+    scaled(
+        v,
+        &[
+            (1.0, "B"),
+            (1024.0, "KiB"),
+            (1024.0 * 1024.0, "MiB"),
+            (1024.0 * 1024.0 * 1024.0, "GiB"),
+            (1024.0 * 1024.0 * 1024.0 * 1024.0, "TiB"),
+        ],
+    )
+}
+
+fn plain(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1e9 {
+        format!("{}G", sig(v / 1e9))
+    } else if a >= 1e6 {
+        format!("{}M", sig(v / 1e6))
+    } else if a >= 1e4 {
+        format!("{}k", sig(v / 1e3))
+    } else {
+        sig(v)
+    }
+}
+
+/// A value with its unit, from the metric name; counters (per-interval deltas) per second.
+/// `disk.latency_us.p99` 48100 → `48.1 ms`; `disk.bytes` counter 3145728 over 1 s →
+/// `3 MiB/s`; `cpu.iowait_pct` 12.5 → `12.5%`; `syscall.count` 1234 over 1 s → `1234/s`.
+pub fn format_value(name: &str, kind: Kind, value: f64, interval_s: f64) -> String {
+    let (v, per) = match kind {
+        Kind::Counter => (value / interval_s.max(1e-9), "/s"),
+        Kind::Gauge => (value, ""),
+    };
+    match unit_of(name) {
+        Unit::Micros => format!("{}{per}", micros(v)),
+        Unit::Bytes => format!("{}{per}", bytes(v)),
+        Unit::Pct => format!("{}%{per}", sig(v)),
+        Unit::Pages => format!("{} pages{per}", plain(v)),
+        Unit::Plain => format!("{}{per}", plain(v)),
+    }
+}
+
+/// `12 s`, `4 min`, `2 h 5 min`, `3 d 4 h`.
+pub(crate) fn duration(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    match s {
+        0..120 => format!("{s} s"),
+        120..7200 => format!("{} min", (s + 30) / 60),
+        7200..172_800 => {
+            let m = (s + 30) / 60;
+            if m.is_multiple_of(60) {
+                format!("{} h", m / 60)
+            } else {
+                format!("{} h {} min", m / 60, m % 60)
+            }
+        }
+        _ => format!("{} d {} h", s / 86_400, (s % 86_400 + 1800) / 3600),
+    }
+}
+
+fn profile_label(p: Profile) -> String {
+    let hours = |h: usize| format!("{h:02}:00-{:02}:00", (h + 1) % 24);
+    match p {
+        Profile::Daily(h) => format!("{} profile", hours(h)),
+        Profile::Weekly(h) => format!("{} {} profile", WEEKDAYS[h / 24], hours(h % 24)),
+    }
+}
+
+/// How `value` compares with `usual`, e.g. `6.2x its usual 7.7 ms`, `down to 12% of its usual
+/// 40/s`, `3.1 ms above its usual 7.7 ms`.
+fn comparison(value: f64, usual: f64, fmt: &dyn Fn(f64) -> String) -> String {
+    if usual > 0.0 && value >= 0.0 {
+        let r = value / usual;
+        if r >= 1.5 {
+            let r = if r >= 10.0 {
+                format!("{r:.0}")
+            } else {
+                format!("{r:.1}")
+            };
+            return format!("{r}x its usual {}", fmt(usual));
+        }
+        if value == 0.0 {
+            return format!("down from its usual {}", fmt(usual));
+        }
+        if r <= 0.67 {
+            return format!("down to {:.0}% of its usual {}", r * 100.0, fmt(usual));
+        }
+    }
+    let diff = value - usual;
+    let dir = if diff >= 0.0 { "above" } else { "below" };
+    format!("{} {dir} its usual {}", fmt(diff.abs()), fmt(usual))
+}
+
+/// The description of one key's assessment.
+pub(crate) fn describe(
+    name: &str,
+    tags: &[(&'static str, String)],
+    kind: Kind,
+    interval_s: f64,
+    a: &Assessment,
+    since_s: f64,
+) -> String {
+    let label = metric_label(name, tags);
+    let fmt = |v: f64| format_value(name, kind, v, interval_s);
+    let value = fmt(a.value);
+    let profile = a
+        .profile
+        .map(|p| format!(" ({})", profile_label(p)))
+        .unwrap_or_default();
+    if a.state == State::Ok {
+        let was = if a.changed && a.previous != State::Ok {
+            format!(" after {} {}", duration(since_s), a.previous)
+        } else {
+            String::new()
+        };
+        return format!("{label} {value}: back to usual ({}){was}", fmt(a.usual));
+    }
+    let dur = duration(since_s);
+    match a.view {
+        View::Point => format!(
+            "{label} {value}: {}{profile}, for {dur}",
+            comparison(a.value, a.usual, &fmt)
+        ),
+        View::Sustained => format!(
+            "{label} {value}: {}{profile}, drifting for {dur}",
+            comparison(a.value, a.usual, &fmt)
+        ),
+        View::Variance => format!(
+            "{label} {value}: erratic, swinging ±{} where ±{} is usual{profile}, for {dur}",
+            fmt(a.recent_spread),
+            fmt(a.spread)
+        ),
+        View::Flat => format!(
+            "{label} stuck at {value} for {dur} ({} intervals), usually moves ±{}",
+            u64::from(a.run) + 1,
+            fmt(a.spread)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        let t = |k: &'static str, v: &str| (k, v.to_string());
+        assert_eq!(
+            metric_label(
+                "disk.latency_us.p99",
+                &[t("device", "vda"), t("op", "write")]
+            ),
+            "disk vda write p99"
+        );
+        assert_eq!(
+            metric_label("syscall.count", &[t("syscall", "read")]),
+            "syscall read count"
+        );
+        assert_eq!(metric_label("cpu.iowait_pct", &[]), "cpu iowait");
+        assert_eq!(
+            metric_label("tcp.connect_latency_us.p50", &[]),
+            "tcp connect latency p50"
+        );
+        assert_eq!(metric_label("mem.available_bytes", &[]), "mem available");
+    }
+
+    #[test]
+    fn values() {
+        let g = Kind::Gauge;
+        let c = Kind::Counter;
+        assert_eq!(
+            format_value("disk.latency_us.p99", g, 48_100.0, 1.0),
+            "48.1 ms"
+        );
+        assert_eq!(
+            format_value("disk.latency_us.p99", g, 7_700.0, 1.0),
+            "7.7 ms"
+        );
+        assert_eq!(
+            format_value("syscall.latency_us.p50", g, 812.0, 1.0),
+            "812 µs"
+        );
+        assert_eq!(format_value("tcp.rtt_us.max", g, 2_500_000.0, 1.0), "2.5 s");
+        assert_eq!(format_value("disk.bytes", c, 3_145_728.0, 1.0), "3 MiB/s");
+        assert_eq!(format_value("mem.used_bytes", g, 1536.0, 1.0), "1.5 KiB");
+        assert_eq!(format_value("cpu.iowait_pct", g, 12.5, 1.0), "12.5%");
+        assert_eq!(format_value("syscall.count", c, 1234.0, 1.0), "1234/s");
+        assert_eq!(format_value("syscall.count", c, 50_000.0, 2.0), "25k/s");
+        assert_eq!(format_value("syscall.count", c, 0.0, 1.0), "0/s");
+        assert_eq!(
+            format_value("psi.io.some_stall_us", c, 25_000.0, 1.0),
+            "25 ms/s"
+        );
+        assert_eq!(format_value("swap.in_pages", c, 10.0, 1.0), "10 pages/s");
+        assert_eq!(format_value("load.1", g, 0.53, 1.0), "0.53");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration(12.0), "12 s");
+        assert_eq!(duration(300.0), "5 min");
+        assert_eq!(duration(7500.0), "2 h 5 min");
+        assert_eq!(duration(7200.0), "2 h");
+        assert_eq!(duration(3.0 * 86_400.0 + 4.0 * 3600.0), "3 d 4 h");
+    }
+
+    #[test]
+    fn the_issue_example() {
+        let a = Assessment {
+            value: 48_100.0,
+            usual: 7_700.0,
+            score: 1.0,
+            state: State::Critical,
+            profile: Some(Profile::Weekly(24 + 14)),
+            ..Default::default()
+        };
+        let tags = [("device", "vda".to_string()), ("op", "write".to_string())];
+        assert_eq!(
+            describe("disk.latency_us.p99", &tags, Kind::Gauge, 1.0, &a, 12.0),
+            "disk vda write p99 48.1 ms: 6.2x its usual 7.7 ms (Tue 14:00-15:00 profile), for 12 s"
+        );
+        let drop = Assessment {
+            value: 0.0,
+            usual: 1000.0,
+            state: State::Warning,
+            ..a
+        };
+        let tags = [("syscall", "read".to_string())];
+        assert!(
+            describe("syscall.count", &tags, Kind::Counter, 1.0, &drop, 3.0)
+                .starts_with("syscall read count 0/s: down from its usual 1000/s")
+        );
+    }
+}
