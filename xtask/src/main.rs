@@ -60,7 +60,8 @@ enum Cmd {
         #[arg(long, default_value = "bench-results/bench.json")]
         out: PathBuf,
         /// Only these sections (comma-separated): syscalls, disk, disk_loop, tcp,
-        /// agent_itself, ring_buffer, accuracy_sleep, accuracy_disk, kernel_costs.
+        /// agent_itself, ring_buffer, accuracy_sleep, accuracy_disk, kernel_costs,
+        /// kernel_costs_peers.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

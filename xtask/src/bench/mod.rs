@@ -51,6 +51,7 @@ struct Plan {
     ring_secs: f64,
     sleep_secs: f64,
     costs_secs: f64,
+    costs_peer_secs: f64,
 }
 
 impl Plan {
@@ -73,6 +74,7 @@ impl Plan {
                 ring_secs: 3.2,
                 sleep_secs: 3.2,
                 costs_secs: 2.5,
+                costs_peer_secs: 1.0,
             }
         } else {
             Plan {
@@ -92,6 +94,7 @@ impl Plan {
                 ring_secs: 5.2,
                 sleep_secs: 6.2,
                 costs_secs: 4.5,
+                costs_peer_secs: 3.0,
             }
         }
     }
@@ -103,15 +106,17 @@ struct Tools {
     syscount: Option<PathBuf>,
     biolatency: Option<PathBuf>,
     bpftrace: Option<PathBuf>,
+    bpftool: Option<PathBuf>,
     fio: Option<PathBuf>,
 }
 
 /// Debian packages and the command each provides.
-const PEERS: [(&str, &str); 4] = [
+const PEERS: [(&str, &str); 5] = [
     ("syscount", "libbpf-tools"),
     ("biolatency", "libbpf-tools"),
     ("bpftrace", "bpftrace"),
     ("fio", "fio"),
+    ("bpftool", "bpftool"),
 ];
 
 impl Tools {
@@ -121,6 +126,7 @@ impl Tools {
             biolatency: find_tool("biolatency", "libbpf-tools"),
             bpftrace: find_tool("bpftrace", "bpftrace"),
             fio: find_tool("fio", "fio"),
+            bpftool: find_tool("bpftool", "bpftool"),
         }
     }
 
@@ -285,7 +291,7 @@ pub struct Options {
 }
 
 /// The sections, in the order they run.
-pub const SECTIONS: [&str; 9] = [
+pub const SECTIONS: [&str; 10] = [
     "syscalls",
     "disk",
     "disk_loop",
@@ -295,6 +301,7 @@ pub const SECTIONS: [&str; 9] = [
     "accuracy_sleep",
     "accuracy_disk",
     "kernel_costs",
+    "kernel_costs_peers",
 ];
 
 /// Runs the benchmark from the workspace root.
@@ -343,6 +350,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         Bench::accuracy_sleep,
         Bench::accuracy_disk,
         Bench::kernel_costs,
+        Bench::kernel_costs_peers,
     ];
     for (name, f) in SECTIONS.iter().zip(sections) {
         if opts.only.is_empty() || opts.only.iter().any(|o| o == name) {
@@ -1561,6 +1569,137 @@ impl Bench {
         Ok(json!({ "secs": secs, "programs": out }))
     }
 
+    /// Every tool's programs under the same load, from the kernel's run-time statistics (held
+    /// on by the bench for the whole section, read with bpftool): what each costs per traced
+    /// event inside its programs, without the throughput noise of the tables above.
+    fn kernel_costs_peers(&mut self) -> Result<Value> {
+        let secs = self.plan.costs_peer_secs;
+        let dev = self.loop_dev()?;
+        let bpftool = self
+            .tools
+            .bpftool
+            .clone()
+            .context("bpftool is not installed")?;
+        let _stats = enable_bpf_stats()?;
+        // The floor first: the others' rows subtract it.
+        let configs: Vec<(&str, Cfg, bool)> = vec![
+            ("floor: 2 empty raw tracepoints", Cfg::Floor, false),
+            (
+                "ebpf-agent --probes syscall",
+                Cfg::Agent(vec!["--output", "none", "--probes", "syscall"]),
+                false,
+            ),
+            ("syscount -L", Cfg::Syscount, false),
+            ("bpftrace hist per syscall", Cfg::Bpftrace, false),
+            (
+                "ebpf-agent --probes disk",
+                Cfg::Agent(vec!["--output", "none", "--probes", "disk"]),
+                true,
+            ),
+            ("biolatency 1", Cfg::Biolatency(vec!["1"]), true),
+        ];
+        let mut table = Table::new(
+            &format!(
+                "Kernel side, every tool under the same load (BPF run-time statistics on for all; getppid loop on CPU {} or fio on the loop device, {secs} s each)",
+                self.cpu
+            ),
+            &[
+                "tool",
+                "load",
+                "ns per event in its programs",
+                "minus the floor's",
+                "programs: ns per run × runs per event",
+            ],
+        );
+        let mut out = Vec::new();
+        let mut floor_ns = None;
+        let d = Duration::from_secs_f64(secs);
+        let cpu = self.cpu;
+        for (name, cfg, disk) in &configs {
+            eprintln!("bench: kernel costs, peers: {name}");
+            let res = (|| -> Result<Vec<(String, f64, f64)>> {
+                let before = prog_stats(&bpftool)?;
+                let att = self.attach(cfg)?;
+                let mine: Vec<u64> = prog_stats(&bpftool)?
+                    .keys()
+                    .filter(|id| !before.contains_key(id))
+                    .copied()
+                    .collect();
+                let s0 = prog_stats(&bpftool)?;
+                let load = if *disk {
+                    self.fio(&dev, secs).map(drop)
+                } else {
+                    load::pinned(cpu, move || load::getppid_for(d));
+                    Ok(())
+                };
+                let s1 = prog_stats(&bpftool)?;
+                att.stop()?;
+                load?;
+                Ok(mine
+                    .iter()
+                    .filter_map(|id| {
+                        let (n, t0, c0) = s0.get(id)?;
+                        let (_, t1, c1) = s1.get(id)?;
+                        Some((
+                            n.clone(),
+                            t1.saturating_sub(*t0) as f64,
+                            c1.saturating_sub(*c0) as f64,
+                        ))
+                    })
+                    .filter(|p| p.2 > 0.0)
+                    .collect())
+            })();
+            let progs = match res {
+                Ok(p) => p,
+                Err(e) => {
+                    self.errors.push(format!("kernel costs, {name}: {e:#}"));
+                    continue;
+                }
+            };
+            // One event = one run of the tool's most frequent program (a syscall runs both the
+            // enter and the exit program once; a request, issue and completion).
+            let events = progs.iter().map(|p| p.2).fold(0.0, f64::max);
+            let total_ns: f64 = progs.iter().map(|p| p.1).sum();
+            let per_event = (events > 0.0).then(|| total_ns / events);
+            if matches!(cfg, Cfg::Floor) {
+                floor_ns = per_event;
+            }
+            let over_floor = match (disk, per_event, floor_ns) {
+                (false, Some(a), Some(f)) => num(Some(a - f), 0),
+                _ => "–".into(),
+            };
+            let list: Vec<String> = progs
+                .iter()
+                .map(|(n, t, c)| format!("{n} {:.0} × {:.2}", t / c, c / events))
+                .collect();
+            table.row(vec![
+                name.to_string(),
+                if *disk { "fio (loop)" } else { "getppid" }.into(),
+                num(per_event, 0),
+                over_floor,
+                list.join(", "),
+            ]);
+            out.push(json!({
+                "tool": name,
+                "load": if *disk { "fio on the loop device" } else { "getppid loop" },
+                "ns_per_event": per_event,
+                "events": events,
+                "programs": progs.iter().map(|(n, t, c)| json!({
+                    "name": n, "run_time_ns": t, "run_cnt": c,
+                })).collect::<Vec<_>>(),
+            }));
+        }
+        table.note(
+            "Only the time inside the programs (the kernel times each run; the statistics' own \
+             clock reads inflate every run by the same few tens of ns, which is what the \
+             floor's empty programs show). The dispatch from the tracepoint to the program is not \
+             in these figures: it is in the floor's row of the syscall table. Programs are the \
+             ones the tool loaded (new BPF program ids after it attached).",
+        );
+        self.print(table);
+        Ok(json!({ "secs": secs, "tools": out }))
+    }
+
     // ---------------------------------------------------------------------------------------
 
     fn finish(&mut self, out: &Path) -> Result<()> {
@@ -1600,6 +1739,39 @@ impl Bench {
         eprintln!("bench: results written to {}", out.display());
         Ok(())
     }
+}
+
+/// Every loaded BPF program's (name, run_time_ns, run_cnt) by id, from `bpftool prog show`.
+fn prog_stats(bpftool: &Path) -> Result<BTreeMap<u64, (String, u64, u64)>> {
+    let out = Command::new(bpftool)
+        .args(["prog", "show", "--json"])
+        .output()
+        .context("running bpftool prog show")?;
+    if !out.status.success() {
+        bail!(
+            "bpftool prog show failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let u = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
+            Some((
+                p.get("id")?.as_u64()?,
+                (
+                    p.get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                    u("run_time_ns"),
+                    u("run_cnt"),
+                ),
+            ))
+        })
+        .collect())
 }
 
 /// What one agent window measured.
