@@ -181,6 +181,19 @@ pub struct RunArgs {
     /// Host name reported with every metric (default: this machine's hostname).
     #[arg(long)]
     pub host: Option<String>,
+    /// Turn off the anomaly detection (on by default).
+    #[arg(long = "no-anomaly")]
+    pub no_anomaly: bool,
+    /// Where the learnt anomaly baseline is kept across restarts.
+    #[arg(
+        long = "state-dir",
+        value_name = "PATH",
+        default_value = "/var/lib/ebpf-agent"
+    )]
+    pub state_dir: PathBuf,
+    /// Anomaly detection settings: `[anomaly]` in the configuration file.
+    #[arg(skip)]
+    pub anomaly: crate::anomaly::DetectorConfig,
     /// Configuration file (TOML); flags given here win over it. Default: /etc/ebpf-agent/config.toml
     /// when it exists. Reloaded on SIGHUP.
     #[arg(long, value_name = "PATH")]

@@ -197,6 +197,7 @@ impl Collector {
         metrics.push(Metric::counter("agent.heartbeat", vec![], 1));
         self.self_stats.push(&mut metrics);
         Snapshot {
+            annotations: Default::default(),
             time: end,
             interval,
             host: host.to_string(),

@@ -48,6 +48,8 @@ pub struct Enable {
     pub slow_events: bool,
     pub statsd: bool,
     pub riemann: bool,
+    /// Online anomaly detection.
+    pub anomaly: bool,
 }
 
 impl Default for Enable {
@@ -60,6 +62,7 @@ impl Default for Enable {
             slow_events: true,
             statsd: true,
             riemann: true,
+            anomaly: true,
         }
     }
 }
@@ -78,8 +81,10 @@ pub struct FileConfig {
     pub comm: Option<String>,
     pub ring_buffer_kib: Option<u32>,
     pub bpf_stats_every: Option<u32>,
+    pub state_dir: Option<PathBuf>,
     pub enable: Enable,
     pub sinks: Option<SinkArgs>,
+    pub anomaly: Option<crate::anomaly::DetectorConfig>,
 }
 
 /// 1-based line of the first line of `text` assigning `key` (`key =` or `key=`), else 0.
@@ -201,6 +206,18 @@ pub fn effective(
     {
         out.common.bpf_stats_every = v;
     }
+    if !given("state_dir")
+        && let Some(v) = &f.state_dir
+    {
+        out.state_dir = v.clone();
+    }
+    if !given("no_anomaly") && !f.enable.anomaly {
+        out.no_anomaly = true;
+    }
+    if let Some(a) = &f.anomaly {
+        a.validate().map_err(|e| l.invalid("anomaly", e))?;
+        out.anomaly = a.clone();
+    }
     if !given("output") && f.output.is_some() {
         out.output = f.output;
     }
@@ -319,6 +336,7 @@ pub fn render(r: &RunArgs) -> String {
     }
     let _ = writeln!(o, "ring_buffer_kib = {}", r.common.ring_buffer_kib);
     let _ = writeln!(o, "bpf_stats_every = {}", r.common.bpf_stats_every);
+    let _ = writeln!(o, "state_dir = {}", q(&r.state_dir.display().to_string()));
     let _ = writeln!(o, "\n[enable]");
     for (k, s) in [
         ("syscall", Source::Syscall),
@@ -331,6 +349,7 @@ pub fn render(r: &RunArgs) -> String {
     let _ = writeln!(o, "slow_events = {}", !r.common.no_events);
     let _ = writeln!(o, "statsd = {}", !r.sinks.statsd.is_empty());
     let _ = writeln!(o, "riemann = {}", !r.sinks.riemann.is_empty());
+    let _ = writeln!(o, "anomaly = {}", !r.no_anomaly);
     let s = &r.sinks;
     let _ = writeln!(o, "\n[sinks]");
     let _ = writeln!(o, "statsd = {}", list(&s.statsd));
@@ -358,6 +377,21 @@ pub fn render(r: &RunArgs) -> String {
     }
     let _ = writeln!(o, "riemann_timeout = {}", q(&dur(*s.riemann_timeout)));
     let _ = writeln!(o, "sink_queue = {}", s.sink_queue);
+    let a = &r.anomaly;
+    let _ = writeln!(o, "\n[anomaly]");
+    let _ = writeln!(o, "sensitivity = {}", a.sensitivity);
+    let fams: Vec<String> = a
+        .families
+        .iter()
+        .map(|(p, v)| format!("[{}, {v}]", q(p)))
+        .collect();
+    let _ = writeln!(o, "families = [{}]", fams.join(", "));
+    let _ = writeln!(o, "exclude = {}", list(&a.exclude));
+    let _ = writeln!(o, "raise_after = {}", a.raise_after);
+    let _ = writeln!(o, "clear_after = {}", a.clear_after);
+    let _ = writeln!(o, "warmup = {}", a.warmup);
+    let _ = writeln!(o, "max_keys = {}", a.max_keys);
+    let _ = writeln!(o, "utc_offset_s = {}", a.utc_offset_s);
     o
 }
 

@@ -9,6 +9,7 @@ pub mod check;
 pub mod cli;
 pub mod collector;
 pub mod config;
+pub mod detection;
 pub mod histogram;
 pub mod output;
 pub mod probes;

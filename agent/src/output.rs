@@ -45,6 +45,9 @@ pub fn write_text(w: &mut impl Write, snap: &Snapshot, events: &[EventView]) -> 
             Kind::Gauge => writeln!(w, "{name} {}", fmt_gauge(m.value))?,
         }
     }
+    for a in &snap.annotations.anomalies {
+        writeln!(w, "anomaly {} {}", a.state, a.description)?;
+    }
     for e in events {
         writeln!(
             w,
@@ -79,6 +82,7 @@ mod tests {
     #[test]
     fn json_line_is_one_object() {
         let snap = Snapshot {
+            annotations: Default::default(),
             time: UNIX_EPOCH + Duration::from_secs(5),
             interval: Duration::from_secs(1),
             host: "h".into(),

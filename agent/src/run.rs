@@ -13,7 +13,9 @@ use anyhow::Result;
 use crate::{
     cli::{Output, RunArgs},
     collector::Collector,
-    config, output,
+    config,
+    detection::Detection,
+    output,
     sinks::Sinks,
     ticker::{Tick, Ticker},
 };
@@ -81,6 +83,8 @@ pub async fn run(args: RunArgs, reload: Reload) -> Result<ExitCode> {
         tracing::info!("sending to {}", sinks.names().join(", "));
     }
     let mut collector = Collector::start(&args.common);
+    let mut detection =
+        (!args.no_anomaly).then(|| Detection::start(args.anomaly.clone(), Some(&args.state_dir)));
 
     let mut ticker = Ticker::new(interval, true)?;
     if ticker.first(args.common.duration).await.is_none() {
@@ -100,17 +104,23 @@ pub async fn run(args: RunArgs, reload: Reload) -> Result<ExitCode> {
             Tick::Reload => {
                 match reload.effective() {
                     Err(e) => tracing::warn!("reload rejected, keeping the running settings: {e}"),
-                    Ok(new) => match apply(&mut args, new, &mut sinks, &mut collector).await {
-                        Err(e) => {
-                            tracing::warn!("reload rejected, keeping the running settings: {e:#}")
+                    Ok(new) => {
+                        match apply(&mut args, new, &mut sinks, &mut collector, &mut detection)
+                            .await
+                        {
+                            Err(e) => {
+                                tracing::warn!(
+                                    "reload rejected, keeping the running settings: {e:#}"
+                                )
+                            }
+                            Ok(()) => {
+                                host = args.host.clone().unwrap_or_else(hostname);
+                                output = args.output();
+                                ticker.set_interval(args.common.interval);
+                                tracing::info!("reloaded: {}", collector.summary());
+                            }
                         }
-                        Ok(()) => {
-                            host = args.host.clone().unwrap_or_else(hostname);
-                            output = args.output();
-                            ticker.set_interval(args.common.interval);
-                            tracing::info!("reloaded: {}", collector.summary());
-                        }
-                    },
+                    }
                 }
                 continue;
             }
@@ -118,6 +128,9 @@ pub async fn run(args: RunArgs, reload: Reload) -> Result<ExitCode> {
         if len > Duration::ZERO {
             let mut snap = collector.collect(end, len, &host);
             snap.metrics.extend(sinks.self_metrics());
+            if let Some(d) = &mut detection {
+                d.annotate(&mut snap);
+            }
             let snap = Arc::new(snap);
             sinks.send(snap.clone());
             if let Err(e) = emit(&mut stdout, output, &snap, &collector) {
@@ -133,6 +146,9 @@ pub async fn run(args: RunArgs, reload: Reload) -> Result<ExitCode> {
     }
     collector.stop();
     drop(collector); // detaches every program
+    if let Some(d) = &mut detection {
+        d.save();
+    }
     sinks.shutdown(SHUTDOWN_FLUSH).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -145,6 +161,7 @@ async fn apply(
     new: RunArgs,
     sinks: &mut Sinks,
     collector: &mut Collector,
+    detection: &mut Option<Detection>,
 ) -> Result<()> {
     if new.sinks != args.sinks {
         let fresh = Sinks::start(&new.sinks, new.common.interval).await?;
@@ -155,6 +172,17 @@ async fn apply(
         tracing::warn!("ring_buffer_kib changes at the next restart");
     }
     collector.apply(&new.common);
+    if new.no_anomaly != args.no_anomaly
+        || new.anomaly != args.anomaly
+        || new.state_dir != args.state_dir
+    {
+        // Keep what was learnt: save, then start again from the saved baseline.
+        if let Some(d) = detection {
+            d.save();
+        }
+        *detection =
+            (!new.no_anomaly).then(|| Detection::start(new.anomaly.clone(), Some(&new.state_dir)));
+    }
     *args = new;
     Ok(())
 }

@@ -62,6 +62,79 @@ pub struct Snapshot {
     pub interval: Duration,
     pub host: String,
     pub metrics: Vec<Metric>,
+    /// What the anomaly detection says about some of the metrics (empty without detection).
+    pub annotations: Annotations,
+}
+
+/// Judgements attached to an interval by the anomaly detection, for sinks that can carry them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Annotations {
+    /// Metrics that are not ok or changed state this interval, worst first.
+    pub anomalies: Vec<Anomaly>,
+    /// Set when some state changed this interval: what is off overall.
+    pub summary: Option<AnomalySummary>,
+}
+
+/// One metric's state, by name and tags.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Anomaly {
+    pub name: String,
+    pub tags: Tags,
+    /// `ok`, `warning` or `critical`.
+    pub state: &'static str,
+    /// In [0, 1].
+    pub score: f64,
+    pub value: f64,
+    pub usual: f64,
+    pub since_s: f64,
+    /// For a person, e.g. `disk vda write p99 48.1 ms: 6x its usual 7.7 ms (...), for 12 s`.
+    pub description: String,
+    pub changed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnomalySummary {
+    /// The worst state of the keys that changed.
+    pub state: &'static str,
+    /// Keys not ok.
+    pub active: usize,
+    pub description: String,
+}
+
+impl Serialize for Anomaly {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Anomaly", 9)?;
+        st.serialize_field("name", &self.name)?;
+        st.serialize_field("tags", &TagMap(&self.tags))?;
+        st.serialize_field("state", self.state)?;
+        st.serialize_field("score", &self.score)?;
+        st.serialize_field("value", &self.value)?;
+        st.serialize_field("usual", &self.usual)?;
+        st.serialize_field("since_s", &self.since_s)?;
+        st.serialize_field("description", &self.description)?;
+        st.serialize_field("changed", &self.changed)?;
+        st.end()
+    }
+}
+
+impl Snapshot {
+    pub fn new(time: SystemTime, interval: Duration, host: String, metrics: Vec<Metric>) -> Self {
+        Snapshot {
+            time,
+            interval,
+            host,
+            metrics,
+            annotations: Annotations::default(),
+        }
+    }
+
+    /// The annotation of metric `m`, if any.
+    pub fn anomaly_of(&self, m: &Metric) -> Option<&Anomaly> {
+        self.annotations
+            .anomalies
+            .iter()
+            .find(|a| a.name == m.name && a.tags == m.tags)
+    }
 }
 
 impl Snapshot {
@@ -87,7 +160,7 @@ impl Snapshot {
 /// JSON shape of one interval: `{"time", "interval_s", "host", "metrics": [...]}`.
 impl Serialize for Snapshot {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Snapshot", 4)?;
+        let mut st = s.serialize_struct("Snapshot", 5)?;
         let t = self.unix_seconds();
         // Whole seconds print as integers.
         if t.fract() == 0.0 {
@@ -98,6 +171,7 @@ impl Serialize for Snapshot {
         st.serialize_field("interval_s", &self.interval.as_secs_f64())?;
         st.serialize_field("host", &self.host)?;
         st.serialize_field("metrics", &self.metrics)?;
+        st.serialize_field("anomalies", &self.annotations.anomalies)?;
         st.end()
     }
 }
@@ -135,6 +209,7 @@ mod tests {
     #[test]
     fn json_shape() {
         let snap = Snapshot {
+            annotations: Default::default(),
             time: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             interval: Duration::from_secs(1),
             host: "h".into(),

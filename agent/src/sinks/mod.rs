@@ -739,6 +739,7 @@ mod tests {
 
     fn snap(n: usize) -> Arc<Snapshot> {
         Arc::new(Snapshot {
+            annotations: Default::default(),
             time: UNIX_EPOCH,
             interval: Duration::from_secs(1),
             host: "h".into(),

@@ -163,13 +163,15 @@ pub fn event(snap: &Snapshot, m: &Metric, cfg: &Config) -> Option<Event> {
             value: Some(value),
         })
         .collect();
+    // The anomaly detection's judgement, when it has one for this metric.
+    let anomaly = snap.anomaly_of(m);
     Some(Event {
         time: Some(micros.div_euclid(1_000_000)),
         time_micros: Some(micros),
-        state: Some("ok".to_owned()),
+        state: Some(anomaly.map_or("ok", |a| a.state).to_owned()),
         service: Some(service),
         host: Some(snap.host.clone()),
-        description: None,
+        description: anomaly.map(|a| a.description.clone()),
         tags,
         ttl: Some(cfg.ttl),
         attributes,
@@ -185,7 +187,7 @@ pub fn event(snap: &Snapshot, m: &Metric, cfg: &Config) -> Option<Event> {
 /// Every finite metric's event, and how many were skipped.
 pub fn events(snap: &Snapshot, cfg: &Config) -> (Vec<Event>, u64) {
     let mut skipped = 0;
-    let events = snap
+    let mut events: Vec<Event> = snap
         .metrics
         .iter()
         .filter_map(|m| {
@@ -196,6 +198,15 @@ pub fn events(snap: &Snapshot, cfg: &Config) -> (Vec<Event>, u64) {
             e
         })
         .collect();
+    // A state change also gets one event saying what is off overall: service `PREFIX anomaly`.
+    if let Some(sum) = &snap.annotations.summary {
+        let summary = Metric::gauge("anomaly", vec![], sum.active as f64);
+        if let Some(mut e) = event(snap, &summary, cfg) {
+            e.state = Some(sum.state.to_owned());
+            e.description = Some(sum.description.clone());
+            events.push(e);
+        }
+    }
     (events, skipped)
 }
 
@@ -420,11 +431,64 @@ mod tests {
 
     fn snap(metrics: Vec<Metric>) -> Snapshot {
         Snapshot {
+            annotations: Default::default(),
             time: UNIX_EPOCH + Duration::from_micros(1_700_000_001_250_000),
             interval: Duration::from_secs(1),
             host: "web-1".into(),
             metrics,
         }
+    }
+
+    #[test]
+    fn anomalies_set_state_and_description_and_a_summary_event() {
+        use crate::snapshot::{Anomaly, AnomalySummary};
+        let tags = vec![("device", "vda".to_string()), ("op", "write".to_string())];
+        let mut s = snap(vec![
+            Metric::gauge("disk.latency_us.p99", tags.clone(), 48_100.0),
+            Metric::gauge("load.1", vec![], 0.5),
+        ]);
+        s.annotations.anomalies.push(Anomaly {
+            name: "disk.latency_us.p99".into(),
+            tags,
+            state: "critical",
+            score: 0.97,
+            value: 48_100.0,
+            usual: 7_700.0,
+            since_s: 12.0,
+            description: "disk vda write p99 48.1 ms: 6.2x its usual 7.7 ms, for 12 s".into(),
+            changed: true,
+        });
+        s.annotations.summary = Some(AnomalySummary {
+            state: "critical",
+            active: 1,
+            description: "1 anomaly: disk vda write p99 48.1 ms ... (critical)".into(),
+        });
+        let (events, skipped) = events(&s, &cfg());
+        assert_eq!((events.len(), skipped), (3, 0));
+        assert_eq!(
+            events[0].service.as_deref(),
+            Some("ebpf disk.latency_us.p99 vda write")
+        );
+        assert_eq!(events[0].state.as_deref(), Some("critical"));
+        assert!(
+            events[0]
+                .description
+                .as_deref()
+                .unwrap()
+                .contains("6.2x its usual")
+        );
+        assert_eq!(events[1].state.as_deref(), Some("ok"));
+        assert_eq!(events[1].description, None);
+        assert_eq!(events[2].service.as_deref(), Some("ebpf anomaly"));
+        assert_eq!(events[2].state.as_deref(), Some("critical"));
+        assert_eq!(events[2].metric_d, Some(1.0));
+        assert!(
+            events[2]
+                .description
+                .as_deref()
+                .unwrap()
+                .starts_with("1 anomaly")
+        );
     }
 
     #[test]

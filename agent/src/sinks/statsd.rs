@@ -199,6 +199,7 @@ mod tests {
 
     fn snap(metrics: Vec<Metric>) -> Snapshot {
         Snapshot {
+            annotations: Default::default(),
             time: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             interval: Duration::from_secs(1),
             host: "h".into(),

@@ -1,0 +1,161 @@
+//! Anomaly detection in the daemon: feeds every interval to the [`Detector`], annotates the
+//! snapshot for the sinks (state and description per metric, a summary on state changes, sparse
+//! `anomaly.score` gauges, `anomaly.active`), and keeps the learnt baseline across restarts.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    anomaly::{Detector, DetectorConfig, State, Verdicts, key_string},
+    snapshot::{Anomaly, AnomalySummary, Metric, Snapshot},
+};
+
+/// The state file inside the state directory.
+pub const STATE_FILE: &str = "detector.state";
+/// How often the baseline is saved (and on exit).
+const SAVE_EVERY: Duration = Duration::from_secs(60);
+/// A key's score is sent while at least this high (or while its state is not ok), then once as 0.
+const SCORE_REPORTED_FROM: f64 = 0.5;
+
+pub struct Detection {
+    detector: Detector,
+    state: Option<PathBuf>,
+    last_save: Instant,
+    save_warned: bool,
+    /// Keys whose score was sent last interval.
+    reported: HashSet<String>,
+}
+
+impl Detection {
+    /// Loads the baseline from `state_dir` when there is one (a corrupt or foreign file is
+    /// ignored with one warning).
+    pub fn start(cfg: DetectorConfig, state_dir: Option<&Path>) -> Detection {
+        let state = state_dir.map(|d| d.join(STATE_FILE));
+        let detector = match &state {
+            Some(p) if p.exists() => match Detector::load(cfg.clone(), p) {
+                Ok(d) => {
+                    tracing::info!("anomaly baseline: {} keys from {}", d.len(), p.display());
+                    d
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "ignoring the anomaly baseline in {} ({e}); learning afresh",
+                        p.display()
+                    );
+                    Detector::new(cfg)
+                }
+            },
+            _ => Detector::new(cfg),
+        };
+        Detection {
+            detector,
+            state,
+            last_save: Instant::now(),
+            save_warned: false,
+            reported: HashSet::new(),
+        }
+    }
+
+    /// Judges the interval and annotates `snap` (before the sinks see it).
+    pub fn annotate(&mut self, snap: &mut Snapshot) -> Verdicts {
+        let verdicts = self.detector.observe(snap);
+        let mut now_reported = HashSet::new();
+        let not_ok: HashSet<String> = verdicts
+            .items
+            .iter()
+            .filter(|v| v.state != State::Ok)
+            .map(|v| v.key())
+            .collect();
+        for (key, score) in &verdicts.scores {
+            if *score >= SCORE_REPORTED_FROM || not_ok.contains(key) {
+                snap.metrics.push(Metric::gauge(
+                    "anomaly.score",
+                    vec![("metric", key.clone())],
+                    *score,
+                ));
+                now_reported.insert(key.clone());
+            } else if self.reported.contains(key) {
+                // Back to calm: say so once, so a stored gauge does not stay high.
+                snap.metrics.push(Metric::gauge(
+                    "anomaly.score",
+                    vec![("metric", key.clone())],
+                    0.0,
+                ));
+            }
+        }
+        self.reported = now_reported;
+        snap.metrics.push(Metric::gauge(
+            "anomaly.active",
+            vec![],
+            verdicts.active as f64,
+        ));
+        snap.annotations.anomalies = verdicts
+            .items
+            .iter()
+            .map(|v| Anomaly {
+                name: v.name.clone(),
+                tags: v.tags.clone(),
+                state: v.state.as_str(),
+                score: v.score,
+                value: v.value,
+                usual: v.usual,
+                since_s: v.since_s,
+                description: v.description.clone(),
+                changed: v.changed,
+            })
+            .collect();
+        if verdicts.any_changed() {
+            let worst = verdicts
+                .items
+                .iter()
+                .map(|v| v.state)
+                .max()
+                .unwrap_or(State::Ok);
+            snap.annotations.summary = Some(AnomalySummary {
+                state: worst.as_str(),
+                active: verdicts.active,
+                description: verdicts.summary(),
+            });
+            for v in verdicts.items.iter().filter(|v| v.changed) {
+                let what = if v.state == State::Ok {
+                    "back to usual"
+                } else {
+                    v.state.as_str()
+                };
+                tracing::info!("anomaly {what}: {}", v.description);
+            }
+        }
+        if self.last_save.elapsed() >= SAVE_EVERY {
+            self.save();
+        }
+        verdicts
+    }
+
+    /// Writes the baseline (atomically); failures are logged once.
+    pub fn save(&mut self) {
+        self.last_save = Instant::now();
+        let Some(path) = &self.state else { return };
+        let r = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| self.detector.save(path));
+        match r {
+            Ok(()) => self.save_warned = false,
+            Err(e) if !self.save_warned => {
+                self.save_warned = true;
+                tracing::warn!(
+                    "cannot save the anomaly baseline to {}: {e}",
+                    path.display()
+                );
+            }
+            Err(_) => {}
+        }
+    }
+
+    pub fn key(name: &str, tags: &[(&'static str, String)]) -> String {
+        key_string(name, tags)
+    }
+}
