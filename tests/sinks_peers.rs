@@ -341,6 +341,7 @@ fn test_time() -> (SystemTime, i64) {
 
 fn snapshot(time: SystemTime, metrics: Vec<Metric>) -> Arc<Snapshot> {
     Arc::new(Snapshot {
+        annotations: Default::default(),
         time,
         interval: Duration::from_secs(1),
         host: HOST.into(),
@@ -962,4 +963,128 @@ async fn agent_to_riemann_udp_and_tcp_carry_what_the_agent_printed() {
             assert_eq!(e["transport"], transport);
         }
     }
+}
+
+/// Sleeps of `ms` milliseconds in a loop (the raw syscall: the agent sees `nanosleep`) until
+/// `stop` is set.
+fn sleeper(
+    ms: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let ns = ms.load(std::sync::atomic::Ordering::Relaxed) * 1_000_000;
+            let req = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: ns as i64,
+            };
+            // SAFETY: a valid timespec, no remainder wanted.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_nanosleep,
+                    &req,
+                    std::ptr::null_mut::<libc::timespec>(),
+                )
+            };
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anomaly_burst_of_slow_syscalls_reaches_riemann_and_clears() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let mut rx = Riemann::start("tcp", 0, &[]);
+    let dir = std::env::temp_dir().join(format!("ebpf-agent-anomaly-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.toml");
+    // Short intervals and a short warm-up so the test fits in seconds.
+    std::fs::write(
+        &config,
+        "interval = \"250ms\"\n[anomaly]\nwarmup = 16\nraise_after = 2\nclear_after = 4\n",
+    )
+    .unwrap();
+    let ms = Arc::new(AtomicU64::new(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = sleeper(ms.clone(), stop.clone());
+    let args = vec![
+        "--config".to_string(),
+        config.display().to_string(),
+        "--probes".into(),
+        "syscall".into(),
+        "--duration".into(),
+        "16s".into(),
+        "--state-dir".into(),
+        dir.display().to_string(),
+        "--riemann".into(),
+        format!("tcp://127.0.0.1:{}", rx.port),
+    ];
+    let agent = tokio::spawn(async move { run_agent(&args, 0).await });
+    // Steady 1 ms sleeps for 7 s (28 intervals: past the warm-up), 15 ms for 3 s, then 1 ms.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    ms.store(15, Ordering::Relaxed);
+    let burst_start = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ms.store(1, Ordering::Relaxed);
+    let intervals = agent.await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+
+    let service = "ebpf syscall.latency_us.mean nanosleep";
+    rx.wait("the nanosleep p50 events", |ev| {
+        ev.iter().any(|e| e["service"] == service)
+    })
+    .await;
+    let mut seen: Vec<(f64, String)> = rx
+        .with_service(service)
+        .map(|e| {
+            (
+                e["time_micros"].as_f64().unwrap() / 1e6,
+                e["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    seen.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let raised = seen
+        .iter()
+        .find(|(t, s)| *t >= burst_start && s != "ok")
+        .unwrap_or_else(|| panic!("no warning/critical for {service} after the burst: {seen:?}"));
+    assert!(
+        raised.0 - burst_start <= 3.0,
+        "raised {:.2} s after the burst began",
+        raised.0 - burst_start
+    );
+    assert!(
+        seen.iter().any(|(t, s)| *t > raised.0 && s == "ok"),
+        "back to ok after the burst: {seen:?}"
+    );
+    // The raised event says why, in words.
+    let described = rx
+        .with_service(service)
+        .find(|e| e["state"] != "ok")
+        .and_then(|e| e["description"].as_str().map(str::to_string))
+        .unwrap();
+    assert!(
+        described.contains("nanosleep") && described.contains("usual"),
+        "{described}"
+    );
+    // A state change also produced the summary event.
+    assert!(
+        rx.events
+            .iter()
+            .any(|e| e["service"] == "ebpf anomaly" && e["state"] != "ok")
+    );
+    // The JSON output lists the anomalies too.
+    assert!(intervals.iter().any(|i| {
+        i["anomalies"].as_array().is_some_and(|a| {
+            a.iter().any(|x| {
+                x["name"] == "syscall.latency_us.mean" && x["tags"]["syscall"] == "nanosleep"
+            })
+        })
+    }));
+    // The baseline was saved for the next start.
+    assert!(dir.join("detector.state").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
