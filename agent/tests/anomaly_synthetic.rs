@@ -307,6 +307,7 @@ fn anomaly_injected_are_found() {
 
 fn snap(t: f64, metrics: Vec<Metric>) -> Snapshot {
     Snapshot {
+        annotations: Default::default(),
         time: UNIX_EPOCH + Duration::from_secs_f64(t),
         interval: Duration::from_secs(1),
         host: "test".into(),
@@ -545,4 +546,52 @@ fn anomaly_csv_errors_carry_line_numbers() {
         err.to_string().starts_with("line 3: bad timestamp"),
         "{err}"
     );
+}
+
+/// Benchmark-style exports: hourly points with a daily rhythm, timestamps a plain row index
+/// (1, 2, 3, ...) or unix seconds, 0.5% of the points spiked by ±10 σ.
+#[test]
+fn anomaly_csv_hourly_rhythm_index_or_unix() {
+    println!("\nhourly CSV, daily rhythm, 10 series of 1420 points, ±10 σ spikes");
+    for index in [true, false] {
+        let (mut spikes, mut found, mut false_flags, mut normal) = (0, 0, 0, 0);
+        for seed in 1..=10u64 {
+            let mut rng = Rng(seed * 31);
+            let mut csv = String::from("timestamp,value,is_anomaly\n");
+            let mut labels = Vec::new();
+            for i in 0..1420usize {
+                let t = if index {
+                    (i + 1) as f64
+                } else {
+                    1_416_722_400.0 + 3600.0 * i as f64
+                };
+                let phase = std::f64::consts::TAU * i as f64 / 24.0;
+                let mut v = 1000.0 + 300.0 * phase.sin() + 30.0 * rng.normal();
+                let spike = i > 200 && rng.uniform() < 0.005;
+                if spike {
+                    v += if rng.uniform() < 0.5 { 300.0 } else { -300.0 };
+                }
+                labels.push(spike);
+                csv.push_str(&format!("{t},{v:.2},{}\n", u8::from(spike)));
+            }
+            let mut out = Vec::new();
+            detect_csv(csv.as_bytes(), &mut out, 1.0).unwrap();
+            let out = String::from_utf8(out).unwrap();
+            for (i, line) in out.lines().skip(1).enumerate() {
+                let flagged = !line.ends_with(",ok");
+                if labels[i] {
+                    spikes += 1;
+                    found += usize::from(flagged);
+                } else if i > 200 {
+                    normal += 1;
+                    false_flags += usize::from(flagged);
+                }
+            }
+        }
+        let fp = false_flags as f64 * 10_000.0 / normal as f64;
+        let label = if index { "row index" } else { "unix seconds" };
+        println!("  {label:<13} spikes found {found}/{spikes}, false positives {fp:.1} per 10k");
+        assert!(found * 10 >= spikes * 7, "{label}: {found}/{spikes}");
+        assert!(fp <= 10.0, "{label}: {fp:.1} per 10k");
+    }
 }

@@ -8,6 +8,11 @@
 //! echoed with score 0 and the current state. Blank lines are skipped. The whole input is read
 //! before any output, so a bad row fails before anything is written.
 //!
+//! Timestamps that are only a row index (integers from near zero at a constant step, as some
+//! benchmark exports have) carry no calendar: each row is taken as an hour, or, when the values
+//! show a clear period of P rows (autocorrelation), P rows as a day, so the daily profile can
+//! learn the rhythm.
+//!
 //! Output: `timestamp,value,anomaly_score,state`, timestamps and values echoed as given, score
 //! in [0, 1] with four decimals. Hysteresis is counted in time as in the daemon (raise after
 //! 3 s, clear after 10 s), so at a minute or more per point a state follows each point; warm-up
@@ -201,7 +206,22 @@ pub fn detect_csv(
             ),
         ));
     }
-    let interval = infer_interval(&rows);
+    let mut interval = infer_interval(&rows);
+    // A plain row index (1, 2, 3, ...) carries no calendar: each row is taken as one hour, or,
+    // when the values repeat with a clear period of P rows, P rows as one day, so the daily
+    // profile can learn the rhythm.
+    if index_like(&rows, interval) {
+        let t0 = rows[0].t;
+        let step = interval;
+        let values: Vec<f64> = rows.iter().map(|r| r.value).collect();
+        interval = match period(&values) {
+            Some(p) if p > 24 => 86_400.0 / p as f64,
+            _ => 3600.0,
+        };
+        for r in &mut rows {
+            r.t = PSEUDO_EPOCH + ((r.t - t0) / step).round() * interval;
+        }
+    }
     let cfg = DetectorConfig {
         sensitivity,
         raise_after: (3.0 / interval).ceil().max(1.0) as u32,
@@ -219,6 +239,66 @@ pub fn detect_csv(
     }
     w.flush()?;
     Ok(())
+}
+
+/// Where rows of an index-only file are placed in time: 2024-01-01 00:00 UTC, a Monday.
+const PSEUDO_EPOCH: f64 = 1_704_067_200.0;
+
+/// Integer timestamps starting before 1970-01-12 at a constant step: a row index, not a time.
+fn index_like(rows: &[Row], step: f64) -> bool {
+    rows.len() >= 2
+        && rows[0].t.abs() < 1e6
+        && rows.iter().all(|r| r.t.fract() == 0.0)
+        && rows.windows(2).all(|w| w[1].t - w[0].t == step)
+}
+
+/// The dominant period of a series in rows (4 to 500, at most a third of the first 2000 rows),
+/// from the autocorrelation of the linearly detrended values: the shortest lag whose
+/// autocorrelation is a local peak within 90% of the best one, if that best is at least 0.3.
+fn period(values: &[f64]) -> Option<usize> {
+    let mut x: Vec<f64> = Vec::with_capacity(values.len().min(2000));
+    let mut last = 0.0;
+    for &v in values.iter().take(2000) {
+        last = if v.is_finite() { v } else { last };
+        x.push(last);
+    }
+    let n = x.len();
+    let max_lag = (n / 3).min(500);
+    if max_lag < 8 {
+        return None;
+    }
+    // Least-squares line through (i, x[i]), removed.
+    let nf = n as f64;
+    let mean_i = (nf - 1.0) / 2.0;
+    let mean_x = x.iter().sum::<f64>() / nf;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (i, v) in x.iter().enumerate() {
+        let di = i as f64 - mean_i;
+        sxy += di * (v - mean_x);
+        sxx += di * di;
+    }
+    let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    for (i, v) in x.iter_mut().enumerate() {
+        *v -= mean_x + slope * (i as f64 - mean_i);
+    }
+    let var: f64 = x.iter().map(|v| v * v).sum();
+    if var <= 0.0 {
+        return None;
+    }
+    let acf: Vec<f64> = (0..=max_lag + 1)
+        .map(|lag| x.iter().zip(&x[lag..]).map(|(a, b)| a * b).sum::<f64>() / var)
+        .collect();
+    let peaks: Vec<usize> = (4..=max_lag)
+        .filter(|&l| acf[l] > acf[l - 1] && acf[l] >= acf[l + 1])
+        .collect();
+    let best = peaks
+        .iter()
+        .map(|&l| acf[l])
+        .fold(f64::NEG_INFINITY, f64::max);
+    if best < 0.3 {
+        return None;
+    }
+    peaks.into_iter().find(|&l| acf[l] >= 0.9 * best)
 }
 
 /// Median positive step between consecutive timestamps (1 s when unknown).
@@ -309,6 +389,40 @@ mod tests {
         assert_eq!(l, 3);
         let e = run("timestamp,value\n2024-01-01 00:00:00,1\n2024-01-01 00:00:61,1\n").unwrap_err();
         assert_eq!(e.to_string().split(':').next(), Some("line 3"));
+    }
+
+    #[test]
+    fn periods_of_index_files() {
+        let wave = |p: f64| -> Vec<f64> {
+            (0..1500)
+                .map(|i| (std::f64::consts::TAU * f64::from(i) / p).sin() + 0.001 * f64::from(i))
+                .collect()
+        };
+        assert_eq!(period(&wave(24.0)), Some(24));
+        assert_eq!(period(&wave(50.0)), Some(50));
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let noise: Vec<f64> = (0..1500)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % 1000) as f64
+            })
+            .collect();
+        assert_eq!(period(&noise), None);
+        let rows = |ts: &[f64]| -> Vec<Row> {
+            ts.iter()
+                .map(|&t| Row {
+                    ts: String::new(),
+                    t,
+                    raw: String::new(),
+                    value: 0.0,
+                })
+                .collect()
+        };
+        assert!(index_like(&rows(&[1.0, 2.0, 3.0]), 1.0));
+        assert!(!index_like(&rows(&[1.6e9, 1.6e9 + 60.0]), 60.0));
+        assert!(!index_like(&rows(&[1.0, 2.5, 3.0]), 1.0));
     }
 
     #[test]

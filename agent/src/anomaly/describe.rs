@@ -7,7 +7,7 @@
 //! a percentage, `_pages` pages. Counters are shown per second.
 
 use super::State;
-use super::model::{Assessment, Profile, View};
+use super::model::{Assessment, Profile, View, WARN_SCORE};
 use super::time::WEEKDAYS;
 use crate::snapshot::Kind;
 
@@ -219,8 +219,16 @@ pub(crate) fn describe(
         return format!("{label} {value}: back to usual ({}){was}", fmt(a.usual));
     }
     let dur = duration(since_s);
+    if a.score < WARN_SCORE {
+        // Held by hysteresis while the value is already calm.
+        return format!(
+            "{label} {value}: back near its usual {}, clearing after {dur} {}",
+            fmt(a.usual),
+            a.state
+        );
+    }
     match a.view {
-        View::Point => format!(
+        View::Point | View::Seasonal => format!(
             "{label} {value}: {}{profile}, for {dur}",
             comparison(a.value, a.usual, &fmt)
         ),

@@ -315,6 +315,16 @@ fn key_hash(name: &str, tags: &[(&'static str, String)]) -> u64 {
     h.finish()
 }
 
+/// Relative precision of a metric's values: latency percentiles come from log-linear histograms
+/// (bucket midpoints, within 6.25%), so moves under 3% of the level are noise; elsewhere 0.1%.
+fn rel_floor(name: &str) -> f64 {
+    if name.split('.').any(|seg| seg.ends_with("_us")) && !name.contains("stall_us") {
+        0.03
+    } else {
+        1e-3
+    }
+}
+
 /// First segment of a dotted name: the probe family a key belongs to.
 fn family(name: &str) -> &str {
     name.split('.').next().unwrap_or(name)
@@ -389,6 +399,7 @@ impl Detector {
             raise_after: self.cfg.raise_after,
             clear_after: self.cfg.clear_after,
             counter: e.kind == Kind::Counter,
+            rel_floor: rel_floor(&e.name),
             tz_offset_s: f64::from(self.cfg.utc_offset_s),
         }
     }
@@ -609,6 +620,7 @@ impl Series {
                 raise_after: cfg.raise_after,
                 clear_after: cfg.clear_after,
                 counter,
+                rel_floor: 1e-3,
                 tz_offset_s: f64::from(cfg.utc_offset_s),
             },
             model: Model::new(),
@@ -636,6 +648,7 @@ mod tests {
 
     fn snap(t: u64, metrics: Vec<Metric>) -> Snapshot {
         Snapshot {
+            annotations: Default::default(),
             time: UNIX_EPOCH + Duration::from_secs(t),
             interval: Duration::from_secs(1),
             host: "h".into(),

@@ -1,25 +1,38 @@
 //! One series' online model: what is usual, and how far the newest value is from it.
 //!
-//! Four views, each a robust z-score in units of the series' usual spread (σ), the largest one
-//! wins:
+//! Five views, each a robust z-score in units of the series' usual spread (σ); the largest one
+//! is scored:
 //! - **point**: the value against a short-term robust baseline (Huber-clipped EWMAs of location
-//!   and absolute deviation), after removing the learnt seasonal profile; calibrated against the
-//!   series' own tail (a running estimate of its 99th percentile |z|), so a naturally spiky
-//!   series is judged against its own spikes;
-//! - **sustained**: a medium-term level against the long-term level (catches slow drift and a
-//!   quiet Tuesday afternoon that slid in gradually), normalised by how far the two usually
-//!   stray apart;
-//! - **variance**: the last ~16 points' spread against the usual spread (the series turned
-//!   erratic);
-//! - **flat**: a run of identical values, scored by how unlikely such a run is given how often
-//!   this series repeats a value (a stuck sensor, a counter frozen at zero).
+//!   and absolute deviation, about an hour of memory, 10 to 60 points), after removing the
+//!   learnt seasonal profile;
+//! - **seasonal**: where a rhythm is trusted, the value against the long-term level plus this
+//!   hour's profile, in units of the point noise and the profile's own error (a quiet holiday
+//!   afternoon that the short-term baseline would soon follow);
+//! - **sustained**: a medium-term level against the long-term level (slow drift, a quiet
+//!   Tuesday afternoon that slid in gradually), normalised by how far the two usually stray;
+//! - **variance**: the last ~16 points' spread against the usual spread (turned erratic);
+//! - **flat**: a run of identical values in a normally noisy series, scored by how unlikely the
+//!   run is given how often this series repeats a value and how long its runs usually are.
 //!
-//! Seasonality: the values of each hour are folded, at the end of the hour, into 24
-//! hour-of-day and 168 hour-of-week slots (location relative to the long-term level, and the
-//! within-hour spread), stored as 16-bit floats. Each profile is trusted only when it predicts
-//! the next hours out of sample clearly better than a flat line (a rhythm exists), with weights
-//! ramping in over days (daily) and weeks (weekly); the profile is linearly interpolated
-//! between slot centres.
+//! Point and seasonal z are divided by a tail factor learnt from the series' own |z| histogram
+//! (its 99th percentile and the steepness of its tail against a normal one; fed by calm points
+//! and by alerts that recur within 300 points): a naturally spiky series is judged against its
+//! own spikes, while rare spikes stay anomalies. Scores come from a slowly saturating map of z
+//! (see [`score_of`]), so big anomalies stay ranked.
+//!
+//! Robustness: every update is clipped to a few σ, so a spike moves nothing far; at
+//! sub-minute resolution anomalous points teach the baselines a fifth as much, so a burst
+//! leaves them in place. A level shift held for an hour (at least 6 points) is accepted: every
+//! level re-anchors on it at once. A deviation only the sustained view still sees makes the
+//! long-term level follow eight times faster. A flat line is reported for two hours at most.
+//!
+//! Seasonality: each hour's mean and spread are folded, at the end of the hour, into 24
+//! hour-of-day and 168 hour-of-week slots (offsets from a slow reference level of their own,
+//! stored as 16-bit floats). A profile is trusted only when it predicts the next hours out of
+//! sample clearly better than a flat line (a rhythm exists), its weight ramping in over days
+//! (daily) and weeks (weekly, when it beats the daily one: quiet weekends). The profile is
+//! interpolated between slot centres (smooth rhythms) and also read as a step (a job starting
+//! on the hour); a value is judged by whichever explains it better.
 //!
 //! Every update is O(1); the hour fold is O(1) too, once an hour.
 
@@ -50,6 +63,9 @@ pub(crate) struct Params {
     pub clear_after: u32,
     /// Counters are Poisson-like: their spread is at least about √level.
     pub counter: bool,
+    /// Smallest spread as a share of the level: the data's relative precision (latency
+    /// percentiles from log-linear histograms are bucket midpoints, within 6.25%).
+    pub rel_floor: f64,
     /// Added to unix time before cutting hours, days and weeks (local time).
     pub tz_offset_s: f64,
 }
@@ -101,6 +117,8 @@ impl Params {
 pub(crate) enum View {
     #[default]
     Point,
+    /// Against the hour's profile on top of the long-term level.
+    Seasonal,
     Sustained,
     Variance,
     Flat,
@@ -132,8 +150,8 @@ pub(crate) struct Assessment {
     pub recent_spread: f64,
     /// For the flat view: how many points have repeated the value.
     pub run: u32,
-    /// z of each view: point, sustained, variance, flat.
-    pub zs: [f64; 4],
+    /// z of each view: point, sustained, variance, flat, seasonal.
+    pub zs: [f64; 5],
     pub profile: Option<Profile>,
     pub warming_up: bool,
     /// State after hysteresis.
@@ -279,6 +297,8 @@ pub(crate) struct Model {
     /// Histogram of |z| (bins growing by √2 from 1.5; counts halved every few thousand points):
     /// the series' own tail, to judge a new z against.
     pub hist: [u16; HIST_BINS],
+    /// Points since the last alert episode began (saturating).
+    pub since_episode: u16,
     /// How far mid and long usually stray apart (σ).
     pub mid_dev: f32,
     /// Smallest non-zero step between consecutive values (resolution of the data).
@@ -351,6 +371,8 @@ struct Season {
     sigma: f64,
     /// Weight of the profile's spread in the effective spread.
     weight: f64,
+    /// Typical error of the profile's prediction of an hour's mean.
+    err: f64,
     profile: Option<Profile>,
 }
 
@@ -360,6 +382,7 @@ impl Season {
         step: 0.0,
         sigma: 0.0,
         weight: 0.0,
+        err: 0.0,
         profile: None,
     };
 }
@@ -384,6 +407,7 @@ impl Model {
             fast: 0.0,
             var_dev: f32::NAN,
             hist: [0; HIST_BINS],
+            since_episode: u16::MAX,
             mid_dev: 0.0,
             quantum: f32::INFINITY,
             p_same: 0.5,
@@ -495,11 +519,13 @@ impl Model {
         } else {
             None
         };
+        let err = ww * f64::from(self.err_week) + (1.0 - ww) * f64::from(self.err_day);
         Season {
             offset: blend(week.0, day.0),
             step: blend(week.1.or(week.0), day.1.or(day.0)),
             sigma: blend(week.2, day.2),
             weight,
+            err: if err.is_finite() { err } else { 0.0 },
             profile,
         }
     }
@@ -512,7 +538,7 @@ impl Model {
         let w = 0.5 * season.weight;
         let base = (1.0 - w) * f64::from(self.scale) + w * season.sigma;
         let mut floor = 0.3 * f64::from(self.scale_slow);
-        floor = floor.max(1e-3 * pred.abs()).max(1e-12);
+        floor = floor.max(p.rel_floor * pred.abs()).max(1e-12);
         if self.quantum.is_finite() {
             floor = floor.max(0.5 * f64::from(self.quantum));
         }
@@ -733,15 +759,30 @@ impl Model {
         let run = if same { self.run.saturating_add(1) } else { 0 };
         // Only the part of the run beyond the longest runs this series usually has counts.
         let excess = f64::from(run) - f64::from(self.run_ref).max(1.0);
-        let z_flat = if excess > 0.0 && self.p_same <= 0.3 {
+        // Only for a normally noisy series, and for two hours at most: then it is the usual.
+        let z_flat = if excess > 0.0 && self.p_same <= 0.3 && run <= 2 * p.accept_len() {
             let p_same = f64::from(self.p_same).clamp(0.02, 0.999);
             (2.0 * excess * -p_same.ln()).sqrt()
         } else {
             0.0
         };
 
+        // Seasonal: where a rhythm is trusted, the value against what this hour of the day or
+        // week usually brings on top of the long-term level, in units of the point noise and the
+        // profile's own error. Catches the quiet holiday the short-term baseline soon follows.
+        let z_season = if !warming && season.weight >= 0.5 {
+            let expected = self.long + offset;
+            let sd = (f64::from(self.scale_slow).powi(2) + (SIGMA_PER_MAD * season.err).powi(2))
+                .sqrt()
+                .max(0.5 * s);
+            (x - expected) / sd / tail_factor(&self.hist)
+        } else {
+            0.0
+        };
+
         let candidates = [
             (View::Point, z_point),
+            (View::Seasonal, z_season),
             (View::Sustained, z_level),
             (View::Variance, z_var),
             (View::Flat, z_flat),
@@ -761,10 +802,10 @@ impl Model {
         out.score = score;
         out.z = z;
         out.view = view;
-        out.usual = if view == View::Sustained {
-            self.long + season.offset
-        } else {
-            pred
+        out.usual = match view {
+            View::Sustained => self.long + season.offset,
+            View::Seasonal => self.long + offset,
+            _ => pred,
         };
         out.spread = if view == View::Sustained {
             mid_dev.max(0.25 * s)
@@ -773,7 +814,7 @@ impl Model {
         };
         out.recent_spread = fast;
         out.run = run;
-        out.zs = [z_point, z_level, z_var, z_flat];
+        out.zs = [z_point, z_level, z_var, z_flat, z_season];
         out.profile = season.profile;
         out.warming_up = warming;
 
@@ -826,7 +867,9 @@ impl Model {
         }
         self.run_ref *= (1.0 - 1.0 / p.dev_len()) as f32;
         self.run = run;
-        if !same {
+        // The resolution is learnt from unremarkable steps only: the first move of a series that
+        // was constant must not become its "smallest step".
+        if !same && raw == State::Ok {
             self.quantum = self.quantum.min((x - self.prev).abs() as f32);
         }
         self.prev = x;
@@ -867,9 +910,17 @@ impl Model {
         } else {
             self.hyst.update(raw, t, p.raise_after, p.clear_after)
         };
-        // The tail learns from calm points and from the first point of each episode: a kind of
-        // spike that keeps coming back becomes part of the usual.
-        if !warming && (self.hyst.state == State::Ok || changed && previous == State::Ok) {
+        // The tail learns from calm points, and from the first point of an alert episode that
+        // follows another within 300 points: spikes that keep coming back are this series'
+        // nature; rare ones stay anomalies.
+        let episode_start = changed && previous == State::Ok;
+        let frequent = episode_start && self.since_episode < 300;
+        if episode_start {
+            self.since_episode = 0;
+        } else {
+            self.since_episode = self.since_episode.saturating_add(1);
+        }
+        if !warming && (self.hyst.state == State::Ok || frequent) {
             hist_add(&mut self.hist, z_raw.abs());
         }
         out.state = self.hyst.state;
@@ -904,7 +955,8 @@ fn hist_add(hist: &mut [u16; HIST_BINS], z: f64) {
     hist[k] += 1;
 }
 
-/// |z| exceeded by a fraction `frac` of the histogram (log-interpolated within a bin).
+/// |z| exceeded by a fraction `frac` of the histogram (log-interpolated within a bin, linearly
+/// within the first one, [0, 1.5)).
 fn hist_quantile(hist: &[u16; HIST_BINS], total: f64, frac: f64) -> f64 {
     let need = frac * total;
     let mut cum = 0.0;
@@ -916,7 +968,12 @@ fn hist_quantile(hist: &[u16; HIST_BINS], total: f64, frac: f64) -> f64 {
         }
         cum += c;
     }
-    1.0
+    let c = f64::from(hist[0]);
+    if c > 0.0 {
+        hist_edge(1) * (1.0 - ((need - cum) / c).clamp(0.0, 1.0))
+    } else {
+        hist_edge(1)
+    }
 }
 
 /// How much wider than normal the series' tails are, from its |z| histogram: its 99th
@@ -975,6 +1032,7 @@ mod tests {
             raise_after: 1,
             clear_after: 1,
             counter: false,
+            rel_floor: 1e-3,
             tz_offset_s: 0.0,
         }
     }
@@ -1054,6 +1112,23 @@ mod tests {
             before.0
         );
         assert!(f64::from(m.scale) < 1.2 * f64::from(before.1));
+    }
+
+    #[test]
+    fn constant_series_that_jumps_is_caught() {
+        // A first move must not teach the resolution ("smallest step") before it is judged.
+        let p = Params {
+            raise_after: 2,
+            ..params()
+        };
+        let mut m = Model::new();
+        for i in 0..100 {
+            m.step(1114.0, f64::from(i) * 60.0, &p);
+        }
+        let a = m.step(15_204.0, 100.0 * 60.0, &p);
+        assert!(a.score > 0.99);
+        let a = m.step(15_204.0, 101.0 * 60.0, &p);
+        assert_eq!(a.state, State::Critical);
     }
 
     #[test]

@@ -218,6 +218,7 @@ fn encode_model(e: &mut Enc, m: &Model) {
     for c in m.hist {
         e.u16(c);
     }
+    e.u16(m.since_episode);
     e.u32(m.run);
     e.f32(m.run_ref);
     e.u32(m.shift_run as u32);
@@ -268,6 +269,7 @@ fn decode_model(d: &mut Dec<'_>) -> Result<Model, LoadError> {
     for c in m.hist.iter_mut() {
         *c = d.u16()?;
     }
+    m.since_episode = d.u16()?;
     m.run = d.u32()?;
     m.run_ref = d.pos32()?;
     m.shift_run = d.u32()? as i32;
@@ -451,6 +453,7 @@ mod tests {
             raise_after: 1,
             clear_after: 1,
             counter: false,
+            rel_floor: 1e-3,
             tz_offset_s: 0.0,
         };
         let mut m = Model::new();

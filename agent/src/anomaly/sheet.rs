@@ -667,6 +667,7 @@ mod tests {
                 ));
             }
             b.add(&Snapshot {
+                annotations: Default::default(),
                 time: UNIX_EPOCH + Duration::from_secs(1_700_000_000 + i),
                 interval: Duration::from_secs(1),
                 host: "h".into(),
