@@ -408,7 +408,7 @@ impl Kernel {
         if !external
             && self.stats_fd.is_none()
             && self.stats_every > 0
-            && self.stats_tick % self.stats_every as u64 == 0
+            && self.stats_tick.is_multiple_of(u64::from(self.stats_every))
         {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
                 Ok(fd) => {
