@@ -58,8 +58,8 @@ impl Plan {
     fn new(smoke: bool) -> Self {
         if smoke {
             Plan {
-                sys_rounds: 2,
-                sys_samples: 2,
+                sys_rounds: 1,
+                sys_samples: 3,
                 sys_calls: 1_000_000,
                 disk_rounds: 1,
                 fio_secs: 3.0,
