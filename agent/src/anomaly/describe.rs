@@ -219,7 +219,7 @@ pub(crate) fn describe(
         return format!("{label} {value}: back to usual ({}){was}", fmt(a.usual));
     }
     let dur = duration(since_s);
-    if a.score < WARN_SCORE {
+    if a.strength < WARN_SCORE {
         // Held by hysteresis while the value is already calm.
         return format!(
             "{label} {value}: back near its usual {}, clearing after {dur} {}",
@@ -321,6 +321,7 @@ mod tests {
             value: 48_100.0,
             usual: 7_700.0,
             score: 1.0,
+            strength: 1.0,
             state: State::Critical,
             profile: Some(Profile::Weekly(24 + 14)),
             ..Default::default()

@@ -2,8 +2,9 @@
 //!
 //! - [`Detector`]: online, in the daemon: one model per metric key (name + tags, at most
 //!   [`DetectorConfig::max_keys`], least recently seen evicted), fed one [`Snapshot`] per
-//!   interval, giving a score in [0, 1], a state (ok, warning, critical) with hysteresis and a
-//!   description for people ([`Verdicts`]). Its memory survives restarts ([`Detector::save`],
+//!   interval, giving a score in [0, 1] (surprise: high at an anomaly's onset, fading while it
+//!   persists), a state (ok, warning, critical) with hysteresis and a description for people
+//!   ([`Verdicts`]). Its memory survives restarts ([`Detector::save`],
 //!   [`Detector::load`]).
 //! - [`Series`]: the same model for one series, fed `(time, value)` points; [`detect_csv`]
 //!   replays a CSV history through it.
@@ -189,8 +190,12 @@ pub struct Verdict {
     pub value: f64,
     /// What was expected (same unit as `value`).
     pub usual: f64,
-    /// In [0, 1].
+    /// Surprise, in [0, 1]: how unexpected this interval's value is. High at the onset of an
+    /// anomaly, fading while it persists (the k-th anomalous interval in a row scores as if its
+    /// deviation were k times smaller); `state` says whether the condition is still on.
     pub score: f64,
+    /// How far off the value is, in [0, 1], without the fading: what `state` follows.
+    pub strength: f64,
     pub state: State,
     /// Seconds since the episode began (first anomalous interval); when back to ok, how long
     /// the episode lasted.
@@ -209,18 +214,19 @@ impl Verdict {
     }
 }
 
-/// JSON: `{"name", "tags": {..}, "value", "usual", "score", "state", "since_s",
+/// JSON: `{"name", "tags": {..}, "value", "usual", "score", "strength", "state", "since_s",
 /// "description", "changed"}`.
 impl serde::Serialize for Verdict {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let tags: std::collections::BTreeMap<&str, &str> =
             self.tags.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let mut st = s.serialize_struct("Verdict", 9)?;
+        let mut st = s.serialize_struct("Verdict", 10)?;
         st.serialize_field("name", &self.name)?;
         st.serialize_field("tags", &tags)?;
         st.serialize_field("value", &self.value)?;
         st.serialize_field("usual", &self.usual)?;
         st.serialize_field("score", &self.score)?;
+        st.serialize_field("strength", &self.strength)?;
         st.serialize_field("state", &self.state)?;
         st.serialize_field("since_s", &self.since_s)?;
         st.serialize_field("description", &self.description)?;
@@ -236,7 +242,8 @@ pub struct Verdicts {
     pub items: Vec<Verdict>,
     /// Keys not ok (all watched keys, seen this interval or not).
     pub active: usize,
-    /// Every key scored this interval (warm keys only): `(name{k=v,...}, score)`.
+    /// Every key scored this interval (warm keys only): `(name{k=v,...}, score)` (surprise;
+    /// see [`Verdict::score`]).
     pub scores: Vec<(String, f64)>,
     /// Keys still warming up (no alert from them yet).
     pub warming_up: usize,
@@ -281,7 +288,7 @@ pub struct KeyStatus {
     pub state: State,
     /// The short-term usual value (deseasonalised level plus the profile at the last point).
     pub usual: f64,
-    /// Score of the last point.
+    /// Score (surprise) of the last point.
     pub score: f64,
 }
 
@@ -577,6 +584,7 @@ fn verdict(e: &Entry, a: &Assessment, t: f64, interval_s: f64) -> Verdict {
         value: a.value,
         usual: a.usual,
         score: a.score,
+        strength: a.strength,
         state: a.state,
         since_s,
         description,
@@ -587,8 +595,10 @@ fn verdict(e: &Entry, a: &Assessment, t: f64, interval_s: f64) -> Verdict {
 /// One point of [`Series::push`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Point {
-    /// In [0, 1]; 0 while warming up.
+    /// Surprise in [0, 1] (see [`Verdict::score`]); 0 while warming up.
     pub score: f64,
+    /// How far off, in [0, 1], without fading (see [`Verdict::strength`]).
+    pub strength: f64,
     pub state: State,
     pub warming_up: bool,
     /// What was expected.
@@ -632,6 +642,7 @@ impl Series {
         let a = self.model.step(value, t, &self.params);
         Point {
             score: a.score,
+            strength: a.strength,
             state: a.state,
             warming_up: a.warming_up,
             usual: a.usual,

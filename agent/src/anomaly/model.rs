@@ -14,6 +14,10 @@
 //! - **flat**: a run of identical values in a normally noisy series, scored by how unlikely the
 //!   run is given how often this series repeats a value and how long its runs usually are.
 //!
+//! The state (with hysteresis) follows the strength of the winning z; the score is the surprise:
+//! the k-th consecutive anomalous point scores as if its z were divided by k, so onsets stand
+//! out and a persisting condition fades from the score while its state stays.
+//!
 //! Point and seasonal z are divided by a tail factor learnt from the series' own |z| histogram
 //! (its 99th percentile and the steepness of its tail against a normal one; fed by calm points
 //! and by alerts that recur within 300 points): a naturally spiky series is judged against its
@@ -137,8 +141,11 @@ pub(crate) enum Profile {
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub(crate) struct Assessment {
     pub value: f64,
-    /// In [0, 1]; 0 while warming up.
+    /// Surprise, in [0, 1]: the strength, faded over consecutive anomalous points; 0 while
+    /// warming up.
     pub score: f64,
+    /// How far off this point is, in [0, 1]: what the state follows.
+    pub strength: f64,
     /// Signed z of the winning view (σ units, before sensitivity).
     pub z: f64,
     pub view: View,
@@ -799,7 +806,15 @@ impl Model {
             score_of(z * p.sensitivity)
         };
         let raw = raw_state(score);
-        out.score = score;
+        // The state follows the strength; the score is the surprise: the k-th consecutive
+        // anomalous point scores as if its z were divided by k, so an onset stands out and a
+        // condition that persists fades (its state stays until calm returns).
+        out.strength = score;
+        out.score = if warming {
+            0.0
+        } else {
+            score_of(z * p.sensitivity / (1.0 + f64::from(self.hyst.hot)))
+        };
         out.z = z;
         out.view = view;
         out.usual = match view {
