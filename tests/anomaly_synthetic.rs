@@ -477,7 +477,7 @@ fn anomaly_many_keys_are_cheap() {
         total += start.elapsed();
     }
     println!(
-        "\n4096 keys: {:.2} ms per interval (this build; release is several times faster)",
+        "\n4096 keys: {:.2} ms per interval (a debug build is several times slower than release)",
         total.as_secs_f64() * 1000.0 / 20.0
     );
     assert_eq!(d.len(), 4096);
