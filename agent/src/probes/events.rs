@@ -12,6 +12,9 @@ use aya::maps::{MapData, RingBuf};
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
+/// How often the ring buffer is drained without a wakeup from the kernel.
+const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Events kept for display between two intervals; beyond that they are counted only.
 pub const KEEP_PER_INTERVAL: usize = 256;
 
@@ -53,20 +56,35 @@ pub async fn consume(rb: RingBuf<MapData>, log: Arc<EventLog>) -> std::io::Resul
     let mut fd =
         unsafe { AsyncFd::register(rb) }.map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut batch = Vec::with_capacity(KEEP_PER_INTERVAL);
+    // The kernel side submits without waking us unless the buffer is filling up (see
+    // agent-ebpf's wakeup_flags): drain on this timer too.
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = fd.readable_mut().await?;
-        let rb = guard.get_inner_mut();
-        let mut received = 0u64;
-        while let Some(item) = rb.next() {
-            received += 1;
-            if item.len() >= EVENT_SIZE && batch.len() < KEEP_PER_INTERVAL {
-                // SAFETY: the kernel wrote a whole `Event` (checked length); read unaligned.
-                batch.push(unsafe { item.as_ptr().cast::<Event>().read_unaligned() });
+        let received = tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                let n = drain(guard.get_inner_mut(), &mut batch);
+                guard.clear_ready();
+                n
             }
-        }
+            _ = tick.tick() => drain(fd.get_mut(), &mut batch),
+        };
         log.push_batch(&mut batch, received);
-        guard.clear_ready();
     }
+}
+
+/// Reads every pending event, keeping up to `KEEP_PER_INTERVAL` in `batch`; returns how many.
+fn drain(rb: &mut RingBuf<MapData>, batch: &mut Vec<Event>) -> u64 {
+    let mut received = 0u64;
+    while let Some(item) = rb.next() {
+        received += 1;
+        if item.len() >= EVENT_SIZE && batch.len() < KEEP_PER_INTERVAL {
+            // SAFETY: the kernel wrote a whole `Event` (checked length); read unaligned.
+            batch.push(unsafe { item.as_ptr().cast::<Event>().read_unaligned() });
+        }
+    }
+    received
 }
 
 /// An event rendered for people and JSON.
