@@ -367,6 +367,25 @@ fn our_programs() -> usize {
     count_programs()
 }
 
+/// Our program count once the kernel has finished freeing what earlier tests' agents left (it
+/// frees asynchronously): no ebpf-agent process alive, and the count steady for 300 ms.
+fn quiescent_programs() -> usize {
+    let agents_alive = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "ebpf-agent")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = our_programs();
+        std::thread::sleep(Duration::from_millis(300));
+        let b = our_programs();
+        if (a == b && !agents_alive()) || Instant::now() > deadline {
+            return b;
+        }
+    }
+}
+
 /// Waits (up to 3 s) for our program count to settle back to `want`: the kernel frees the
 /// programs of an exited process asynchronously (RCU), a few milliseconds later.
 fn programs_settle_to(want: usize) {
@@ -407,7 +426,7 @@ fn count_programs() -> usize {
 
 #[test]
 fn a_probe_that_cannot_attach_is_down_alone() {
-    let before = our_programs();
+    let before = quiescent_programs();
     let out = Command::new(common::bin())
         .env("EBPF_AGENT_BREAK_PROBE", "disk")
         .args(["run", "--output", "json", "--duration", "1s"])
@@ -440,7 +459,7 @@ fn a_probe_that_cannot_attach_is_down_alone() {
 
 #[test]
 fn while_running_exactly_the_up_probes_are_loaded() {
-    let before = our_programs();
+    let before = quiescent_programs();
     let mut agent = Agent::start(&["run", "--output", "none", "--duration", "1s"]);
     agent.wait_ready();
     assert_eq!(our_programs(), before + 9);
@@ -458,7 +477,7 @@ fn while_running_exactly_the_up_probes_are_loaded() {
 
 #[test]
 fn nothing_stays_attached_after_exit_or_failure() {
-    let before = our_programs();
+    let before = quiescent_programs();
     // Clean exit at --duration.
     let mut agent = Agent::start(&["run", "--output", "none", "--duration", "1s"]);
     agent.wait_ready();
@@ -543,7 +562,7 @@ fn sighup_reloads_without_losing_counts() {
     let mut agent = Agent::start(&["run", "--config", &path]);
     agent.wait_ready();
     let pid = agent.pid() as i32;
-    let before = our_programs();
+    let before = our_programs(); // while our agent runs, disk not attached
     getppid_n(N);
     std::thread::sleep(Duration::from_millis(1500));
     // Switch disk and procfs on: syscall stays attached (same programs), nothing lost.
