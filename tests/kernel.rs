@@ -831,3 +831,70 @@ fn bpf_statistics_report_the_programs_cost_and_are_switched_off_again() {
         .is_empty()
     );
 }
+
+#[test]
+fn anomaly_baseline_survives_a_restart_and_a_corrupt_one_is_ignored() {
+    let dir = format!(
+        "{}/state-{}",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |dir: &str| {
+        let out = Command::new(common::bin())
+            .args([
+                "run",
+                "--output",
+                "json",
+                "--probes",
+                "syscall,procfs",
+                "--duration",
+                "2s",
+                "--state-dir",
+                dir,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // First run: learns from scratch and saves on exit.
+    let first = run(&dir);
+    assert!(!first.contains("anomaly baseline:"), "{first}");
+    let state = format!("{dir}/detector.state");
+    assert!(std::fs::metadata(&state).unwrap().len() > 1000);
+    // Second run: starts from what the first learnt.
+    let second = run(&dir);
+    let line = second
+        .lines()
+        .find(|l| l.contains("anomaly baseline:"))
+        .unwrap_or_else(|| panic!("{second}"));
+    let keys: usize = line
+        .split("anomaly baseline: ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(keys > 20, "{line}");
+    // A corrupt file: one warning, a fresh start, and a good file written again on exit.
+    let mut bytes = std::fs::read(&state).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&state, &bytes).unwrap();
+    let third = run(&dir);
+    let warnings: Vec<_> = third.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{third}");
+    assert!(
+        warnings[0].contains("ignoring the anomaly baseline"),
+        "{third}"
+    );
+    assert!(run(&dir).contains("anomaly baseline:"), "rewritten on exit");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
