@@ -51,7 +51,6 @@ pub struct TpOffsets {
     // block:block_rq_complete
     pub complete_dev: u16,
     pub complete_sector: u16,
-    pub complete_rwbs: u16,
     // sock:inet_sock_set_state
     pub sk_skaddr: u16,
     pub sk_oldstate: u16,
@@ -64,7 +63,7 @@ pub struct TpOffsets {
     pub sk_daddr_v6: u16,
     // tcp:tcp_probe
     pub probe_srtt: u16,
-    pub _pad: [u16; 3],
+    pub _pad: [u16; 4],
 }
 const _: () = assert!(core::mem::size_of::<TpOffsets>() == 40);
 
@@ -78,7 +77,6 @@ impl TpOffsets {
         issue_rwbs: Self::MISSING,
         complete_dev: Self::MISSING,
         complete_sector: Self::MISSING,
-        complete_rwbs: Self::MISSING,
         sk_skaddr: Self::MISSING,
         sk_oldstate: Self::MISSING,
         sk_newstate: Self::MISSING,
@@ -89,7 +87,7 @@ impl TpOffsets {
         sk_saddr_v6: Self::MISSING,
         sk_daddr_v6: Self::MISSING,
         probe_srtt: Self::MISSING,
-        _pad: [0; 3],
+        _pad: [0; 4],
     };
 }
 

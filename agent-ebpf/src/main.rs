@@ -361,7 +361,6 @@ const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
-const TCP_CLOSE: i32 = 7;
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -420,7 +419,6 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
             bpf_get_current_comm().unwrap_or([0; 16]),
         )
     } else {
-        let _ = TCP_CLOSE;
         return Some(());
     };
     if config()?.tcp_events_on == 0 {

@@ -37,35 +37,13 @@ impl Collector {
     /// Loads the kernel probes (degrading to procfs-only without privilege) and starts consuming
     /// the ring buffer. Must run inside a tokio runtime.
     pub fn start(args: &CommonArgs) -> Collector {
-        let wanted: Vec<Probe> = dedup(args.probes.iter().filter_map(|s| s.probe()).collect());
+        let wanted = kernel_probes(args);
         let procfs = args
             .probes
             .contains(&Source::Procfs)
             .then(|| ProcfsCollector::new(&args.procfs_root));
         let events = Arc::new(EventLog::default());
-        let mut kernel = None;
-        let mut events_task = None;
-        if !wanted.is_empty() {
-            match Kernel::load(&probe_options(args, &wanted)) {
-                Ok(mut k) => {
-                    if let Some(rb) = k.take_events() {
-                        let log = events.clone();
-                        events_task = Some(tokio::spawn(async move {
-                            if let Err(e) = events::consume(rb, log).await {
-                                tracing::warn!("ring buffer reader stopped: {e}");
-                            }
-                        }));
-                    }
-                    kernel = Some(k);
-                }
-                Err(e @ ProbeError::NoPrivilege(_)) => {
-                    tracing::warn!("{e}; running with procfs metrics only");
-                }
-                Err(e) => tracing::warn!(
-                    "kernel probes unavailable: {e}; running with procfs metrics only"
-                ),
-            }
-        }
+        let (kernel, events_task) = load_kernel(args, &wanted, &events);
         Collector {
             kernel,
             procfs,
@@ -80,7 +58,7 @@ impl Collector {
     /// Applies new settings while running (SIGHUP): probes switched on or off (the others keep
     /// running and lose no counts), kernel-side thresholds and filters, procfs on or off.
     pub fn apply(&mut self, args: &CommonArgs) {
-        let wanted: Vec<Probe> = dedup(args.probes.iter().filter_map(|s| s.probe()).collect());
+        let wanted = kernel_probes(args);
         match &mut self.kernel {
             Some(k) => {
                 k.set_probes(&wanted);
@@ -88,33 +66,28 @@ impl Collector {
                     tracing::warn!("updating kernel settings: {e}");
                 }
             }
-            None if !wanted.is_empty() => {
-                // Nothing was loaded (no kernel probe wanted at start): load now.
-                let mut fresh = Collector::start(args);
-                self.kernel = fresh.kernel.take();
-                self.events = fresh.events.clone();
-                self.events_task = fresh.events_task.take();
+            None => {
+                // Nothing was loaded yet (no kernel probe wanted at start): load now.
+                let (kernel, task) = load_kernel(args, &wanted, &self.events);
+                self.kernel = kernel;
+                self.events_task = task;
                 if let Some(k) = &mut self.kernel {
                     k.prime();
                 }
             }
-            None => {}
         }
         self.wanted = wanted;
-        let want_procfs = args.probes.contains(&Source::Procfs);
-        match (&mut self.procfs, want_procfs) {
-            (Some(_), false) => self.procfs = None,
-            (None, true) => {
-                let mut p = ProcfsCollector::new(&args.procfs_root);
-                p.collect(&mut Vec::new());
-                self.procfs = Some(p);
-            }
-            (Some(p), true) if p.root() != args.procfs_root => {
-                let mut p = ProcfsCollector::new(&args.procfs_root);
-                p.collect(&mut Vec::new());
-                self.procfs = Some(p);
-            }
-            _ => {}
+        if !args.probes.contains(&Source::Procfs) {
+            self.procfs = None;
+        } else if self
+            .procfs
+            .as_ref()
+            .is_none_or(|p| p.root() != args.procfs_root)
+        {
+            // A new or moved proc root: primed, so its first interval is a whole one.
+            let mut p = ProcfsCollector::new(&args.procfs_root);
+            p.collect(&mut Vec::new());
+            self.procfs = Some(p);
         }
     }
 
@@ -196,13 +169,7 @@ impl Collector {
         }
         metrics.push(Metric::counter("agent.heartbeat", vec![], 1));
         self.self_stats.push(&mut metrics);
-        Snapshot {
-            annotations: Default::default(),
-            time: end,
-            interval,
-            host: host.to_string(),
-            metrics,
-        }
+        Snapshot::new(end, interval, host.to_string(), metrics)
     }
 
     /// Cumulative histogram rows (since load) of every key with samples, named like the
@@ -229,10 +196,44 @@ impl Drop for Collector {
     }
 }
 
-fn dedup(mut v: Vec<Probe>) -> Vec<Probe> {
+/// The kernel probes among `--probes`, each once.
+fn kernel_probes(args: &CommonArgs) -> Vec<Probe> {
+    let mut v: Vec<Probe> = args.probes.iter().filter_map(|s| s.probe()).collect();
     v.sort();
     v.dedup();
     v
+}
+
+/// Loads `wanted` (nothing when empty) and starts the ring buffer reader feeding `events`.
+fn load_kernel(
+    args: &CommonArgs,
+    wanted: &[Probe],
+    events: &Arc<EventLog>,
+) -> (Option<Kernel>, Option<tokio::task::JoinHandle<()>>) {
+    if wanted.is_empty() {
+        return (None, None);
+    }
+    match Kernel::load(&probe_options(args, wanted)) {
+        Ok(mut k) => {
+            let task = k.take_events().map(|rb| {
+                let log = events.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = events::consume(rb, log).await {
+                        tracing::warn!("ring buffer reader stopped: {e}");
+                    }
+                })
+            });
+            (Some(k), task)
+        }
+        Err(e @ ProbeError::NoPrivilege(_)) => {
+            tracing::warn!("{e}; running with procfs metrics only");
+            (None, None)
+        }
+        Err(e) => {
+            tracing::warn!("kernel probes unavailable: {e}; running with procfs metrics only");
+            (None, None)
+        }
+    }
 }
 
 fn probe_options(args: &CommonArgs, probes: &[Probe]) -> ProbeOptions {

@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    anomaly::{Detector, DetectorConfig, State, Verdicts, key_string},
+    anomaly::{Detector, DetectorConfig, State, Verdicts},
     snapshot::{Anomaly, AnomalySummary, Metric, Snapshot},
 };
 
@@ -153,9 +153,5 @@ impl Detection {
             }
             Err(_) => {}
         }
-    }
-
-    pub fn key(name: &str, tags: &[(&'static str, String)]) -> String {
-        key_string(name, tags)
     }
 }

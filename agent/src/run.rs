@@ -98,7 +98,7 @@ pub async fn run(args: RunArgs, reload: Reload) -> Result<ExitCode> {
     );
 
     let mut stdout = io::stdout().lock();
-    loop {
+    let result = loop {
         let (end, len, last) = match ticker.next().await {
             Tick::Interval { end, len, last } => (end, len, last),
             Tick::Reload => {
@@ -134,22 +134,19 @@ pub async fn run(args: RunArgs, reload: Reload) -> Result<ExitCode> {
             let snap = Arc::new(snap);
             sinks.send(snap.clone());
             if let Err(e) = emit(&mut stdout, output, &snap, &collector) {
-                collector.stop();
-                drop(collector);
-                sinks.shutdown(SHUTDOWN_FLUSH).await;
-                return Err(e);
+                break Err(e);
             }
         }
         if last {
-            break;
+            break Ok(());
         }
-    }
-    collector.stop();
-    drop(collector); // detaches every program
+    };
+    drop(collector); // stops the ring buffer reader, detaches every program
     if let Some(d) = &mut detection {
         d.save();
     }
     sinks.shutdown(SHUTDOWN_FLUSH).await;
+    result?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

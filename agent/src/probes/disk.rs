@@ -44,7 +44,6 @@ pub fn read_offsets(tracefs: &Path, o: &mut TpOffsets) -> Result<(), TracefsErro
     let f = tracefs::format(tracefs, "block", "block_rq_complete")?;
     o.complete_dev = f.offset(tp, "dev", 4)?;
     o.complete_sector = f.offset(tp, "sector", 8)?;
-    o.complete_rwbs = f.offset(tp, "rwbs", 8)?;
     Ok(())
 }
 
