@@ -311,6 +311,7 @@ fn bad_flags_exit_2_with_one_line() {
         &["run", "--probes", "gpu"],
         &["run", "--output", "xml"],
         &["watch", "--pid", "abc"],
+        &["watch", "--config", "/nonexistent/ebpf-agent.toml"],
         &["frobnicate"],
         &["run", "--statsd", "no-port-here"],
         &["run", "--statsd", "host.invalid:8125"],

@@ -4,7 +4,11 @@
 use std::{
     io::{BufRead, BufReader, Read},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Mutex, MutexGuard, mpsc},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -131,6 +135,8 @@ fn calls_per_s(frame: &[String], syscall: &str) -> Option<f64> {
         .skip(2)
         .take_while(|l| !l.is_empty())
         .find_map(|l| {
+            // An anomalous row starts with its mark.
+            let l = l.trim_start_matches(['▲', '▼', ' ']);
             let mut cols = l.split_whitespace();
             (cols.next() == Some(syscall)).then(|| cols.next().unwrap().parse::<f64>().unwrap())
         })
@@ -247,4 +253,119 @@ fn watch_pid_filter_excludes_other_processes() {
         "getppid calls/s summed over frames = {total}, want {N} (+50 at most), far below {}:\n{text}",
         N + 20_000
     );
+}
+
+/// Raw `nanosleep`s of `ms` milliseconds in a loop until `stop` is set.
+fn sleeper(ms: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let req = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: (ms.load(Ordering::Relaxed) * 1_000_000) as i64,
+            };
+            // SAFETY: a valid timespec, no remainder wanted.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_nanosleep,
+                    &req,
+                    std::ptr::null_mut::<libc::timespec>(),
+                )
+            };
+        }
+    })
+}
+
+#[test]
+fn watch_marks_what_the_daemons_baseline_finds_unusual_and_never_writes_it() {
+    let _serial = serial();
+    let dir = std::env::temp_dir().join(format!("ebpf-agent-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.toml");
+    // The daemon's file: its state_dir and [anomaly] settings are what watch uses too. Short
+    // intervals and warm-up so the test fits in seconds.
+    std::fs::write(
+        &config,
+        format!(
+            "interval = \"250ms\"\nstate_dir = {:?}\n[anomaly]\nwarmup = 16\nraise_after = 2\nclear_after = 4\n",
+            dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let ms = Arc::new(AtomicU64::new(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = sleeper(ms.clone(), stop.clone());
+
+    // The daemon learns steady 1 ms sleeps for 7 s (28 intervals, past the warm-up).
+    let daemon = Command::new(env!("CARGO_BIN_EXE_ebpf-agent"))
+        .args([
+            "run",
+            "--config",
+            &config,
+            "--probes",
+            "syscall",
+            "--duration",
+            "7s",
+        ])
+        .args(["--output", "none"])
+        .output()
+        .expect("run ebpf-agent");
+    assert!(daemon.status.success(), "daemon: {daemon:?}");
+    let state = dir.join("detector.state");
+    let saved = std::fs::read(&state).expect("the daemon saved its baseline");
+
+    // watch with the same file: 2 s as usual, then 3 s of 15 ms sleeps.
+    let mut w = Watch::start(&[
+        "--config",
+        &config,
+        "--probes",
+        "syscall",
+        "--interval",
+        "250ms",
+        "--duration",
+        "7s",
+    ]);
+    w.wait_first_frame();
+    thread::sleep(Duration::from_secs(2));
+    ms.store(15, Ordering::Relaxed);
+    thread::sleep(Duration::from_secs(3));
+    ms.store(1, Ordering::Relaxed);
+    let (status, out, stderr) = w.finish();
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let text = out.join("\n");
+    assert!(
+        status.success(),
+        "exit {status:?}; stderr: {stderr}; stdout:\n{text}"
+    );
+
+    let frames = frames(&out);
+    assert!(
+        frames[0][1].contains("baseline ") && !frames[0][1].contains("baseline 0 keys"),
+        "the header names the loaded baseline: {:#?}",
+        frames[0]
+    );
+    // The slow sleeps' row is marked as above its usual, and the description says why.
+    let marked = frames.iter().position(|f| {
+        f.iter().any(|l| l.starts_with("▲ nanosleep "))
+            && f.iter().any(|l| {
+                (l.starts_with("critical") || l.starts_with("warning"))
+                    && l.contains("nanosleep")
+                    && l.contains("usual")
+            })
+    });
+    let marked = marked.unwrap_or_else(|| panic!("no frame marks nanosleep:\n{text}"));
+    // Before the burst nothing about nanosleep stood out.
+    assert!(
+        !frames[0].iter().any(|l| l.starts_with("▲ nanosleep")),
+        "marked before the burst:\n{text}"
+    );
+    assert!(marked > 0);
+    // Read-only: the daemon's file is untouched.
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        saved,
+        "watch wrote the baseline"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

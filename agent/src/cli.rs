@@ -127,6 +127,9 @@ pub fn parse_pid(s: &str) -> Result<u32, String> {
     }
 }
 
+/// Where the daemon keeps its learnt anomaly baseline.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ebpf-agent";
+
 /// Flags shared by `run` and `watch`.
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {
@@ -185,11 +188,7 @@ pub struct RunArgs {
     #[arg(long = "no-anomaly")]
     pub no_anomaly: bool,
     /// Where the learnt anomaly baseline is kept across restarts.
-    #[arg(
-        long = "state-dir",
-        value_name = "PATH",
-        default_value = "/var/lib/ebpf-agent"
-    )]
+    #[arg(long = "state-dir", value_name = "PATH", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// Anomaly detection settings: `[anomaly]` in the configuration file.
     #[arg(skip)]
@@ -216,6 +215,18 @@ impl RunArgs {
 pub struct WatchArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// Do not mark anomalous rows.
+    #[arg(long = "no-anomaly")]
+    pub no_anomaly: bool,
+    /// The daemon's state directory: its learnt baseline is read (never written) so anomalous
+    /// rows stand out at once. Default: `state_dir` of the configuration file, else
+    /// /var/lib/ebpf-agent.
+    #[arg(long = "state-dir", value_name = "PATH")]
+    pub state_dir: Option<PathBuf>,
+    /// Configuration file whose `state_dir` and `[anomaly]` settings are used (the daemon's).
+    /// Default: /etc/ebpf-agent/config.toml when it exists.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

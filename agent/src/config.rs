@@ -13,6 +13,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::{
+    anomaly::DetectorConfig,
     cli::{self, Output, RunArgs, Source},
     sinks::SinkArgs,
 };
@@ -84,7 +85,7 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     pub enable: Enable,
     pub sinks: Option<SinkArgs>,
-    pub anomaly: Option<crate::anomaly::DetectorConfig>,
+    pub anomaly: Option<DetectorConfig>,
 }
 
 /// 1-based line of the first line of `text` assigning `key` (`key =` or `key=`), else 0.
@@ -152,6 +153,16 @@ pub fn path(explicit: Option<&Path>) -> Option<PathBuf> {
     }
 }
 
+/// The file's `state_dir` and `[anomaly]` settings (validated), for `run` and `watch`.
+pub fn anomaly_settings(
+    l: &Loaded,
+) -> Result<(Option<PathBuf>, Option<DetectorConfig>), ConfigError> {
+    if let Some(a) = &l.file.anomaly {
+        a.validate().map_err(|e| l.invalid("anomaly", e))?;
+    }
+    Ok((l.file.state_dir.clone(), l.file.anomaly.clone()))
+}
+
 /// The settings in force: command-line flags that were given, else the file, else defaults.
 /// `m` are the `run` subcommand's matches (to tell given flags from defaults).
 pub fn effective(
@@ -206,17 +217,17 @@ pub fn effective(
     {
         out.common.bpf_stats_every = v;
     }
+    let (state_dir, anomaly) = anomaly_settings(l)?;
     if !given("state_dir")
-        && let Some(v) = &f.state_dir
+        && let Some(v) = state_dir
     {
-        out.state_dir = v.clone();
+        out.state_dir = v;
     }
     if !given("no_anomaly") && !f.enable.anomaly {
         out.no_anomaly = true;
     }
-    if let Some(a) = &f.anomaly {
-        a.validate().map_err(|e| l.invalid("anomaly", e))?;
-        out.anomaly = a.clone();
+    if let Some(a) = anomaly {
+        out.anomaly = a;
     }
     if !given("output") && f.output.is_some() {
         out.output = f.output;

@@ -27,6 +27,8 @@ pub struct Detection {
     save_warned: bool,
     /// Keys whose score was sent last interval.
     reported: HashSet<String>,
+    /// Keys read from the state file at start (0: learning afresh).
+    pub loaded_keys: usize,
 }
 
 impl Detection {
@@ -51,12 +53,21 @@ impl Detection {
             _ => Detector::new(cfg),
         };
         Detection {
+            loaded_keys: detector.len(),
             detector,
             state,
             last_save: Instant::now(),
             save_warned: false,
             reported: HashSet::new(),
         }
+    }
+
+    /// Judges with the baseline in `state_dir` but never writes it (`watch`: a short session
+    /// must not disturb what the daemon learnt).
+    pub fn read_only(cfg: DetectorConfig, state_dir: &Path) -> Detection {
+        let mut d = Detection::start(cfg, Some(state_dir));
+        d.state = None;
+        d
     }
 
     /// Judges the interval and annotates `snap` (before the sinks see it).

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         .init();
 
     // Settings are checked before anything is attached: a bad file or value exits 2.
+    let mut watch_judge = None;
     let run_setup = match &cli.command {
         Command::Run(args) => {
             let run_matches = matches.subcommand_matches("run").cloned();
@@ -38,6 +39,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Watch(args) => match ebpf_agent::watch::anomaly_settings(args) {
+            Ok(judge) => {
+                watch_judge = judge;
+                None
+            }
+            Err(e) => {
+                eprintln!("ebpf-agent: {e}");
+                return ExitCode::from(2);
+            }
+        },
         Command::Config(ConfigCommand::Check { path }) => {
             return config_check(path.as_deref());
         }
@@ -69,7 +80,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match (cli.command, run_setup) {
             (Command::Run(_), Some((args, reload))) => run::run(args, reload).await,
-            (Command::Watch(args), _) => ebpf_agent::watch::watch(args).await,
+            (Command::Watch(args), _) => ebpf_agent::watch::watch(args, watch_judge).await,
             (Command::Check(_), _) => ebpf_agent::check::check().await,
             (Command::Floor { duration }, _) => ebpf_agent::check::floor(duration).await,
             (Command::Record(a), _) => ebpf_agent::reference::record(a.common, &a.out).await,

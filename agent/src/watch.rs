@@ -13,6 +13,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     io::{self, IsTerminal, Write},
+    path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -21,12 +22,15 @@ use agent_common::{hist, layout};
 use anyhow::Result;
 
 use crate::{
-    cli::WatchArgs,
+    anomaly::{DetectorConfig, Verdicts},
+    cli::{DEFAULT_STATE_DIR, WatchArgs},
     collector::Collector,
+    config::{self, ConfigError},
+    detection::Detection,
     histogram::LatencyStats,
     probes::events::EventView,
     run::hostname,
-    snapshot::{Snapshot, Tags},
+    snapshot::{Anomaly, Snapshot, Tags},
     ticker::{Tick, Ticker},
 };
 
@@ -49,6 +53,8 @@ const REPORT_BY_CALLS: usize = 3;
 const BAR_WIDTH: usize = 40;
 /// Width given to frames when stdout is not a terminal.
 const PIPE_WIDTH: usize = 200;
+/// Anomaly descriptions shown at most per frame.
+const MAX_ANOMALY_LINES: usize = 5;
 const SPARKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
 
 // ------------------------------------------------------------------------------------------------
@@ -330,6 +336,8 @@ pub struct View {
     pub elapsed: Duration,
     /// Shown in the header on a terminal.
     pub hint: bool,
+    /// What the anomaly marks rest on (e.g. `anomalies 2, baseline 812 keys`); `None`: off.
+    pub anomaly: Option<String>,
 }
 
 /// A slow event with the end of the interval that delivered it.
@@ -342,6 +350,75 @@ pub struct TimedEvent {
 fn probe_state(snap: &Snapshot, probe: &str) -> Option<bool> {
     snap.value("agent.probe_up", &[("probe", probe)])
         .map(|v| v > 0.0)
+}
+
+/// Marks a row whose metrics are not ok in this interval: `▲ ` above its usual, `▼ ` below
+/// (the worst such metric decides), else nothing. Marked lines are coloured on a terminal.
+fn mark(snap: &Snapshot, pick: impl Fn(&Anomaly) -> bool) -> &'static str {
+    // Worst first: the detector sorts its verdicts.
+    match snap
+        .annotations
+        .anomalies
+        .iter()
+        .find(|a| a.state != "ok" && pick(a))
+    {
+        Some(a) if a.value >= a.usual => "▲ ",
+        Some(_) => "▼ ",
+        None => "",
+    }
+}
+
+fn has_tags(a: &Anomaly, tags: &[(&str, &str)]) -> bool {
+    tags.iter()
+        .all(|(k, v)| a.tags.iter().any(|(k2, v2)| k2 == k && v2 == v))
+}
+
+/// A metric name, or a family when it ends with `.`.
+fn named(a: &Anomaly, name: &str) -> bool {
+    if name.ends_with('.') {
+        a.name.starts_with(name)
+    } else {
+        a.name == name
+    }
+}
+
+/// Not-ok anomalies with their descriptions, worst first, one line per subject (a syscall, a
+/// disk and op, ...: its family and tags) so five quantiles of one slow syscall take one line;
+/// at most `MAX_ANOMALY_LINES`.
+fn section_anomalies(snap: &Snapshot) -> Vec<String> {
+    let off: Vec<&Anomaly> = snap
+        .annotations
+        .anomalies
+        .iter()
+        .filter(|a| a.state != "ok")
+        .collect();
+    if off.is_empty() {
+        return vec![];
+    }
+    let family = |a: &Anomaly| a.name.split('.').next().unwrap_or("").to_string();
+    // (worst anomaly of the subject, how many more of its metrics), in worst-first order.
+    let mut subjects: Vec<(&Anomaly, usize)> = vec![];
+    for a in &off {
+        match subjects
+            .iter_mut()
+            .find(|(w, _)| family(w) == family(a) && w.tags == a.tags)
+        {
+            Some((_, more)) => *more += 1,
+            None => subjects.push((a, 0)),
+        }
+    }
+    let mut out = vec![format!("ANOMALIES ({} not usual, worst first)", off.len())];
+    for (a, more) in subjects.iter().take(MAX_ANOMALY_LINES) {
+        let also = match more {
+            0 => String::new(),
+            n => format!(" (and {n} more of its metrics)"),
+        };
+        out.push(format!("{:<9}{}{also}", a.state, a.description));
+    }
+    if subjects.len() > MAX_ANOMALY_LINES {
+        out.push(format!("  and {} more", subjects.len() - MAX_ANOMALY_LINES));
+    }
+    out
 }
 
 /// `label value  sparkline` rows of the disk/TCP/memory sections.
@@ -434,9 +511,10 @@ fn section_syscalls(snap: &Snapshot, h: &History, rows_max: usize, width: usize)
         let mean = snap.value("syscall.latency_us.mean", &tag);
         let p99 = snap.value("syscall.latency_us.p99", &tag);
         let errors = snap.value("syscall.errors", &tag).unwrap_or(0.0);
+        let m = mark(snap, |a| named(a, "syscall.") && has_tags(a, &tag));
         out.push(format!(
             "{:<22}{:>10}{:>10}{:>10}{:>8}{:>11}  {}",
-            r.name,
+            format!("{m}{}", r.name),
             fmt_rate(r.count / secs),
             mean.map_or("-".into(), fmt_num),
             p99.map_or("-".into(), fmt_num),
@@ -495,9 +573,10 @@ fn section_disks(snap: &Snapshot, h: &History, width: usize) -> Vec<String> {
         let bytes = snap.value("disk.bytes", &tags).unwrap_or(0.0);
         let p50 = snap.value("disk.latency_us.p50", &tags);
         let p99 = snap.value("disk.latency_us.p99", &tags);
+        let m = mark(snap, |a| named(a, "disk.") && has_tags(a, &tags));
         out.push(format!(
             "{:<22}{:>10}{:>10}{:>10}{:>10}  {}",
-            format!("{dev} {op}"),
+            format!("{m}{dev} {op}"),
             fmt_rate(ops / secs),
             format!("{:.2}", bytes / secs / 1e6),
             p50.map_or("-".into(), fmt_num),
@@ -523,7 +602,7 @@ fn section_tcp(snap: &Snapshot, h: &History, width: usize) -> Vec<String> {
     for (key, name) in TCP_COUNTERS {
         let v = snap.value(name, &[]).unwrap_or(0.0) / secs;
         out.push(kv_row(
-            &format!("{key}/s"),
+            &format!("{}{key}/s", mark(snap, |a| named(a, name))),
             &fmt_rate(v),
             &h.points(&format!("tcp.{key}")),
             Scale::FromZero,
@@ -532,14 +611,20 @@ fn section_tcp(snap: &Snapshot, h: &History, width: usize) -> Vec<String> {
     }
     let q = |m: &str| snap.value(m, &[]).map_or("-".into(), fmt_num);
     out.push(kv_row(
-        "rtt p50 / p99 µs",
+        &format!(
+            "{}rtt p50 / p99 µs",
+            mark(snap, |a| named(a, "tcp.rtt_us."))
+        ),
         &format!("{} / {}", q("tcp.rtt_us.p50"), q("tcp.rtt_us.p99")),
         &h.points("tcp.rtt.p99"),
         Scale::FromZero,
         width,
     ));
     out.push(kv_row(
-        "connect p99 µs",
+        &format!(
+            "{}connect p99 µs",
+            mark(snap, |a| named(a, "tcp.connect_latency_us."))
+        ),
         &q("tcp.connect_latency_us.p99"),
         &h.points("tcp.connect.p99"),
         Scale::FromZero,
@@ -561,28 +646,31 @@ fn section_memory(snap: &Snapshot, h: &History, width: usize) -> Vec<String> {
         _ => "-".into(),
     };
     out.push(kv_row(
-        "mem used",
+        &format!("{}mem used", mark(snap, |a| named(a, "mem.used_bytes"))),
         &of(v("mem.used_bytes"), v("mem.total_bytes")),
         &h.points("mem.used"),
         Scale::Range,
         width,
     ));
     out.push(kv_row(
-        "mem available",
+        &format!(
+            "{}mem available",
+            mark(snap, |a| named(a, "mem.available_bytes"))
+        ),
         &v("mem.available_bytes").map_or("-".into(), fmt_bytes),
         &h.points("mem.available"),
         Scale::Range,
         width,
     ));
     out.push(kv_row(
-        "swap used",
+        &format!("{}swap used", mark(snap, |a| named(a, "swap.used_bytes"))),
         &of(v("swap.used_bytes"), v("swap.total_bytes")),
         &h.points("swap.used"),
         Scale::Range,
         width,
     ));
     out.push(kv_row(
-        "cpu iowait %",
+        &format!("{}cpu iowait %", mark(snap, |a| named(a, "cpu.iowait_pct"))),
         &v("cpu.iowait_pct").map_or("-".into(), |p| format!("{p:.1}")),
         &h.points("cpu.iowait"),
         Scale::FromZero,
@@ -590,8 +678,9 @@ fn section_memory(snap: &Snapshot, h: &History, width: usize) -> Vec<String> {
     ));
     for res in ["cpu", "io", "memory"] {
         if let Some(p) = v(&format!("psi.{res}.some_avg10")) {
+            let m = mark(snap, |a| named(a, &format!("psi.{res}.")));
             out.push(kv_row(
-                &format!("psi {res} some avg10 %"),
+                &format!("{m}psi {res} some avg10 %"),
                 &format!("{p:.2}"),
                 &h.points(&format!("psi.{res}")),
                 Scale::FromZero,
@@ -690,7 +779,17 @@ pub fn render_frame(
     if let Some(cpu) = snap.value("agent.cpu_pct", &[]) {
         line.push_str(&format!(" · agent cpu {cpu:.1}%"));
     }
+    line.push_str(&format!(
+        " · {}",
+        view.anomaly.as_deref().unwrap_or("anomaly marks off")
+    ));
     header.push(line);
+    // What is off comes first and always fits: it is why a person looks.
+    let anomalies = section_anomalies(snap);
+    if !anomalies.is_empty() {
+        header.push(String::new());
+        header.extend(anomalies);
+    }
 
     let mut live_events = vec![];
     if !events.is_empty() {
@@ -1044,7 +1143,8 @@ impl Screen {
             // Home, then each line cleared to its end, then the rest of the screen: no flicker,
             // and no newline after the last line, so the screen never scrolls.
             buf.push_str("\x1b[H");
-            buf.push_str(&lines.join("\x1b[K\r\n"));
+            let coloured: Vec<String> = lines.iter().map(|l| colour(l)).collect();
+            buf.push_str(&coloured.join("\x1b[K\r\n"));
             buf.push_str("\x1b[K\x1b[J");
         } else {
             // Whole seconds, or milliseconds for sub-second intervals.
@@ -1082,6 +1182,20 @@ impl Drop for Screen {
     }
 }
 
+/// On a terminal: marked rows bold, critical lines red, warning lines yellow.
+fn colour(line: &str) -> String {
+    let code = if line.starts_with("critical") {
+        "1;31"
+    } else if line.starts_with("warning") {
+        "1;33"
+    } else if line.starts_with('▲') || line.starts_with('▼') {
+        "1"
+    } else {
+        return line.to_string();
+    };
+    format!("\x1b[{code}m{line}\x1b[0m")
+}
+
 fn quiet_pipe(r: io::Result<()>) -> Result<bool> {
     match r {
         Ok(()) => Ok(true),
@@ -1091,7 +1205,40 @@ fn quiet_pipe(r: io::Result<()>) -> Result<bool> {
     }
 }
 
-pub async fn watch(args: WatchArgs) -> Result<ExitCode> {
+/// Where `watch` reads the daemon's baseline and with which detector settings: `--state-dir`,
+/// else the configuration file's (`--config`, else the default file when it exists), else the
+/// default directory. `None` with `--no-anomaly`. A bad file is an error (exit 2).
+pub fn anomaly_settings(
+    args: &WatchArgs,
+) -> Result<Option<(PathBuf, DetectorConfig)>, ConfigError> {
+    if args.no_anomaly {
+        return Ok(None);
+    }
+    let (dir, cfg) = match config::path(args.config.as_deref()) {
+        Some(p) => config::anomaly_settings(&config::load(&p)?)?,
+        None => (None, None),
+    };
+    let dir = args
+        .state_dir
+        .clone()
+        .or(dir)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    Ok(Some((dir, cfg.unwrap_or_default())))
+}
+
+/// The header's word on anomaly marks.
+fn anomaly_note(d: &Detection, v: &Verdicts, dir: &Path, warmup: u32) -> String {
+    if d.loaded_keys == 0 && v.scores.is_empty() {
+        format!(
+            "anomalies: learning, no baseline in {} (marks after {warmup} intervals)",
+            dir.display()
+        )
+    } else {
+        format!("anomalies {}, baseline {} keys", v.active, d.loaded_keys)
+    }
+}
+
+pub async fn watch(args: WatchArgs, judge: Option<(PathBuf, DetectorConfig)>) -> Result<ExitCode> {
     let mut common = args.common.clone();
     let slow_threshold =
         (!common.no_events).then(|| *common.slow_threshold.get_or_insert(DEFAULT_SLOW));
@@ -1108,6 +1255,17 @@ pub async fn watch(args: WatchArgs) -> Result<ExitCode> {
     } else {
         format!("{} (syscalls only)", filters.join(", "))
     };
+    // Read-only: the session learns as it goes but never writes the daemon's file. Filtered
+    // syscall figures are not what the baseline learnt, so they are not judged.
+    let mut judge = judge.map(|(dir, mut cfg)| {
+        if !filters.is_empty() {
+            cfg.exclude.push("syscall.".into());
+        }
+        // agent.* describe this watcher (its own events and CPU), not what the daemon learnt.
+        cfg.exclude.push("agent.".into());
+        let warmup = cfg.warmup;
+        (Detection::read_only(cfg, &dir), dir, warmup)
+    });
     let host = hostname();
     let interval = common.interval;
     let mut collector = Collector::start(&common);
@@ -1140,7 +1298,11 @@ pub async fn watch(args: WatchArgs) -> Result<ExitCode> {
         let mut stopping = last;
         session_end = end;
         if len > Duration::ZERO {
-            let snap = collector.collect(end, len, &host);
+            let mut snap = collector.collect(end, len, &host);
+            let anomaly = judge.as_mut().map(|(d, dir, warmup)| {
+                let v = d.annotate(&mut snap);
+                anomaly_note(d, &v, dir, *warmup)
+            });
             history.record(&snap);
             events_received += snap.value("agent.events", &[]).unwrap_or(0.0) as u64;
             // The watcher's own waits (its runtime's epoll_wait, futex) would crowd the list.
@@ -1162,6 +1324,7 @@ pub async fn watch(args: WatchArgs) -> Result<ExitCode> {
                 slow_threshold,
                 elapsed: end.duration_since(session_start).unwrap_or_default(),
                 hint: screen.tty,
+                anomaly,
             };
             let lines = render_frame(&snap, &history, &events, &view);
             frames += 1;
@@ -1235,6 +1398,7 @@ mod tests {
             slow_threshold: Some(DEFAULT_SLOW),
             elapsed: Duration::from_secs(5),
             hint: false,
+            anomaly: None,
         }
     }
 
@@ -1274,6 +1438,73 @@ mod tests {
         m.push(Metric::gauge("cpu.iowait_pct", vec![], 1.5));
         m.push(Metric::gauge("psi.io.some_avg10", vec![], 0.25));
         snap(m)
+    }
+
+    fn anomaly(name: &str, tags: Tags, state: &'static str, value: f64, usual: f64) -> Anomaly {
+        Anomaly {
+            description: format!("{name} is {value}: its usual {usual}"),
+            name: name.into(),
+            tags,
+            state,
+            score: 0.9,
+            value,
+            usual,
+            since_s: 3.0,
+            changed: false,
+        }
+    }
+
+    #[test]
+    fn anomalous_rows_stand_out_with_their_description() {
+        let mut s = sample_snapshot(50_000);
+        let read = || vec![("syscall", "read".to_string())];
+        let disk = || vec![("device", "vda".to_string()), ("op", "write".to_string())];
+        s.annotations.anomalies = vec![
+            anomaly("syscall.latency_us.p99", read(), "critical", 10.0, 2.0),
+            anomaly("syscall.latency_us.mean", read(), "warning", 5.0, 2.0),
+            anomaly("disk.ops", disk(), "warning", 12.0, 400.0),
+            anomaly("tcp.resets", vec![], "warning", 1.0, 0.0),
+            anomaly("psi.io.some_avg10", vec![], "warning", 0.25, 0.0),
+            // Back to ok this interval: listed by the detector, not marked.
+            anomaly("mem.used_bytes", vec![], "ok", 1.0, 1.0),
+        ];
+        let mut v = view();
+        v.anomaly = Some("anomalies 4, baseline 812 keys".into());
+        let f = render_frame(&s, &History::default(), &VecDeque::new(), &v);
+        assert!(f[1].ends_with("anomalies 4, baseline 812 keys"), "{f:#?}");
+        let at = f
+            .iter()
+            .position(|l| l.starts_with("ANOMALIES (5 not usual"))
+            .unwrap();
+        assert_eq!(
+            f[at + 1],
+            "critical syscall.latency_us.p99 is 10: its usual 2 (and 1 more of its metrics)",
+            "{f:#?}"
+        );
+        assert!(f[at + 2].starts_with("warning  disk.ops is 12"), "{f:#?}");
+        // Up or down from the usual, on the row of the metric.
+        let row = |start: &str| f.iter().find(|l| l.starts_with(start)).cloned();
+        assert!(row("▲ read ").is_some(), "{f:#?}");
+        assert!(row("▼ vda write").is_some(), "{f:#?}");
+        assert!(row("▲ resets/s").is_some(), "{f:#?}");
+        assert!(row("▲ psi io some").is_some(), "{f:#?}");
+        assert!(
+            row("getppid ").is_some() && row("mem used").is_some(),
+            "{f:#?}"
+        );
+        // Columns stay aligned: the mark takes room from the name.
+        let calls = |l: &str| l.chars().take(32).collect::<String>();
+        assert_eq!(
+            calls(&row("▲ read ").unwrap()).trim_end(),
+            "▲ read                      1000"
+        );
+        // On a terminal, marked and described lines are coloured; others are left alone.
+        assert_eq!(colour("critical x"), "\x1b[1;31mcritical x\x1b[0m");
+        assert_eq!(colour("▲ read"), "\x1b[1m▲ read\x1b[0m");
+        assert_eq!(colour("read"), "read");
+        // Without marks the header says so.
+        let f = render_frame(&s, &History::default(), &VecDeque::new(), &view());
+        assert!(f[1].ends_with("anomaly marks off"), "{f:#?}");
     }
 
     #[test]
