@@ -899,3 +899,106 @@ fn anomaly_baseline_survives_a_restart_and_a_corrupt_one_is_ignored() {
     assert!(run(&dir).contains("anomaly baseline:"), "rewritten on exit");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Raw `nanosleep`s of `ms` milliseconds in a loop on a thread of this process until `stop`.
+fn sleeper(
+    ms: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let req = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: (ms * 1_000_000) as i64,
+            };
+            // SAFETY: a valid timespec, no remainder wanted.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_nanosleep,
+                    &req,
+                    std::ptr::null_mut::<libc::timespec>(),
+                )
+            };
+        }
+    })
+}
+
+#[test]
+fn record_then_compare_exits_0_on_the_same_load_and_1_on_a_changed_one() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let dir = format!(
+        "{}/sheet-{}",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    let sheet = format!("{dir}/good.json");
+    let me = std::process::id().to_string();
+    // Only this process's syscalls (a steady sleeper thread), so the load is the test's own.
+    // Output goes to files: no pipe reads by this process while the agent counts.
+    let agent = |args: &[&str], with_sleeps_ms: u64, out: &str| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = sleeper(with_sleeps_ms, stop.clone());
+        let status = Command::new(common::bin())
+            .args(args)
+            .args(["--probes", "syscall", "--pid", &me, "--interval", "250ms"])
+            .args(["--duration", "4s"])
+            .stdout(std::fs::File::create(format!("{out}.out")).unwrap())
+            .stderr(std::fs::File::create(format!("{out}.err")).unwrap())
+            .status()
+            .unwrap();
+        stop.store(true, Ordering::Relaxed);
+        load.join().unwrap();
+        let read = |ext: &str| std::fs::read_to_string(format!("{out}.{ext}")).unwrap();
+        (status, read("out"), read("err"))
+    };
+
+    let (status, _, err) = agent(&["record", "--out", &sheet], 1, &format!("{dir}/record"));
+    assert!(status.success(), "record: {err}");
+    assert!(err.contains("recorded 16 intervals"), "{err}");
+    let recorded: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sheet).unwrap()).unwrap();
+    let nanosleep = recorded["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "syscall.count" && e["tags"]["syscall"] == "nanosleep")
+        .unwrap_or_else(|| panic!("no nanosleep count in the sheet: {recorded:#}"));
+    // ~225 sleeps of 1 ms (+ overhead) per 250 ms interval.
+    let per_interval = nanosleep["mean"].as_f64().unwrap();
+    assert!((120.0..=250.0).contains(&per_interval), "{nanosleep}");
+
+    // The same load: nothing critical.
+    let same = format!("{dir}/same");
+    let (status, out, err) = agent(&["compare", &sheet], 1, &same);
+    eprintln!("compare, same load:\n{out}");
+    assert_eq!(status.code(), Some(0), "same load: {out}\n{err}");
+    assert!(!out.contains("CRITICAL"), "{out}");
+    assert!(out.contains("keys compared: 0 critical"), "{out}");
+
+    // Sleeps four times as long: fewer and slower calls, critical, exit 1, named.
+    let (status, out, err) = agent(&["compare", &sheet, "--json"], 4, &format!("{dir}/changed"));
+    assert_eq!(status.code(), Some(1), "changed load: {out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["critical"].as_u64().unwrap() >= 1, "{v:#}");
+    let critical: Vec<&serde_json::Value> = v["deviations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["severity"] == "critical")
+        .collect();
+    let slower = critical
+        .iter()
+        .find(|d| d["name"] == "syscall.latency_us.mean" && d["tags"]["syscall"] == "nanosleep")
+        .unwrap_or_else(|| panic!("nanosleep mean latency not critical: {critical:#?}"));
+    let (before, after) = (
+        slower["reference"].as_f64().unwrap(),
+        slower["live"].as_f64().unwrap(),
+    );
+    // ~1.06 ms → ~4.06 ms.
+    assert!(after / before > 3.0 && after / before < 4.5, "{slower}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
