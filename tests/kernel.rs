@@ -560,6 +560,8 @@ fn sighup_reloads_without_losing_counts() {
         "output = \"json\"\n[enable]\ndisk = false\ntcp = false\nprocfs = false\n",
     )
     .unwrap();
+    // Earlier tests' programs freed first: the counts below are this agent's alone.
+    let _ = quiescent_programs();
     let mut agent = Agent::start(&["run", "--config", &path]);
     agent.wait_ready();
     let pid = agent.pid() as i32;

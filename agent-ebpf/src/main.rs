@@ -10,7 +10,7 @@
 use agent_common::{
     Event, EventKind, RuntimeConfig, TpOffsets, hist,
     layout::{self, Row},
-    maps::{DiskInflight, DiskKey, SysInflight, TcpInflight},
+    maps::{DiskInflight, DiskKey, OWNER_NR_MASK, SysInflight, TcpInflight},
 };
 use aya_ebpf::{
     Global,
@@ -176,12 +176,15 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_sys_enter(ctx: &RawTracePointContext) -> Option<()> {
-    let id = bpf_get_current_pid_tgid();
-    let tid = id as u32;
     let cfg = config()?;
-    if !selected(cfg, (id >> 32) as u32) {
-        return None;
+    // The pid filter is the only reader of the tgid here: no helper call when it is off.
+    if cfg.filter_tgid != 0 || cfg.filter_comm_on != 0 {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if !selected(cfg, tgid) {
+            return None;
+        }
     }
+    let regs: u64 = ctx.arg(0);
     let nr: i64 = ctx.arg(1);
     // exit/exit_group never reach sys_exit: their entries would only go stale.
     if nr < 0
@@ -191,14 +194,14 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Option<()> {
     {
         return None;
     }
-    let slot = SYS_INFLIGHT.get_ptr_mut(tid & agent_common::maps::SYS_INFLIGHT_MASK)?;
+    let slot = SYS_INFLIGHT.get_ptr_mut(SysInflight::slot(regs))?;
     let slot = unsafe { &mut *slot };
-    if slot.start_ns != 0 && slot.tid != tid {
+    let owner = SysInflight::owner(regs, nr as u64);
+    if slot.start_ns != 0 && (slot.owner ^ owner) & !OWNER_NR_MASK != 0 {
         // Another live thread owns this slot: its sample is lost, and counted.
         count(layout::CTR_SYS_INFLIGHT_DROPPED, 1);
     }
-    slot.tid = tid;
-    slot.nr = nr as u32;
+    slot.owner = owner;
     slot.start_ns = unsafe { bpf_ktime_get_ns() };
     Some(())
 }
@@ -211,19 +214,19 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_sys_exit(ctx: &RawTracePointContext) -> Option<()> {
-    let id = bpf_get_current_pid_tgid();
-    let tid = id as u32;
-    let slot = SYS_INFLIGHT.get_ptr_mut(tid & agent_common::maps::SYS_INFLIGHT_MASK)?;
+    let regs: u64 = ctx.arg(0);
+    let slot = SYS_INFLIGHT.get_ptr_mut(SysInflight::slot(regs))?;
     let slot = unsafe { &mut *slot };
+    let start = slot.start_ns;
+    let owner = slot.owner;
     // Not ours (filtered out, started before attach, or taken over by a colliding thread).
-    if slot.start_ns == 0 || slot.tid != tid {
+    if start == 0 || (owner ^ regs) & !OWNER_NR_MASK != 0 {
         return None;
     }
-    let start = slot.start_ns;
-    let nr = slot.nr;
     slot.start_ns = 0;
     let delta = unsafe { bpf_ktime_get_ns() }.saturating_sub(start);
     let ret: i64 = ctx.arg(1);
+    let nr = (owner & OWNER_NR_MASK) as u32;
     let nr_idx = nr as usize;
     if nr_idx >= layout::MAX_SYSCALLS {
         return None;
@@ -231,11 +234,12 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Option<()> {
     record(layout::ROW_SYSCALL0 + nr_idx, delta, (ret < 0) as u64);
     let cfg = config()?;
     if delta >= cfg.slow_syscall_ns {
+        let id = bpf_get_current_pid_tgid();
         let comm = bpf_get_current_comm().unwrap_or([0; 16]);
         emit(
             EventKind::SlowSyscall,
             (id >> 32) as u32,
-            tid,
+            id as u32,
             comm,
             delta,
             nr,

@@ -159,7 +159,7 @@ pub struct CommonArgs {
     pub no_events: bool,
     /// Measure the kernel programs' own cost (agent.bpf_*) one interval out of N: the kernel's
     /// statistics add two clock reads to every program run while on. 0 = never, 1 = always.
-    #[arg(long = "bpf-stats-every", value_name = "N", default_value_t = 10)]
+    #[arg(long = "bpf-stats-every", value_name = "N", default_value_t = 60)]
     pub bpf_stats_every: u32,
     /// Ring buffer size in KiB (a power of two).
     #[arg(long = "ring-buffer-kib", default_value_t = 256, value_parser = parse_ring_kib)]
