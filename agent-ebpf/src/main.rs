@@ -292,11 +292,21 @@ fn try_block_rq_issue(ctx: &TracePointContext) -> Option<()> {
     let sector: u64 = read(ctx, off.issue_sector)?;
     let bytes: u32 = read(ctx, off.issue_bytes)?;
     let rwbs: [u8; 8] = read(ctx, off.issue_rwbs)?;
-    let id = bpf_get_current_pid_tgid();
     let key = DiskKey {
         dev,
         _pad: 0,
         sector,
+    };
+    // Who issued the request only matters to a slow-request event: two helper calls saved
+    // per request while events are off.
+    let events = config().is_some_and(|c| c.slow_disk_ns != RuntimeConfig::OFF);
+    let (id, comm) = if events {
+        (
+            bpf_get_current_pid_tgid(),
+            bpf_get_current_comm().unwrap_or([0; 16]),
+        )
+    } else {
+        (0, [0; 16])
     };
     let val = DiskInflight {
         start_ns: unsafe { bpf_ktime_get_ns() },
@@ -304,7 +314,7 @@ fn try_block_rq_issue(ctx: &TracePointContext) -> Option<()> {
         op: disk_op(&rwbs),
         pid: (id >> 32) as u32,
         tid: id as u32,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm,
     };
     if DISK_INFLIGHT.insert(&key, &val, 0).is_err() {
         count(layout::CTR_DISK_INFLIGHT_DROPPED, 1);
