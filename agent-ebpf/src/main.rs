@@ -511,6 +511,21 @@ pub fn floor_exit(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
+// The clock floor: the same, plus the one thing any latency tracer must do, read the clock at
+// entry and at exit (`ebpf-agent floor --clock`).
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn floor_clock_enter(_ctx: RawTracePointContext) -> i32 {
+    let _ = unsafe { bpf_ktime_get_ns() };
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn floor_clock_exit(_ctx: RawTracePointContext) -> i32 {
+    let _ = unsafe { bpf_ktime_get_ns() };
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -106,9 +106,12 @@ fn mib(b: u64) -> f64 {
 }
 
 /// `ebpf-agent floor`: the benchmark's empty programs, attached until duration or a signal.
-pub async fn floor(duration: Option<std::time::Duration>) -> Result<ExitCode> {
-    let ebpf = crate::probes::attach_floor()?;
-    eprintln!("floor attached: empty sys_enter and sys_exit programs");
+pub async fn floor(duration: Option<std::time::Duration>, clock: bool) -> Result<ExitCode> {
+    let ebpf = crate::probes::attach_floor(clock)?;
+    eprintln!(
+        "floor attached: {} sys_enter and sys_exit programs",
+        if clock { "clock-reading" } else { "empty" }
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let sleep =
         tokio::time::sleep(duration.unwrap_or(std::time::Duration::from_secs(u64::MAX / 4)));

@@ -45,6 +45,9 @@ pub enum Command {
     Floor {
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
+        /// Programs that only read the clock (bpf_ktime_get_ns) at entry and exit.
+        #[arg(long)]
+        clock: bool,
     },
 }
 

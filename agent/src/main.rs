@@ -82,7 +82,9 @@ fn main() -> ExitCode {
             (Command::Run(_), Some((args, reload))) => run::run(args, reload).await,
             (Command::Watch(args), _) => ebpf_agent::watch::watch(args, watch_judge).await,
             (Command::Check(_), _) => ebpf_agent::check::check().await,
-            (Command::Floor { duration }, _) => ebpf_agent::check::floor(duration).await,
+            (Command::Floor { duration, clock }, _) => {
+                ebpf_agent::check::floor(duration, clock).await
+            }
             (Command::Record(a), _) => ebpf_agent::reference::record(a.common, &a.out).await,
             (Command::Compare(a), _) => {
                 ebpf_agent::reference::compare(a.common, &a.file, a.json).await

@@ -639,14 +639,22 @@ pub fn program_names() -> impl Iterator<Item = (Probe, &'static Program)> {
 
 /// The benchmark's floor: loads the object and attaches only the two empty programs on
 /// sys_enter/sys_exit. Detached when the returned object is dropped.
-pub fn attach_floor() -> Result<Ebpf, ProbeError> {
+pub fn attach_floor(clock: bool) -> Result<Ebpf, ProbeError> {
     let ncpus = aya::util::nr_cpus()
         .map_err(|(path, e)| ProbeError::Load(format!("reading {path}: {e}")))?;
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(maps::HIST, layout::hist_entries(ncpus) as u32)
         .load(EBPF_OBJECT)
         .map_err(load_error)?;
-    for (name, tp) in [("floor_enter", "sys_enter"), ("floor_exit", "sys_exit")] {
+    let programs = if clock {
+        [
+            ("floor_clock_enter", "sys_enter"),
+            ("floor_clock_exit", "sys_exit"),
+        ]
+    } else {
+        [("floor_enter", "sys_enter"), ("floor_exit", "sys_exit")]
+    };
+    for (name, tp) in programs {
         attach_program(
             &mut ebpf,
             Probe::Syscall,

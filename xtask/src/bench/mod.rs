@@ -220,6 +220,9 @@ enum Cfg {
     /// The floor while BPF run-time statistics are on (the agent turns them on for
     /// `agent.bpf_ns_per_event`): what the statistics alone add.
     FloorStats,
+    /// `ebpf-agent floor --clock`: the two programs only read the clock, which any latency
+    /// tracer must do at entry and exit.
+    FloorClock,
     Syscount,
     Bpftrace,
     Biolatency(Vec<&'static str>),
@@ -509,13 +512,16 @@ impl Bench {
                 let h = Helper::start("ebpf-agent", c, Ready::Stderr("collecting:"), secs(30))?;
                 (Some(h), 300, None)
             }
-            Cfg::Floor | Cfg::FloorStats => {
+            Cfg::Floor | Cfg::FloorStats | Cfg::FloorClock => {
                 let stats = match cfg {
                     Cfg::FloorStats => Some(enable_bpf_stats()?),
                     _ => None,
                 };
                 let mut c = Command::new(&self.agent);
                 c.arg("floor");
+                if matches!(cfg, Cfg::FloorClock) {
+                    c.arg("--clock");
+                }
                 let h = Helper::start(
                     "ebpf-agent floor",
                     c,
@@ -575,6 +581,10 @@ impl Bench {
             ("bpftrace hist per syscall (raw_syscalls)", Cfg::Bpftrace),
             ("floor: 2 empty raw tracepoints", Cfg::Floor),
             ("floor + BPF run-time stats on", Cfg::FloorStats),
+            (
+                "clock floor: 2 raw tracepoints reading the clock",
+                Cfg::FloorClock,
+            ),
         ];
         let (rounds, samples, calls, cpu) = (
             self.plan.sys_rounds,
@@ -677,7 +687,9 @@ impl Bench {
         table.note(
             "Medians over rounds (min–max). Each round's figure is the median of its samples; \
              added = that round's ns/call minus the same round's \"nothing\"; ratios are per round. \
-             Best sample: the fastest single sample over all rounds (least disturbed by other load).",
+             Best sample: the fastest single sample over all rounds (least disturbed by other load). \
+             Clock floor: the empty programs plus one bpf_ktime_get_ns each, the least any latency \
+             tracer adds (it must read the clock at entry and at exit).",
         );
         self.print(table);
         let ratio_target = |b: &mut Bench, k: usize, limit: f64, peer: &str| {
@@ -1584,6 +1596,11 @@ impl Bench {
         // The floor first: the others' rows subtract it.
         let configs: Vec<(&str, Cfg, bool)> = vec![
             ("floor: 2 empty raw tracepoints", Cfg::Floor, false),
+            (
+                "clock floor: 2 raw tracepoints reading the clock",
+                Cfg::FloorClock,
+                false,
+            ),
             (
                 "ebpf-agent --probes syscall",
                 Cfg::Agent(vec!["--output", "none", "--probes", "syscall"]),
