@@ -4,7 +4,7 @@
 pub const HIST: &str = "HIST";
 /// In-flight syscalls: array indexed by [`SysInflight::slot`].
 pub const SYS_INFLIGHT: &str = "SYS_INFLIGHT";
-/// In-flight block requests, keyed by (dev, sector).
+/// In-flight block requests: array probed from [`DiskInflight::slot`].
 pub const DISK_INFLIGHT: &str = "DISK_INFLIGHT";
 /// Block device number to histogram slot, allocated by the kernel on first sight.
 pub const DISK_SLOTS: &str = "DISK_SLOTS";
@@ -26,7 +26,9 @@ pub const GLOBAL_NR_EXIT_GROUP: &str = "NR_EXIT_GROUP";
 /// Size of the syscall in-flight table (a power of two). 32768 × 16 bytes = 512 KiB.
 pub const SYS_INFLIGHT_BITS: u32 = 15;
 pub const SYS_INFLIGHT_ENTRIES: u32 = 1 << SYS_INFLIGHT_BITS;
-pub const DISK_INFLIGHT_ENTRIES: u32 = 2048;
+/// Size of the block request in-flight table (a power of two). 4096 × 56 bytes = 224 KiB.
+pub const DISK_INFLIGHT_BITS: u32 = 12;
+pub const DISK_INFLIGHT_ENTRIES: u32 = 1 << DISK_INFLIGHT_BITS;
 pub const TCP_INFLIGHT_ENTRIES: u32 = 1024;
 /// Default ring buffer size in bytes (a power of two, multiple of the page size).
 pub const EVENTS_DEFAULT_BYTES: u32 = 1 << 18;
@@ -78,29 +80,42 @@ impl SysInflight {
 }
 const _: () = assert!(core::mem::size_of::<SysInflight>() == 16);
 
-/// Key of an in-flight block request. Classic tracepoints carry no request pointer, so a request
-/// is identified by its device and start sector (as bcc's tracepoint tools do).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DiskKey {
-    pub dev: u32,
-    pub _pad: u32,
-    pub sector: u64,
-}
-const _: () = assert!(core::mem::size_of::<DiskKey>() == 16);
-
+/// An in-flight block request, in an array slot (a hash-map update costs several hundred ns
+/// per request here; an array slot is a plain store). Classic tracepoints carry no request
+/// pointer, so a request is identified by its device and start sector (as bcc's tracepoint
+/// tools do). A request probes up to [`DISK_PROBES`] slots from [`DiskInflight::slot`]; a slot
+/// is free when empty or older than [`DISK_STALE_NS`] (a completion never seen).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DiskInflight {
+    pub sector: u64,
+    /// `bpf_ktime_get_ns` at issue; 0 = free.
     pub start_ns: u64,
+    pub dev: u32,
     pub bytes: u32,
     /// One of [`crate::layout::DISK_OP_READ`], ...
     pub op: u32,
+    /// The issuing task, while slow-request events are on (else 0).
     pub pid: u32,
     pub tid: u32,
+    pub _pad: u32,
     pub comm: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<DiskInflight>() == 40);
+const _: () = assert!(core::mem::size_of::<DiskInflight>() == 56);
+
+/// Slots a request may take, from its hashed one on.
+pub const DISK_PROBES: u32 = 4;
+/// An entry this old is taken for a completion that was never seen.
+pub const DISK_STALE_NS: u64 = 60_000_000_000;
+
+impl DiskInflight {
+    /// The first slot of a request: (dev, sector) hashed over the table.
+    #[inline(always)]
+    pub fn slot(dev: u32, sector: u64) -> u32 {
+        ((sector ^ (u64::from(dev) << 40)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            >> (64 - DISK_INFLIGHT_BITS)) as u32
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -115,7 +130,6 @@ const _: () = assert!(core::mem::size_of::<TcpInflight>() == 32);
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::SysInflight {}
-    unsafe impl aya::Pod for super::DiskKey {}
     unsafe impl aya::Pod for super::DiskInflight {}
     unsafe impl aya::Pod for super::TcpInflight {}
 }

@@ -10,7 +10,10 @@
 use agent_common::{
     Event, EventKind, RuntimeConfig, TpOffsets, hist,
     layout::{self, Row},
-    maps::{DiskInflight, DiskKey, OWNER_NR_MASK, SysInflight, TcpInflight},
+    maps::{
+        DISK_INFLIGHT_ENTRIES, DISK_PROBES, DISK_STALE_NS, DiskInflight, OWNER_NR_MASK,
+        SysInflight, TcpInflight,
+    },
 };
 use aya_ebpf::{
     Global,
@@ -34,8 +37,7 @@ static HIST: Array<Row> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 static SYS_INFLIGHT: Array<SysInflight> =
     Array::with_max_entries(agent_common::maps::SYS_INFLIGHT_ENTRIES, 0);
 #[map]
-static DISK_INFLIGHT: LruHashMap<DiskKey, DiskInflight> =
-    LruHashMap::with_max_entries(agent_common::maps::DISK_INFLIGHT_ENTRIES, 0);
+static DISK_INFLIGHT: Array<DiskInflight> = Array::with_max_entries(DISK_INFLIGHT_ENTRIES, 0);
 /// dev → slot, filled by userspace from /sys/block; unknown devices use the last slot.
 #[map]
 static DISK_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(2 * layout::DISK_SLOTS as u32, 0);
@@ -267,6 +269,39 @@ fn read<T>(ctx: &TracePointContext, off: u16) -> Option<T> {
     }
 }
 
+/// The first `N` bytes of a classic tracepoint's record, in one helper call: reading fields one
+/// by one costs a call each, 50-100 ns apiece here.
+#[inline(always)]
+fn record_head<const N: usize>(ctx: &TracePointContext) -> Option<[u8; N]> {
+    match unsafe { ctx.read_at::<[u8; N]>(0) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            count(layout::CTR_READ_ERRORS, 1);
+            None
+        }
+    }
+}
+
+/// A field at `off` (from the tracepoint's format file): from `head` when it lies inside, else
+/// read on its own (another kernel's layout).
+#[inline(always)]
+fn field<T: Copy, const N: usize>(ctx: &TracePointContext, head: &[u8; N], off: u16) -> Option<T> {
+    let o = off as usize;
+    if off != TpOffsets::MISSING && o + core::mem::size_of::<T>() <= N {
+        // SAFETY: inside `head` (checked above); T is plain data.
+        Some(unsafe { core::ptr::read_unaligned(head.as_ptr().add(o) as *const T) })
+    } else {
+        read(ctx, off)
+    }
+}
+
+/// The in-flight slot `i` probes from the request's first one.
+#[inline(always)]
+fn disk_slot(first: u32, i: u32) -> Option<&'static mut DiskInflight> {
+    let p = DISK_INFLIGHT.get_ptr_mut((first + i) & (DISK_INFLIGHT_ENTRIES - 1))?;
+    Some(unsafe { &mut *p })
+}
+
 /// Classifies the `rwbs` string of the block tracepoints ("R", "WS", "FWS", "FF", "D", ...).
 #[inline(always)]
 fn disk_op(rwbs: &[u8; 8]) -> u32 {
@@ -288,15 +323,11 @@ pub fn block_rq_issue(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_block_rq_issue(ctx: &TracePointContext) -> Option<()> {
     let off = TP_OFFSETS.load();
-    let dev: u32 = read(ctx, off.issue_dev)?;
-    let sector: u64 = read(ctx, off.issue_sector)?;
-    let bytes: u32 = read(ctx, off.issue_bytes)?;
-    let rwbs: [u8; 8] = read(ctx, off.issue_rwbs)?;
-    let key = DiskKey {
-        dev,
-        _pad: 0,
-        sector,
-    };
+    let head: [u8; 48] = record_head(ctx)?;
+    let dev: u32 = field(ctx, &head, off.issue_dev)?;
+    let sector: u64 = field(ctx, &head, off.issue_sector)?;
+    let bytes: u32 = field(ctx, &head, off.issue_bytes)?;
+    let rwbs: [u8; 8] = field(ctx, &head, off.issue_rwbs)?;
     // Who issued the request only matters to a slow-request event: two helper calls saved
     // per request while events are off.
     let events = config().is_some_and(|c| c.slow_disk_ns != RuntimeConfig::OFF);
@@ -308,17 +339,30 @@ fn try_block_rq_issue(ctx: &TracePointContext) -> Option<()> {
     } else {
         (0, [0; 16])
     };
-    let val = DiskInflight {
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        bytes,
-        op: disk_op(&rwbs),
-        pid: (id >> 32) as u32,
-        tid: id as u32,
-        comm,
-    };
-    if DISK_INFLIGHT.insert(&key, &val, 0).is_err() {
-        count(layout::CTR_DISK_INFLIGHT_DROPPED, 1);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let first = DiskInflight::slot(dev, sector);
+    for i in 0..DISK_PROBES {
+        let slot = disk_slot(first, i)?;
+        // Free, stale, or this very request issued again (a requeue).
+        if slot.start_ns == 0
+            || now.saturating_sub(slot.start_ns) > DISK_STALE_NS
+            || (slot.dev == dev && slot.sector == sector)
+        {
+            *slot = DiskInflight {
+                sector,
+                start_ns: now,
+                dev,
+                bytes,
+                op: disk_op(&rwbs),
+                pid: (id >> 32) as u32,
+                tid: id as u32,
+                _pad: 0,
+                comm,
+            };
+            return Some(());
+        }
     }
+    count(layout::CTR_DISK_INFLIGHT_DROPPED, 1);
     Some(())
 }
 
@@ -331,16 +375,20 @@ pub fn block_rq_complete(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_block_rq_complete(ctx: &TracePointContext) -> Option<()> {
     let off = TP_OFFSETS.load();
-    let dev: u32 = read(ctx, off.complete_dev)?;
-    let sector: u64 = read(ctx, off.complete_sector)?;
-    let key = DiskKey {
-        dev,
-        _pad: 0,
-        sector,
-    };
-    let start = unsafe { DISK_INFLIGHT.get(&key) }?;
-    let inflight = *start;
-    let _ = DISK_INFLIGHT.remove(&key);
+    let head: [u8; 32] = record_head(ctx)?;
+    let dev: u32 = field(ctx, &head, off.complete_dev)?;
+    let sector: u64 = field(ctx, &head, off.complete_sector)?;
+    let first = DiskInflight::slot(dev, sector);
+    let mut found = None;
+    for i in 0..DISK_PROBES {
+        let slot = disk_slot(first, i)?;
+        if slot.start_ns != 0 && slot.dev == dev && slot.sector == sector {
+            found = Some(*slot);
+            slot.start_ns = 0;
+            break;
+        }
+    }
+    let inflight = found?;
     let delta = unsafe { bpf_ktime_get_ns() }.saturating_sub(inflight.start_ns);
     let slot = match unsafe { DISK_SLOTS.get(&dev) } {
         Some(&s) if (s as usize) < layout::DISK_SLOTS => s as usize,
@@ -385,13 +433,15 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
     let off = TP_OFFSETS.load();
-    let protocol: u16 = read(ctx, off.sk_protocol)?;
+    // The whole record (72 bytes on 6.x) in one call.
+    let head: [u8; 72] = record_head(ctx)?;
+    let protocol: u16 = field(ctx, &head, off.sk_protocol)?;
     if protocol != IPPROTO_TCP {
         return None;
     }
-    let sk: u64 = read(ctx, off.sk_skaddr)?;
-    let old: i32 = read(ctx, off.sk_oldstate)?;
-    let new: i32 = read(ctx, off.sk_newstate)?;
+    let sk: u64 = field(ctx, &head, off.sk_skaddr)?;
+    let old: i32 = field(ctx, &head, off.sk_oldstate)?;
+    let new: i32 = field(ctx, &head, off.sk_newstate)?;
     let (kind, latency_ns, pid, tid, comm) = if new == TCP_SYN_SENT {
         // In the connecting task's context: remember who and when.
         let id = bpf_get_current_pid_tgid();
@@ -438,11 +488,11 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
     if config()?.tcp_events_on == 0 {
         return Some(());
     }
-    let family: u16 = read(ctx, off.sk_family)?;
-    let sport: u16 = read(ctx, off.sk_sport)?;
-    let dport: u16 = read(ctx, off.sk_dport)?;
-    let saddr: [u8; 16] = read(ctx, off.sk_saddr_v6)?;
-    let daddr: [u8; 16] = read(ctx, off.sk_daddr_v6)?;
+    let family: u16 = field(ctx, &head, off.sk_family)?;
+    let sport: u16 = field(ctx, &head, off.sk_sport)?;
+    let dport: u16 = field(ctx, &head, off.sk_dport)?;
+    let saddr: [u8; 16] = field(ctx, &head, off.sk_saddr_v6)?;
+    let daddr: [u8; 16] = field(ctx, &head, off.sk_daddr_v6)?;
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(Event {
