@@ -902,34 +902,11 @@ fn anomaly_baseline_survives_a_restart_and_a_corrupt_one_is_ignored() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Raw `nanosleep`s of `ms` milliseconds in a loop on a thread of this process until `stop`.
-fn sleeper(
-    ms: u64,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let req = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: (ms * 1_000_000) as i64,
-            };
-            // SAFETY: a valid timespec, no remainder wanted.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_nanosleep,
-                    &req,
-                    std::ptr::null_mut::<libc::timespec>(),
-                )
-            };
-        }
-    })
-}
-
 #[test]
 fn record_then_compare_exits_0_on_the_same_load_and_1_on_a_changed_one() {
     use std::sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     };
     let dir = format!(
         "{}/sheet-{}",
@@ -943,7 +920,7 @@ fn record_then_compare_exits_0_on_the_same_load_and_1_on_a_changed_one() {
     // Output goes to files: no pipe reads by this process while the agent counts.
     let agent = |args: &[&str], with_sleeps_ms: u64, out: &str| {
         let stop = Arc::new(AtomicBool::new(false));
-        let load = sleeper(with_sleeps_ms, stop.clone());
+        let load = common::sleeper(Arc::new(AtomicU64::new(with_sleeps_ms)), stop.clone());
         let status = Command::new(common::bin())
             .args(args)
             .args(["--probes", "syscall", "--pid", &me, "--interval", "250ms"])

@@ -6,6 +6,8 @@
 //! The peers live in `target/peers` (or `$EBPF_AGENT_PEERS_DIR`); when they are missing these
 //! tests run `tests/peers/setup.sh` and fail, never skip, if it cannot install them.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
@@ -965,31 +967,6 @@ async fn agent_to_riemann_udp_and_tcp_carry_what_the_agent_printed() {
     }
 }
 
-/// Sleeps of `ms` milliseconds in a loop (the raw syscall: the agent sees `nanosleep`) until
-/// `stop` is set.
-fn sleeper(
-    ms: Arc<std::sync::atomic::AtomicU64>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let ns = ms.load(std::sync::atomic::Ordering::Relaxed) * 1_000_000;
-            let req = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: ns as i64,
-            };
-            // SAFETY: a valid timespec, no remainder wanted.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_nanosleep,
-                    &req,
-                    std::ptr::null_mut::<libc::timespec>(),
-                )
-            };
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anomaly_burst_of_slow_syscalls_reaches_riemann_and_clears() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1005,7 +982,7 @@ async fn anomaly_burst_of_slow_syscalls_reaches_riemann_and_clears() {
     .unwrap();
     let ms = Arc::new(AtomicU64::new(1));
     let stop = Arc::new(AtomicBool::new(false));
-    let load = sleeper(ms.clone(), stop.clone());
+    let load = common::sleeper(ms.clone(), stop.clone());
     let args = vec![
         "--config".to_string(),
         config.display().to_string(),

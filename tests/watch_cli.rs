@@ -1,6 +1,10 @@
 //! `ebpf-agent watch` on the real kernel (root): frames on a pipe, known `getppid` load, the exit
 //! report, and the `--pid` filter. Run with one test thread: the programs count system-wide.
 
+mod common;
+
+use common::getppid_n;
+
 use std::{
     io::{BufRead, BufReader, Read},
     process::{Child, Command, ExitStatus, Stdio},
@@ -101,13 +105,6 @@ impl Watch {
         }
         let stderr = self.stderr.join().unwrap();
         (status, self.stdout, stderr)
-    }
-}
-
-fn getppid_n(n: usize) {
-    for _ in 0..n {
-        // SAFETY: getppid has no preconditions.
-        unsafe { libc::getppid() };
     }
 }
 
@@ -255,26 +252,6 @@ fn watch_pid_filter_excludes_other_processes() {
     );
 }
 
-/// Raw `nanosleep`s of `ms` milliseconds in a loop until `stop` is set.
-fn sleeper(ms: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
-    thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            let req = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: (ms.load(Ordering::Relaxed) * 1_000_000) as i64,
-            };
-            // SAFETY: a valid timespec, no remainder wanted.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_nanosleep,
-                    &req,
-                    std::ptr::null_mut::<libc::timespec>(),
-                )
-            };
-        }
-    })
-}
-
 #[test]
 fn watch_marks_what_the_daemons_baseline_finds_unusual_and_never_writes_it() {
     let _serial = serial();
@@ -294,7 +271,7 @@ fn watch_marks_what_the_daemons_baseline_finds_unusual_and_never_writes_it() {
     let config = config.display().to_string();
     let ms = Arc::new(AtomicU64::new(1));
     let stop = Arc::new(AtomicBool::new(false));
-    let load = sleeper(ms.clone(), stop.clone());
+    let load = common::sleeper(ms.clone(), stop.clone());
 
     // The daemon learns steady 1 ms sleeps for 7 s (28 intervals, past the warm-up).
     let daemon = Command::new(env!("CARGO_BIN_EXE_ebpf-agent"))

@@ -166,3 +166,28 @@ pub fn getppid_n(n: usize) {
         unsafe { libc::getppid() };
     }
 }
+
+/// Raw `nanosleep`s (the agent sees `nanosleep`, not `clock_nanosleep`) of `ms` milliseconds in
+/// a loop on a new thread of this process until `stop` is set; `ms` may change meanwhile.
+pub fn sleeper(
+    ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let req = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: (ms.load(Ordering::Relaxed) * 1_000_000) as i64,
+            };
+            // SAFETY: a valid timespec, no remainder wanted.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_nanosleep,
+                    &req,
+                    std::ptr::null_mut::<libc::timespec>(),
+                )
+            };
+        }
+    })
+}
