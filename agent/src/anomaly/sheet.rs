@@ -392,8 +392,10 @@ pub fn compare(sheet: &Sheet, live: &Sheet) -> Vec<Deviation> {
 
 /// Every key of either sheet, worst first. A statistic is a warning when it moved at least 3
 /// reference spreads and 20%, critical at 6 spreads and 50% (spreads divided by
-/// `sensitivity`). The spread is robust (p10..p90), floored so near-constant keys need a real
-/// change. The p90 counts only with 50 intervals on both sides, the p99 with 100. A gauge key missing live or new
+/// `sensitivity`). The spread is robust (p10..p90), floored by the value's resolution (a
+/// latency bucket, a percentage point) so near-constant keys need a real change; the mean is
+/// also judged against its standard error. A gauge seen in fewer than 5 intervals on either
+/// side is at most a warning. The p90 counts only with 50 intervals on both sides, the p99 with 100. A gauge key missing live or new
 /// live is at most a warning.
 pub fn compare_with(sheet: &Sheet, live: &Sheet, sensitivity: f64) -> Vec<Deviation> {
     let sens = if sensitivity.is_finite() && sensitivity > 0.0 {
@@ -476,6 +478,23 @@ fn presence(e: &SheetEntry, sheet: &Sheet, stat: &str, snapshots: u64) -> Deviat
     }
 }
 
+/// Gauges seen in fewer intervals than this on either side are at most a warning.
+const MIN_GAUGE_INTERVALS: u64 = 5;
+
+/// The smallest change of a value that can mean anything, in its own unit: latencies come from
+/// log-linear buckets (one is 12.5% wide, so a quantile moves in 12.5% steps), percentages
+/// (CPU shares, pressure) move by whole points when nothing happens, anything else by 1%.
+fn resolution(name: &str, reference: f64) -> f64 {
+    let r = reference.abs();
+    if name.split('.').any(|seg| seg.ends_with("_us")) && !name.contains("stall_us") {
+        0.125 * r
+    } else if name.ends_with("_pct") || name.ends_with("_avg10") {
+        1.0
+    } else {
+        0.01 * r
+    }
+}
+
 fn deviate(
     sheet: &Sheet,
     r: &SheetEntry,
@@ -487,7 +506,7 @@ fn deviate(
     let rs = sheet.per_second(r);
     let ls = live.per_second(l);
     let floor = {
-        let mut f = (0.01 * r.mean.abs()).max(0.25 * r.std).max(1e-9);
+        let mut f = resolution(&r.name, r.mean).max(0.25 * r.std).max(1e-9);
         if r.is_counter() {
             f = f.max(0.5 * r.mean.abs().max(1.0).sqrt());
         }
@@ -495,6 +514,11 @@ fn deviate(
     };
     let spread = ((r.p90 - r.p10) / 2.563).max(floor) * rs;
     let tail = spread.max((r.p99 - r.p50) / 2.326 * rs);
+    // The mean moves with one outlier interval: judged against its standard error too (Welch),
+    // so a steady reference and one slow live interval do not make a shift.
+    let se = ((r.std * rs).powi(2) / r.count.max(1) as f64
+        + (l.std * ls).powi(2) / l.count.max(1) as f64)
+        .sqrt();
     // The mean's reference follows the rhythm when the sheet has one for the live hours.
     let mut mean_ref = r.mean;
     if let Some(prof) = &r.profile {
@@ -511,7 +535,7 @@ fn deviate(
     }
     let mut stats = vec![
         ("p50", r.p50 * rs, l.p50 * ls, spread),
-        ("mean", mean_ref * rs, l.mean * ls, spread),
+        ("mean", mean_ref * rs, l.mean * ls, spread.max(se)),
     ];
     // A tail of a few intervals is one or two values: on a short recording, one slow timer
     // wake-up would move it by half.
@@ -534,6 +558,20 @@ fn deviate(
                 State::Ok
             };
             (sev, z, stat, a, b)
+        })
+        .collect();
+    // A gauge seen in a handful of intervals (a rare syscall's latency) cannot be sure.
+    let few = !r.is_counter() && r.count.min(l.count) < MIN_GAUGE_INTERVALS;
+    let judged: Vec<_> = judged
+        .into_iter()
+        .map(|(sev, z, stat, a, b)| {
+            (
+                if few { sev.min(State::Warning) } else { sev },
+                z,
+                stat,
+                a,
+                b,
+            )
         })
         .collect();
     // The worst severity; at equal severity the most central statistic (listed first), and
@@ -685,6 +723,80 @@ mod tests {
 
     fn noise(i: u64) -> f64 {
         ((i * 2_654_435_761) % 1000) as f64 / 1000.0
+    }
+
+    fn gauges(n: u64, metrics: impl Fn(u64) -> Vec<Metric>) -> Sheet {
+        let mut b = SheetBuilder::new();
+        for i in 0..n {
+            b.add(&Snapshot {
+                annotations: Default::default(),
+                time: UNIX_EPOCH + Duration::from_secs(1_700_000_000 + i),
+                interval: Duration::from_secs(1),
+                host: "h".into(),
+                metrics: metrics(i),
+            });
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn steady_keys_need_a_real_change() {
+        let fstat = || vec![("syscall", "fstat".to_string())];
+        // A reference where every value is the same (one latency bucket, an idle CPU share).
+        let steady = |max_us: f64, steal: f64| {
+            move |i: u64| {
+                vec![
+                    Metric::gauge(
+                        "syscall.latency_us.max",
+                        fstat(),
+                        if i == 7 { max_us } else { 8.38 },
+                    ),
+                    Metric::gauge("cpu.steal_pct", vec![], steal),
+                ]
+            }
+        };
+        let base = gauges(20, steady(8.38, 0.0));
+        // One slow interval among 20, steal at half a point, one bucket up: all noise.
+        let live = gauges(20, |i| {
+            let mut m = steady(150.0, 0.5)(i);
+            if i == 3 {
+                m[0].value = 9.43;
+            }
+            m
+        });
+        let devs = compare(&base, &live);
+        assert!(
+            devs.iter().all(|d| d.severity == State::Ok),
+            "{}",
+            render_text(&base, &live, &devs)
+        );
+        // Twice as slow every interval, and 20 points of steal: critical.
+        let live = gauges(20, |_| {
+            vec![
+                Metric::gauge("syscall.latency_us.max", fstat(), 16.76),
+                Metric::gauge("cpu.steal_pct", vec![], 20.0),
+            ]
+        });
+        let devs = compare(&base, &live);
+        assert!(
+            devs.iter().all(|d| d.severity == State::Critical),
+            "{}",
+            render_text(&base, &live, &devs)
+        );
+        // Seen in 3 intervals only: at most a warning, however far.
+        let rare = gauges(20, |i| {
+            if i < 3 {
+                vec![Metric::gauge("syscall.latency_us.max", fstat(), 1000.0)]
+            } else {
+                vec![]
+            }
+        });
+        let devs = compare(&base, &rare);
+        let d = devs
+            .iter()
+            .find(|d| d.name == "syscall.latency_us.max")
+            .unwrap();
+        assert_eq!(d.severity, State::Warning, "{}", d.description);
     }
 
     #[test]
