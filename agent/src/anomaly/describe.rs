@@ -220,12 +220,19 @@ pub(crate) fn describe(
     }
     let dur = duration(since_s);
     if a.strength < WARN_SCORE {
-        // Held by hysteresis while the value is already calm.
-        return format!(
-            "{label} {value}: back near its usual {}, clearing after {dur} {}",
-            fmt(a.usual),
-            a.state
-        );
+        // Held by hysteresis while the value is calm: back near the usual, or settled at a new
+        // level the short-term baseline has learnt (then "back near" would be false).
+        let near =
+            a.value == a.usual || (a.usual != 0.0 && (0.5..=2.0).contains(&(a.value / a.usual)));
+        let how = if near {
+            format!("back near its usual {}", fmt(a.usual))
+        } else {
+            format!(
+                "steady at this level now ({})",
+                comparison(a.value, a.usual, &fmt)
+            )
+        };
+        return format!("{label} {value}: {how}, clearing after {dur} {}", a.state);
     }
     match a.view {
         View::Point | View::Seasonal => format!(
@@ -341,6 +348,33 @@ mod tests {
         assert!(
             describe("syscall.count", &tags, Kind::Counter, 1.0, &drop, 3.0)
                 .starts_with("syscall read count 0/s: down from its usual 1000/s")
+        );
+        // Held by hysteresis while calm: near the usual, or settled at a new level.
+        let calm = Assessment {
+            value: 7_900.0,
+            strength: 0.0,
+            ..a
+        };
+        let tags = [("device", "vda".to_string()), ("op", "write".to_string())];
+        assert_eq!(
+            describe("disk.latency_us.p99", &tags, Kind::Gauge, 1.0, &calm, 600.0),
+            "disk vda write p99 7.9 ms: back near its usual 7.7 ms, clearing after 10 min critical"
+        );
+        let settled = Assessment {
+            value: 48_100.0,
+            ..calm
+        };
+        assert_eq!(
+            describe(
+                "disk.latency_us.p99",
+                &tags,
+                Kind::Gauge,
+                1.0,
+                &settled,
+                600.0
+            ),
+            "disk vda write p99 48.1 ms: steady at this level now (6.2x its usual 7.7 ms), \
+             clearing after 10 min critical"
         );
     }
 }
