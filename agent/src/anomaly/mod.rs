@@ -323,10 +323,14 @@ fn key_hash(name: &str, tags: &[(&'static str, String)]) -> u64 {
 }
 
 /// Relative precision of a metric's values: latency percentiles come from log-linear histograms
-/// (bucket midpoints, within 6.25%), so moves under 3% of the level are noise; elsewhere 0.1%.
+/// (bucket midpoints, within 6.25%), so moves under 3% of the level are noise; memory levels
+/// step by allocations, under 1% of the level is noise (a flat RSS must not alarm on a few
+/// pages); elsewhere 0.1%.
 fn rel_floor(name: &str) -> f64 {
     if name.split('.').any(|seg| seg.ends_with("_us")) && !name.contains("stall_us") {
         0.03
+    } else if name.ends_with("_bytes") {
+        0.01
     } else {
         1e-3
     }
