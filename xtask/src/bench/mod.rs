@@ -562,6 +562,45 @@ impl Bench {
         })
     }
 
+    /// Runs `measure` under every configuration once per round, the order rotating from round
+    /// to round so no configuration always follows the same one. A configuration that fails is
+    /// reported once (`what, name: error`) and skipped from then on. Returns `[config][round]`.
+    fn interleaved<T>(
+        &mut self,
+        what: &str,
+        configs: &[(&str, Cfg)],
+        rounds: usize,
+        mut measure: impl FnMut(&Self) -> Result<T>,
+    ) -> Vec<Vec<Option<T>>> {
+        let n = configs.len();
+        let mut out: Vec<Vec<Option<T>>> = (0..n)
+            .map(|_| (0..rounds).map(|_| None).collect())
+            .collect();
+        let mut failed = vec![false; n];
+        for r in 0..rounds {
+            for k in (0..n).map(|i| (i + r) % n) {
+                if failed[k] {
+                    continue;
+                }
+                let (name, cfg) = &configs[k];
+                eprintln!("bench: {what} round {}/{rounds}: {name}", r + 1);
+                let res = self.attach(cfg).and_then(|att| {
+                    let v = measure(self);
+                    att.stop()?;
+                    v
+                });
+                match res {
+                    Ok(v) => out[k][r] = Some(v),
+                    Err(e) => {
+                        self.errors.push(format!("{what}, {name}: {e:#}"));
+                        failed[k] = true;
+                    }
+                }
+            }
+        }
+        out
+    }
+
     fn fio(&self, target: &Path, secs: f64) -> Result<load::Fio> {
         let fio = self.tools.fio.clone().context("fio is not installed")?;
         load::fio(&fio, target, self.plan.fio_mib, secs)
@@ -592,40 +631,28 @@ impl Bench {
             self.plan.sys_calls,
             self.cpu,
         );
-        let n = configs.len();
-        let mut ns = vec![vec![None::<f64>; rounds]; n];
-        let mut best = vec![f64::INFINITY; n];
-        let mut failed = vec![false; n];
-        for r in 0..rounds {
-            for k in (0..n).map(|i| (i + r) % n) {
-                if failed[k] {
-                    continue;
-                }
-                let (name, cfg) = &configs[k];
-                eprintln!("bench: syscalls round {}/{rounds}: {name}", r + 1);
-                let res = (|| -> Result<Vec<f64>> {
-                    let att = self.attach(cfg)?;
-                    let per_sample = load::pinned(cpu, move || {
-                        load::getppid_ns(calls / 10);
-                        (0..samples)
-                            .map(|_| load::getppid_ns(calls))
-                            .collect::<Vec<_>>()
-                    });
-                    att.stop()?;
-                    Ok(per_sample)
-                })();
-                match res {
-                    Ok(v) => {
-                        ns[k][r] = median(&v);
-                        best[k] = v.iter().copied().fold(best[k], f64::min);
-                    }
-                    Err(e) => {
-                        self.errors.push(format!("syscalls, {name}: {e:#}"));
-                        failed[k] = true;
-                    }
-                }
-            }
-        }
+        let samples_ns = self.interleaved("syscalls", &configs, rounds, |_| {
+            Ok(load::pinned(cpu, move || {
+                load::getppid_ns(calls / 10);
+                (0..samples)
+                    .map(|_| load::getppid_ns(calls))
+                    .collect::<Vec<_>>()
+            }))
+        });
+        let ns: Vec<Vec<Option<f64>>> = samples_ns
+            .iter()
+            .map(|rs| rs.iter().map(|v| v.as_deref().and_then(median)).collect())
+            .collect();
+        let best: Vec<f64> = samples_ns
+            .iter()
+            .map(|rs| {
+                rs.iter()
+                    .flatten()
+                    .flatten()
+                    .copied()
+                    .fold(f64::INFINITY, f64::min)
+            })
+            .collect();
         // Added cost per round against "nothing" of the same round, and the agent's ratio.
         let added = |k: usize| -> Vec<Option<f64>> {
             (0..rounds).map(|r| Some(ns[k][r]? - ns[0][r]?)).collect()
@@ -757,37 +784,17 @@ impl Bench {
         let rounds = self.plan.disk_rounds;
         // Lays the file out (and warms the device) before anything is measured.
         self.fio(target, 1.0).context("fio warm-up")?;
-        let n = configs.len();
-        let mut iops = vec![vec![None::<f64>; rounds]; n];
-        let mut clat = vec![Spread::default(); n];
-        let mut failed = vec![false; n];
-        for r in 0..rounds {
-            for k in (0..n).map(|i| (i + r) % n) {
-                if failed[k] {
-                    continue;
-                }
-                let (name, cfg) = &configs[k];
-                eprintln!("bench: disk ({short}) round {}/{rounds}: {name}", r + 1);
-                let res = (|| -> Result<load::Fio> {
-                    let att = self.attach(cfg)?;
-                    let f = self.fio(target, secs);
-                    att.stop()?;
-                    f
-                })();
-                match res {
-                    Ok(f) => {
-                        iops[k][r] = Some(f.iops);
-                        if let Some(p) = f.clat_p50_us {
-                            clat[k].push(p);
-                        }
-                    }
-                    Err(e) => {
-                        self.errors.push(format!("disk ({short}), {name}: {e:#}"));
-                        failed[k] = true;
-                    }
-                }
-            }
-        }
+        let runs = self.interleaved(&format!("disk ({short})"), &configs, rounds, |b| {
+            b.fio(target, secs)
+        });
+        let iops: Vec<Vec<Option<f64>>> = runs
+            .iter()
+            .map(|rs| rs.iter().map(|f| f.as_ref().map(|f| f.iops)).collect())
+            .collect();
+        let clat: Vec<Spread> = runs
+            .iter()
+            .map(|rs| Spread(rs.iter().flatten().filter_map(|f| f.clat_p50_us).collect()))
+            .collect();
         let ratio = |a: usize, b: usize| -> Spread {
             Spread(
                 (0..rounds)
@@ -877,36 +884,19 @@ impl Bench {
         ];
         let (rounds, secs) = (self.plan.tcp_rounds, self.plan.tcp_secs);
         let d = Duration::from_secs_f64(secs);
-        let n = configs.len();
-        let mut short = vec![vec![None::<f64>; rounds]; n];
-        let mut pp = vec![vec![None::<f64>; rounds]; n];
-        let mut failed = vec![false; n];
-        for r in 0..rounds {
-            for k in (0..n).map(|i| (i + r) % n) {
-                if failed[k] {
-                    continue;
-                }
-                let (name, cfg) = &configs[k];
-                eprintln!("bench: tcp round {}/{rounds}: {name}", r + 1);
-                let res = (|| -> Result<(f64, f64)> {
-                    let att = self.attach(cfg)?;
-                    let s = load::tcp_short_connections(d);
-                    let p = load::tcp_ping_pong(d);
-                    att.stop()?;
-                    Ok((s?, p?))
-                })();
-                match res {
-                    Ok((s, p)) => {
-                        short[k][r] = Some(s);
-                        pp[k][r] = Some(p);
-                    }
-                    Err(e) => {
-                        self.errors.push(format!("tcp, {name}: {e:#}"));
-                        failed[k] = true;
-                    }
-                }
-            }
-        }
+        let runs = self.interleaved("tcp", &configs, rounds, |_| {
+            let s = load::tcp_short_connections(d);
+            let p = load::tcp_ping_pong(d);
+            Ok((s?, p?))
+        });
+        let short: Vec<Vec<Option<f64>>> = runs
+            .iter()
+            .map(|rs| rs.iter().map(|v| v.map(|(s, _)| s)).collect())
+            .collect();
+        let pp: Vec<Vec<Option<f64>>> = runs
+            .iter()
+            .map(|rs| rs.iter().map(|v| v.map(|(_, p)| p)).collect())
+            .collect();
         let ratio = |v: &Vec<Vec<Option<f64>>>, k: usize| -> Spread {
             Spread(
                 (0..rounds)
