@@ -695,8 +695,7 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     fn record(n: u64, lat: impl Fn(u64) -> f64, reads: impl Fn(u64) -> u64) -> Sheet {
-        let mut b = SheetBuilder::new();
-        for i in 0..n {
+        sheet_of(n, |i| {
             let mut metrics = vec![Metric::gauge(
                 "disk.latency_us.p99",
                 vec![("device", "vda".into()), ("op", "write".into())],
@@ -710,22 +709,16 @@ mod tests {
                     r,
                 ));
             }
-            b.add(&Snapshot {
-                annotations: Default::default(),
-                time: UNIX_EPOCH + Duration::from_secs(1_700_000_000 + i),
-                interval: Duration::from_secs(1),
-                host: "h".into(),
-                metrics,
-            });
-        }
-        b.finish()
+            metrics
+        })
     }
 
     fn noise(i: u64) -> f64 {
         ((i * 2_654_435_761) % 1000) as f64 / 1000.0
     }
 
-    fn gauges(n: u64, metrics: impl Fn(u64) -> Vec<Metric>) -> Sheet {
+    /// A sheet of `n` one-second snapshots carrying `metrics(i)`.
+    fn sheet_of(n: u64, metrics: impl Fn(u64) -> Vec<Metric>) -> Sheet {
         let mut b = SheetBuilder::new();
         for i in 0..n {
             b.add(&Snapshot {
@@ -755,9 +748,9 @@ mod tests {
                 ]
             }
         };
-        let base = gauges(20, steady(8.38, 0.0));
+        let base = sheet_of(20, steady(8.38, 0.0));
         // One slow interval among 20, steal at half a point, one bucket up: all noise.
-        let live = gauges(20, |i| {
+        let live = sheet_of(20, |i| {
             let mut m = steady(150.0, 0.5)(i);
             if i == 3 {
                 m[0].value = 9.43;
@@ -771,7 +764,7 @@ mod tests {
             render_text(&base, &live, &devs)
         );
         // Twice as slow every interval, and 20 points of steal: critical.
-        let live = gauges(20, |_| {
+        let live = sheet_of(20, |_| {
             vec![
                 Metric::gauge("syscall.latency_us.max", fstat(), 16.76),
                 Metric::gauge("cpu.steal_pct", vec![], 20.0),
@@ -784,7 +777,7 @@ mod tests {
             render_text(&base, &live, &devs)
         );
         // Seen in 3 intervals only: at most a warning, however far.
-        let rare = gauges(20, |i| {
+        let rare = sheet_of(20, |i| {
             if i < 3 {
                 vec![Metric::gauge("syscall.latency_us.max", fstat(), 1000.0)]
             } else {
