@@ -149,12 +149,18 @@ impl Snapshot {
     pub fn find(&self, name: &str, tags: &[(&str, &str)]) -> Option<&Metric> {
         self.metrics
             .iter()
-            .find(|m| m.name == name && tags.iter().all(|(k, v)| m.tag(k) == Some(v)))
+            .find(|m| m.name == name && tags_include(&m.tags, tags))
     }
 
     pub fn value(&self, name: &str, tags: &[(&str, &str)]) -> Option<f64> {
         self.find(name, tags).map(|m| m.value)
     }
+}
+
+/// Whether `tags` hold every `(key, value)` of `want`.
+pub fn tags_include(tags: &[(&'static str, String)], want: &[(&str, &str)]) -> bool {
+    want.iter()
+        .all(|(k, v)| tags.iter().any(|(k2, v2)| k2 == k && v2 == v))
 }
 
 /// JSON shape of one interval: `{"time", "interval_s", "host", "metrics": [...]}`.

@@ -30,7 +30,7 @@ use crate::{
     histogram::LatencyStats,
     probes::events::EventView,
     run::hostname,
-    snapshot::{Anomaly, Snapshot, Tags},
+    snapshot::{Anomaly, Snapshot, Tags, tags_include},
     ticker::{Tick, Ticker},
 };
 
@@ -368,11 +368,6 @@ fn mark(snap: &Snapshot, pick: impl Fn(&Anomaly) -> bool) -> &'static str {
     }
 }
 
-fn has_tags(a: &Anomaly, tags: &[(&str, &str)]) -> bool {
-    tags.iter()
-        .all(|(k, v)| a.tags.iter().any(|(k2, v2)| k2 == k && v2 == v))
-}
-
 /// A metric name, or a family when it ends with `.`.
 fn named(a: &Anomaly, name: &str) -> bool {
     if name.ends_with('.') {
@@ -511,7 +506,9 @@ fn section_syscalls(snap: &Snapshot, h: &History, rows_max: usize, width: usize)
         let mean = snap.value("syscall.latency_us.mean", &tag);
         let p99 = snap.value("syscall.latency_us.p99", &tag);
         let errors = snap.value("syscall.errors", &tag).unwrap_or(0.0);
-        let m = mark(snap, |a| named(a, "syscall.") && has_tags(a, &tag));
+        let m = mark(snap, |a| {
+            named(a, "syscall.") && tags_include(&a.tags, &tag)
+        });
         out.push(format!(
             "{:<22}{:>10}{:>10}{:>10}{:>8}{:>11}  {}",
             format!("{m}{}", r.name),
@@ -573,7 +570,7 @@ fn section_disks(snap: &Snapshot, h: &History, width: usize) -> Vec<String> {
         let bytes = snap.value("disk.bytes", &tags).unwrap_or(0.0);
         let p50 = snap.value("disk.latency_us.p50", &tags);
         let p99 = snap.value("disk.latency_us.p99", &tags);
-        let m = mark(snap, |a| named(a, "disk.") && has_tags(a, &tags));
+        let m = mark(snap, |a| named(a, "disk.") && tags_include(&a.tags, &tags));
         out.push(format!(
             "{:<22}{:>10}{:>10}{:>10}{:>10}  {}",
             format!("{m}{dev} {op}"),
