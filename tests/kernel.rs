@@ -143,20 +143,53 @@ fn disk_of(path: &str) -> String {
 
 #[test]
 fn direct_writes_are_counted_on_the_root_disk() {
+    direct_writes_are_counted(false);
+}
+
+/// The same through the classic tracepoints, which serve on kernels without BTF.
+#[test]
+fn direct_writes_are_counted_through_classic_tracepoints() {
+    direct_writes_are_counted(true);
+}
+
+/// M O_DIRECT writes, each followed by fdatasync: at least M writes of 4 KiB on the disk
+/// holding the test's directory, as many flushes, and (threshold 0) M slow-request events
+/// naming this process.
+fn direct_writes_are_counted(classic: bool) {
     const M: usize = 200;
     let dir = env!("CARGO_TARGET_TMPDIR").to_string();
     let path = format!("{dir}/ebpf-agent-direct-{}", std::process::id());
     let device = disk_of(&dir);
-    let mut agent = Agent::start(&[
-        "run",
-        "--output",
-        "json",
-        "--probes",
-        "disk",
-        "--duration",
-        "3s",
-    ]);
+    let env: &[(&str, &str)] = if classic {
+        &[("EBPF_AGENT_CLASSIC_TRACEPOINTS", "1")]
+    } else {
+        &[]
+    };
+    let mut agent = Agent::start_env(
+        &[
+            "run",
+            "--output",
+            "json",
+            "--probes",
+            "disk",
+            "--duration",
+            "4s",
+            "--interval",
+            "250ms",
+            "--slow-threshold",
+            "0",
+        ],
+        env,
+    );
     agent.wait_ready();
+    // Which pair of programs serves the probe: the BTF ones unless told otherwise.
+    let (used, unused) = if classic {
+        ("block_rq_issue", "btf_rq_issue")
+    } else {
+        ("btf_rq_issue", "block_rq_issue")
+    };
+    assert_eq!(programs_named(used), 1, "{used} attached");
+    assert_eq!(programs_named(unused), 0, "{unused} not attached");
     {
         let mut f = OpenOptions::new()
             .create(true)
@@ -172,6 +205,8 @@ fn direct_writes_are_counted_on_the_root_disk() {
         for _ in 0..M {
             f.write_all(block).unwrap();
             f.sync_data().unwrap();
+            // Spread over several intervals: each keeps its latest 256 events.
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
     std::fs::remove_file(&path).unwrap();
@@ -183,6 +218,40 @@ fn direct_writes_are_counted_on_the_root_disk() {
         "disk.ops{{device={device},op=write}} = {ops}, want >= {M}"
     );
     assert!(sum(&intervals, "disk.bytes", &tags) >= (M * 4096) as f64);
+    // On a device with a volatile write cache each fdatasync flushes it: a flush request per
+    // write (op other).
+    let cache = std::fs::read_to_string(format!("/sys/block/{device}/queue/write_cache"))
+        .unwrap_or_default();
+    let flushes = sum(
+        &intervals,
+        "disk.ops",
+        &[("device", device.as_str()), ("op", "other")],
+    );
+    if cache.trim() == "write back" {
+        assert!(flushes >= M as f64, "flushes {flushes}, want >= {M}");
+    }
+    // Every write is an event naming the task that handed the request to the driver: this
+    // process (a write issued synchronously, at queue depth 1).
+    let target = format!("{device} write");
+    let writes: Vec<serde_json::Value> = intervals
+        .iter()
+        .flat_map(|i| i["events"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["kind"] == "slow_disk" && e["target"] == target.as_str())
+        .collect();
+    let ours = writes
+        .iter()
+        .filter(|e| e["pid"] == std::process::id() && e["ret"] == 4096)
+        .count();
+    let others: Vec<&serde_json::Value> = writes
+        .iter()
+        .filter(|e| e["pid"] != std::process::id())
+        .collect();
+    assert!(
+        ours >= M,
+        "{} write events, {ours} of this process; others: {:?}",
+        writes.len(),
+        others.iter().take(5).collect::<Vec<_>>()
+    );
     let p99 = values(&intervals, "disk.latency_us.p99", &tags);
     assert!(
         !p99.is_empty() && p99.iter().all(|&v| v > 0.0),
@@ -398,18 +467,13 @@ fn programs_settle_to(want: usize) {
 }
 
 fn count_programs() -> usize {
-    let out = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .expect("bpftool (cargo xtask setup installs it)");
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    // bpftool prints the full function names (from BTF).
     [
         "sys_enter",
         "sys_exit",
         "block_rq_issue",
         "block_rq_complete",
+        "btf_rq_issue",
+        "btf_rq_complete",
         "inet_sock_set_state",
         "tcp_probe",
         "tcp_retransmit_skb",
@@ -417,12 +481,21 @@ fn count_programs() -> usize {
         "tcp_receive_reset",
     ]
     .iter()
-    .map(|name| {
-        text.lines()
-            .filter(|l| l.contains(&format!(" name {name} ")))
-            .count()
-    })
+    .map(|name| programs_named(name))
     .sum()
+}
+
+/// Loaded programs with this name, via bpftool (it prints the full function names, from BTF).
+fn programs_named(name: &str) -> usize {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool (cargo xtask setup installs it)");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!(" name {name} ")))
+        .count()
 }
 
 #[test]

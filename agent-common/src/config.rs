@@ -97,8 +97,37 @@ impl Default for TpOffsets {
     }
 }
 
+/// What the BTF tracepoint programs on block requests read from `struct request` and the
+/// structs it points to: byte offsets from the kernel's BTF (/sys/kernel/btf/vmlinux), found
+/// at load time (never hard-coded), and the request-op encoding. Set once as the global
+/// [`crate::maps::GLOBAL_BLOCK_BTF`]; the programs are loaded only when every field was found,
+/// else the classic tracepoints (and [`TpOffsets`]) serve instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockBtf {
+    /// `request.q` (`struct request_queue *`).
+    pub rq_q: u32,
+    /// `request.cmd_flags` (u32: the op in its low bits, then flags).
+    pub rq_cmd_flags: u32,
+    /// `request.__data_len` (u32 bytes).
+    pub rq_data_len: u32,
+    /// `request_queue.disk` (`struct gendisk *`).
+    pub q_disk: u32,
+    /// `gendisk.major`, `gendisk.first_minor` (int).
+    pub disk_major: u32,
+    pub disk_first_minor: u32,
+    /// `cmd_flags & op_mask` is the op: `(1 << REQ_OP_BITS) - 1`.
+    pub op_mask: u32,
+    /// `REQ_OP_READ`, `REQ_OP_WRITE`.
+    pub op_read: u32,
+    pub op_write: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<BlockBtf>() == 40);
+
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::RuntimeConfig {}
     unsafe impl aya::Pod for super::TpOffsets {}
+    unsafe impl aya::Pod for super::BlockBtf {}
 }

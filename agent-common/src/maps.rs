@@ -19,6 +19,8 @@ pub const CONFIG: &str = "CONFIG";
 
 /// Load-time global holding [`crate::TpOffsets`].
 pub const GLOBAL_TP_OFFSETS: &str = "TP_OFFSETS";
+/// Load-time global holding [`crate::BlockBtf`].
+pub const GLOBAL_BLOCK_BTF: &str = "BLOCK_BTF";
 /// Load-time globals: syscall numbers that never return (their entries would go stale).
 pub const GLOBAL_NR_EXIT: &str = "NR_EXIT";
 pub const GLOBAL_NR_EXIT_GROUP: &str = "NR_EXIT_GROUP";
@@ -39,6 +41,9 @@ pub mod progs {
     pub const SYS_EXIT: &str = "sys_exit";
     pub const BLOCK_RQ_ISSUE: &str = "block_rq_issue";
     pub const BLOCK_RQ_COMPLETE: &str = "block_rq_complete";
+    /// The same two as BTF tracepoints (preferred: no record to build, fields read directly).
+    pub const BTF_RQ_ISSUE: &str = "btf_rq_issue";
+    pub const BTF_RQ_COMPLETE: &str = "btf_rq_complete";
     pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
     pub const TCP_PROBE: &str = "tcp_probe";
     pub const TCP_RETRANSMIT_SKB: &str = "tcp_retransmit_skb";
@@ -81,14 +86,16 @@ impl SysInflight {
 const _: () = assert!(core::mem::size_of::<SysInflight>() == 16);
 
 /// An in-flight block request, in an array slot (a hash-map update costs several hundred ns
-/// per request here; an array slot is a plain store). Classic tracepoints carry no request
-/// pointer, so a request is identified by its device and start sector (as bcc's tracepoint
+/// per request here; an array slot is a plain store). The BTF tracepoints key a request by its
+/// `struct request` address (`dev` 0 in [`DiskInflight::slot`]); the classic ones carry no
+/// request pointer, so there a request is its device and start sector (as bcc's tracepoint
 /// tools do). A request probes up to [`DISK_PROBES`] slots from [`DiskInflight::slot`]; a slot
 /// is free when empty or older than [`DISK_STALE_NS`] (a completion never seen).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DiskInflight {
-    pub sector: u64,
+    /// The request's address (BTF tracepoints) or start sector (classic tracepoints).
+    pub key: u64,
     /// `bpf_ktime_get_ns` at issue; 0 = free.
     pub start_ns: u64,
     pub dev: u32,
@@ -109,10 +116,10 @@ pub const DISK_PROBES: u32 = 4;
 pub const DISK_STALE_NS: u64 = 60_000_000_000;
 
 impl DiskInflight {
-    /// The first slot of a request: (dev, sector) hashed over the table.
+    /// The first slot of a request: (dev, key) hashed over the table.
     #[inline(always)]
-    pub fn slot(dev: u32, sector: u64) -> u32 {
-        ((sector ^ (u64::from(dev) << 40)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    pub fn slot(dev: u32, key: u64) -> u32 {
+        ((key ^ (u64::from(dev) << 40)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
             >> (64 - DISK_INFLIGHT_BITS)) as u32
     }
 }
@@ -162,5 +169,29 @@ mod tests {
                 seen.len()
             );
         }
+    }
+
+    #[test]
+    fn disk_keys_spread_over_slots() {
+        // A queue's requests sit in one array (struct request plus the driver's data: a few
+        // hundred bytes each); 256 in flight at once rarely need a second probe.
+        for size in [320u64, 384, 512, 640] {
+            let mut seen = std::collections::HashSet::new();
+            for tag in 0..256 {
+                let s = DiskInflight::slot(0, 0xffff_8881_0400_0000 + tag * size);
+                assert!(s < DISK_INFLIGHT_ENTRIES);
+                seen.insert(s);
+            }
+            assert!(
+                seen.len() > 240,
+                "size {size}: {} distinct slots",
+                seen.len()
+            );
+        }
+        // Classic keys: consecutive sectors of one device.
+        let seen: std::collections::HashSet<u32> = (0..256)
+            .map(|i| DiskInflight::slot(254 << 20, 2048 + i * 8))
+            .collect();
+        assert!(seen.len() > 240, "{} distinct slots", seen.len());
     }
 }

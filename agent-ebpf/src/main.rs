@@ -8,7 +8,7 @@
 #![no_main]
 
 use agent_common::{
-    Event, EventKind, RuntimeConfig, TpOffsets, hist,
+    BlockBtf, Event, EventKind, RuntimeConfig, TpOffsets, hist,
     layout::{self, Row},
     maps::{
         DISK_INFLIGHT_ENTRIES, DISK_PROBES, DISK_STALE_NS, DiskInflight, OWNER_NR_MASK,
@@ -23,9 +23,9 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
     },
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 
 // ---- maps (names are agent_common::maps::*) ----
@@ -53,6 +53,19 @@ static CONFIG: Array<RuntimeConfig> = Array::with_max_entries(1, 0);
 
 #[unsafe(no_mangle)]
 static TP_OFFSETS: Global<TpOffsets> = Global::new(TpOffsets::UNSET);
+#[unsafe(no_mangle)]
+static BLOCK_BTF: Global<BlockBtf> = Global::new(BlockBtf {
+    rq_q: 0,
+    rq_cmd_flags: 0,
+    rq_data_len: 0,
+    q_disk: 0,
+    disk_major: 0,
+    disk_first_minor: 0,
+    op_mask: 0,
+    op_read: 0,
+    op_write: 0,
+    _pad: 0,
+});
 #[unsafe(no_mangle)]
 static NR_EXIT: Global<i64> = Global::new(-1);
 #[unsafe(no_mangle)]
@@ -314,20 +327,10 @@ fn disk_op(rwbs: &[u8; 8]) -> u32 {
     }
 }
 
-#[tracepoint(category = "block", name = "block_rq_issue")]
-pub fn block_rq_issue(ctx: TracePointContext) -> u32 {
-    let _ = try_block_rq_issue(&ctx);
-    0
-}
-
+/// Records a request issued now in a free in-flight slot. `key` names the request: its
+/// address (BTF tracepoints, `dev` ignored for slots) or its start sector (classic ones).
 #[inline(always)]
-fn try_block_rq_issue(ctx: &TracePointContext) -> Option<()> {
-    let off = TP_OFFSETS.load();
-    let head: [u8; 48] = record_head(ctx)?;
-    let dev: u32 = field(ctx, &head, off.issue_dev)?;
-    let sector: u64 = field(ctx, &head, off.issue_sector)?;
-    let bytes: u32 = field(ctx, &head, off.issue_bytes)?;
-    let rwbs: [u8; 8] = field(ctx, &head, off.issue_rwbs)?;
+fn disk_issue(slot_dev: u32, key: u64, dev: u32, bytes: u32, op: u32) -> Option<()> {
     // Who issued the request only matters to a slow-request event: two helper calls saved
     // per request while events are off.
     let events = config().is_some_and(|c| c.slow_disk_ns != RuntimeConfig::OFF);
@@ -340,20 +343,20 @@ fn try_block_rq_issue(ctx: &TracePointContext) -> Option<()> {
         (0, [0; 16])
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    let first = DiskInflight::slot(dev, sector);
+    let first = DiskInflight::slot(slot_dev, key);
     for i in 0..DISK_PROBES {
         let slot = disk_slot(first, i)?;
         // Free, stale, or this very request issued again (a requeue).
         if slot.start_ns == 0
             || now.saturating_sub(slot.start_ns) > DISK_STALE_NS
-            || (slot.dev == dev && slot.sector == sector)
+            || (slot.dev == dev && slot.key == key)
         {
             *slot = DiskInflight {
-                sector,
+                key,
                 start_ns: now,
                 dev,
                 bytes,
-                op: disk_op(&rwbs),
+                op,
                 pid: (id >> 32) as u32,
                 tid: id as u32,
                 _pad: 0,
@@ -366,23 +369,15 @@ fn try_block_rq_issue(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
-#[tracepoint(category = "block", name = "block_rq_complete")]
-pub fn block_rq_complete(ctx: TracePointContext) -> u32 {
-    let _ = try_block_rq_complete(&ctx);
-    0
-}
-
+/// Takes the request's in-flight slot (matching `dev` too when given: sectors are per device)
+/// and records its latency.
 #[inline(always)]
-fn try_block_rq_complete(ctx: &TracePointContext) -> Option<()> {
-    let off = TP_OFFSETS.load();
-    let head: [u8; 32] = record_head(ctx)?;
-    let dev: u32 = field(ctx, &head, off.complete_dev)?;
-    let sector: u64 = field(ctx, &head, off.complete_sector)?;
-    let first = DiskInflight::slot(dev, sector);
+fn disk_complete(slot_dev: u32, key: u64, dev: Option<u32>) -> Option<()> {
+    let first = DiskInflight::slot(slot_dev, key);
     let mut found = None;
     for i in 0..DISK_PROBES {
         let slot = disk_slot(first, i)?;
-        if slot.start_ns != 0 && slot.dev == dev && slot.sector == sector {
+        if slot.start_ns != 0 && slot.key == key && dev.is_none_or(|d| slot.dev == d) {
             found = Some(*slot);
             slot.start_ns = 0;
             break;
@@ -390,7 +385,7 @@ fn try_block_rq_complete(ctx: &TracePointContext) -> Option<()> {
     }
     let inflight = found?;
     let delta = unsafe { bpf_ktime_get_ns() }.saturating_sub(inflight.start_ns);
-    let slot = match unsafe { DISK_SLOTS.get(&dev) } {
+    let slot = match unsafe { DISK_SLOTS.get(&inflight.dev) } {
         Some(&s) if (s as usize) < layout::DISK_SLOTS => s as usize,
         _ => layout::DISK_SLOTS - 1,
     };
@@ -408,13 +403,109 @@ fn try_block_rq_complete(ctx: &TracePointContext) -> Option<()> {
             inflight.tid,
             inflight.comm,
             delta,
-            dev,
+            inflight.dev,
             op,
             inflight.bytes as i64,
             layout::CTR_DISK_EVENTS_LOST,
         );
     }
     Some(())
+}
+
+#[tracepoint(category = "block", name = "block_rq_issue")]
+pub fn block_rq_issue(ctx: TracePointContext) -> u32 {
+    let _ = try_block_rq_issue(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_block_rq_issue(ctx: &TracePointContext) -> Option<()> {
+    let off = TP_OFFSETS.load();
+    let head: [u8; 48] = record_head(ctx)?;
+    let dev: u32 = field(ctx, &head, off.issue_dev)?;
+    let sector: u64 = field(ctx, &head, off.issue_sector)?;
+    let bytes: u32 = field(ctx, &head, off.issue_bytes)?;
+    let rwbs: [u8; 8] = field(ctx, &head, off.issue_rwbs)?;
+    disk_issue(dev, sector, dev, bytes, disk_op(&rwbs))
+}
+
+#[tracepoint(category = "block", name = "block_rq_complete")]
+pub fn block_rq_complete(ctx: TracePointContext) -> u32 {
+    let _ = try_block_rq_complete(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_block_rq_complete(ctx: &TracePointContext) -> Option<()> {
+    let off = TP_OFFSETS.load();
+    let head: [u8; 32] = record_head(ctx)?;
+    let dev: u32 = field(ctx, &head, off.complete_dev)?;
+    let sector: u64 = field(ctx, &head, off.complete_sector)?;
+    disk_complete(dev, sector, Some(dev))
+}
+
+// ---- disk, preferred: the same two tracepoints as BTF tracepoints ----
+//
+// No record is built for these (a classic tracepoint fills one before its program runs) and
+// the request's fields are plain loads the verifier checks against the kernel's BTF, at
+// offsets userspace found there (`BLOCK_BTF`, read-only data: constants to the verifier).
+
+/// Loads a `T` at byte `off` of a kernel object the verifier knows by its BTF type.
+#[inline(always)]
+fn kload<T: Copy>(base: *const u8, off: u32) -> T {
+    // SAFETY: `base` is a BTF-typed pointer; the verifier checks `off` against the type and
+    // turns the load into one that cannot fault.
+    unsafe { core::ptr::read_volatile(base.add(off as usize) as *const T) }
+}
+
+#[btf_tracepoint(function = "block_rq_issue")]
+pub fn btf_rq_issue(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_btf_rq_issue(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_btf_rq_issue(ctx: &BtfTracePointContext) -> Option<()> {
+    let o = BLOCK_BTF.load();
+    let rq: *const u8 = ctx.arg(0);
+    // The tracepoint's own dev: the queue's disk, 0 without one.
+    let q: *const u8 = kload(rq, o.rq_q);
+    let disk: *const u8 = if q.is_null() {
+        core::ptr::null()
+    } else {
+        kload(q, o.q_disk)
+    };
+    let dev = if disk.is_null() {
+        0
+    } else {
+        let major: u32 = kload(disk, o.disk_major);
+        let minor: u32 = kload(disk, o.disk_first_minor);
+        (major << 20) | minor
+    };
+    let flags: u32 = kload(rq, o.rq_cmd_flags);
+    let bytes: u32 = kload(rq, o.rq_data_len);
+    let op = match flags & o.op_mask {
+        x if x == o.op_read => layout::DISK_OP_READ,
+        x if x == o.op_write => layout::DISK_OP_WRITE,
+        _ => layout::DISK_OP_OTHER,
+    };
+    disk_issue(0, request_key(rq), dev, bytes, op)
+}
+
+/// A request's in-flight key: its address, as a number. The verifier forbids arithmetic on a
+/// BTF pointer (the slot hash multiplies) but lets a privileged program subtract two
+/// pointers, so the key is the request's distance from a fixed address of ours.
+#[inline(always)]
+fn request_key(rq: *const u8) -> u64 {
+    let anchor = &BLOCK_BTF as *const Global<BlockBtf> as u64;
+    (rq as u64).wrapping_sub(anchor)
+}
+
+#[btf_tracepoint(function = "block_rq_complete")]
+pub fn btf_rq_complete(ctx: BtfTracePointContext) -> i32 {
+    let rq: *const u8 = ctx.arg(0);
+    let _ = disk_complete(0, request_key(rq), None);
+    0
 }
 
 // ---- TCP ----

@@ -5,7 +5,7 @@ use std::{path::Path, process::ExitCode};
 use agent_common::{RuntimeConfig, layout, maps};
 use anyhow::Result;
 
-use crate::probes::{Kernel, Probe, ProbeOptions, program_names, tracefs};
+use crate::probes::{Kernel, Probe, ProbeOptions, tracefs};
 
 fn line(what: &str, ok: bool, detail: &str) {
     println!(
@@ -69,10 +69,7 @@ pub async fn check() -> Result<ExitCode> {
     for s in kernel.status() {
         match &s.result {
             Ok(()) => {
-                let hooks: Vec<String> = program_names()
-                    .filter(|(p, _)| *p == s.probe)
-                    .map(|(_, prog)| prog.attach.to_string())
-                    .collect();
+                let hooks: Vec<String> = s.programs.iter().map(|p| p.attach.to_string()).collect();
                 line(s.probe.name(), true, &hooks.join(", "));
             }
             Err(e) => {

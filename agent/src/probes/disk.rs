@@ -1,4 +1,5 @@
-//! Block I/O latency per device and op: tracepoints block:block_rq_issue / block_rq_complete.
+//! Block I/O latency per device and op: tracepoints block:block_rq_issue / block_rq_complete,
+//! as BTF tracepoints where the kernel's BTF allows, else as classic ones.
 
 use std::{
     collections::HashMap,
@@ -7,11 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{TpOffsets, layout, maps::progs};
+use agent_common::{BlockBtf, TpOffsets, layout, maps::progs};
 use aya::{Ebpf, maps::HashMap as BpfHashMap};
 
 use super::{
     Attach, Program,
+    btf::{Btf, BtfError},
     table::{self, HistTable, RowDiff},
     tracefs::{self, TracefsError},
 };
@@ -25,6 +27,18 @@ pub const PROGRAMS: &[Program] = &[
     Program {
         name: progs::BLOCK_RQ_COMPLETE,
         attach: Attach::Tracepoint("block", "block_rq_complete"),
+    },
+];
+
+/// Preferred: no record built per event, and the request's address keys it in flight.
+pub const PROGRAMS_BTF: &[Program] = &[
+    Program {
+        name: progs::BTF_RQ_ISSUE,
+        attach: Attach::Btf("block_rq_issue"),
+    },
+    Program {
+        name: progs::BTF_RQ_COMPLETE,
+        attach: Attach::Btf("block_rq_complete"),
     },
 ];
 
@@ -45,6 +59,35 @@ pub fn read_offsets(tracefs: &Path, o: &mut TpOffsets) -> Result<(), TracefsErro
     o.complete_dev = f.offset(tp, "dev", 4)?;
     o.complete_sector = f.offset(tp, "sector", 8)?;
     Ok(())
+}
+
+/// What the BTF programs read of `struct request` (and the queue and disk it points to), as
+/// the block tracepoints themselves do: `dev` from `rq->q->disk`, bytes `__data_len`, the op
+/// the low bits of `cmd_flags`.
+pub fn btf_offsets(btf: &Btf) -> Result<BlockBtf, BtfError> {
+    // REQ_OP_BITS is a macro; the first request flag bit is defined as it.
+    let op_bits = btf.enumerator("__REQ_FAILFAST_DEV")?;
+    if !(1..=16).contains(&op_bits) {
+        return Err(BtfError::NoEnumerator(format!(
+            "__REQ_FAILFAST_DEV in 1..=16 (is {op_bits})"
+        )));
+    }
+    let op = |name: &str| -> Result<u32, BtfError> {
+        let v = btf.enumerator(name)?;
+        u32::try_from(v).map_err(|_| BtfError::NoEnumerator(format!("{name} ≥ 0 (is {v})")))
+    };
+    Ok(BlockBtf {
+        rq_q: btf.member_sized("request", "q", 8)?,
+        rq_cmd_flags: btf.member_sized("request", "cmd_flags", 4)?,
+        rq_data_len: btf.member_sized("request", "__data_len", 4)?,
+        q_disk: btf.member_sized("request_queue", "disk", 8)?,
+        disk_major: btf.member_sized("gendisk", "major", 4)?,
+        disk_first_minor: btf.member_sized("gendisk", "first_minor", 4)?,
+        op_mask: (1u32 << op_bits) - 1,
+        op_read: op("REQ_OP_READ")?,
+        op_write: op("REQ_OP_WRITE")?,
+        _pad: 0,
+    })
 }
 
 /// The kernel's internal dev_t encoding (MKDEV), as block tracepoints report it.

@@ -5,6 +5,7 @@
 //! down with one warning, and the others run. Without BPF privilege nothing loads and the agent
 //! runs procfs-only.
 
+pub mod btf;
 pub mod disk;
 pub mod events;
 pub mod syscall;
@@ -14,11 +15,11 @@ pub mod tracefs;
 
 use std::{fmt, io, path::PathBuf, str::FromStr};
 
-use agent_common::{RuntimeConfig, TpOffsets, layout, maps};
+use agent_common::{BlockBtf, RuntimeConfig, TpOffsets, layout, maps};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, RawTracePoint, TracePoint},
 };
 use thiserror::Error;
 
@@ -47,11 +48,12 @@ impl Probe {
         }
     }
 
-    fn programs(self) -> &'static [Program] {
+    /// The program sets that can serve this probe, preferred first.
+    fn variants(self) -> &'static [&'static [Program]] {
         match self {
-            Probe::Syscall => syscall::PROGRAMS,
-            Probe::Disk => disk::PROGRAMS,
-            Probe::Tcp => tcp::PROGRAMS,
+            Probe::Syscall => &[syscall::PROGRAMS],
+            Probe::Disk => &[disk::PROGRAMS_BTF, disk::PROGRAMS],
+            Probe::Tcp => &[tcp::PROGRAMS],
         }
     }
 
@@ -97,6 +99,8 @@ pub enum Attach {
     Raw(&'static str),
     /// Classic tracepoint by category and name (needs tracefs).
     Tracepoint(&'static str, &'static str),
+    /// BTF tracepoint (tp_btf) by tracepoint name (needs the kernel's BTF).
+    Btf(&'static str),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -110,6 +114,7 @@ impl fmt::Display for Attach {
         match self {
             Attach::Raw(tp) => write!(f, "raw_tracepoint:{tp}"),
             Attach::Tracepoint(c, n) => write!(f, "tracepoint:{c}:{n}"),
+            Attach::Btf(tp) => write!(f, "tp_btf:{tp}"),
         }
     }
 }
@@ -142,6 +147,8 @@ pub struct ProbeOptions {
 pub struct ProbeStatus {
     pub probe: Probe,
     pub result: Result<(), String>,
+    /// The programs attached for it (none when it is down).
+    pub programs: &'static [Program],
 }
 
 /// The loaded kernel side.
@@ -153,6 +160,8 @@ pub struct Kernel {
     status: Vec<ProbeStatus>,
     /// Probes that cannot be attached on this kernel (tracepoint formats missing), with why.
     unpreparable: Vec<(Probe, String)>,
+    /// The kernel's BTF, when the BTF tracepoint programs can be used (their offsets found).
+    btf: Option<aya::Btf>,
     syscall: syscall::SyscallProbe,
     disk: disk::DiskProbe,
     tcp: tcp::TcpProbe,
@@ -232,9 +241,21 @@ impl Kernel {
             }
         }
 
+        // BTF tracepoints are preferred where the kernel's BTF has every member they read.
+        let (btf, block_btf) = match prepare_btf() {
+            Ok(pair) => pair,
+            Err(why) => {
+                tracing::info!(
+                    "BTF tracepoints unavailable ({why}): disk uses classic tracepoints"
+                );
+                (None, BlockBtf::default())
+            }
+        };
+
         let (nr_exit, nr_exit_group) = syscall::never_returning();
         let mut ebpf = EbpfLoader::new()
             .override_global(maps::GLOBAL_TP_OFFSETS, &offsets, true)
+            .override_global(maps::GLOBAL_BLOCK_BTF, &block_btf, true)
             .override_global(maps::GLOBAL_NR_EXIT, &nr_exit, true)
             .override_global(maps::GLOBAL_NR_EXIT_GROUP, &nr_exit_group, true)
             .map_max_entries(maps::HIST, layout::hist_entries(ncpus) as u32)
@@ -269,6 +290,7 @@ impl Kernel {
             diff,
             status: Vec::new(),
             unpreparable,
+            btf,
             syscall: syscall::SyscallProbe::default(),
             disk: disk::DiskProbe::default(),
             tcp: tcp::TcpProbe,
@@ -291,7 +313,7 @@ impl Kernel {
             match (current, want) {
                 (Some(i), false) => {
                     if self.status[i].result.is_ok() {
-                        for prog in probe.programs() {
+                        for prog in self.status[i].programs {
                             unload(&mut self.ebpf, prog.name);
                         }
                         tracing::info!("probe {probe} detached");
@@ -300,9 +322,13 @@ impl Kernel {
                 }
                 (Some(i), true) if self.status[i].result.is_ok() => {}
                 (current, true) => {
-                    let result = match self.unpreparable.iter().find(|(p, _)| *p == probe) {
+                    let attached = match self.unpreparable.iter().find(|(p, _)| *p == probe) {
                         Some((_, e)) => Err(e.clone()),
-                        None => attach_probe(&mut self.ebpf, probe),
+                        None => attach_probe(&mut self.ebpf, probe, self.btf.as_ref()),
+                    };
+                    let (result, programs) = match attached {
+                        Ok(programs) => (Ok(()), programs),
+                        Err(e) => (Err(e), &[][..]),
                     };
                     match &result {
                         Err(e) => tracing::warn!("probe {probe} disabled: {e}"),
@@ -316,7 +342,11 @@ impl Kernel {
                             self.diff.prime(&self.table, rows);
                         }
                     }
-                    let st = ProbeStatus { probe, result };
+                    let st = ProbeStatus {
+                        probe,
+                        result,
+                        programs,
+                    };
                     match current {
                         Some(i) => self.status[i] = st,
                         None => self.status.push(st),
@@ -431,7 +461,7 @@ impl Kernel {
     fn read_bpf_stats(&mut self, out: &mut Vec<Metric>) {
         let now = std::time::Instant::now();
         for s in self.status.iter().filter(|s| s.result.is_ok()) {
-            for prog in s.probe.programs() {
+            for prog in s.programs {
                 let Some((run_time, run_count)) = program_stats(&self.ebpf, prog.name) else {
                     continue;
                 };
@@ -535,6 +565,7 @@ fn program_stats(ebpf: &Ebpf, name: &str) -> Option<(std::time::Duration, u64)> 
     let info = match ebpf.program(name)? {
         aya::programs::Program::RawTracePoint(p) => p.info().ok()?,
         aya::programs::Program::TracePoint(p) => p.info().ok()?,
+        aya::programs::Program::BtfTracePoint(p) => p.info().ok()?,
         _ => return None,
     };
     Some((info.run_time(), info.run_count()))
@@ -561,22 +592,64 @@ fn fdinfo_memlock(data: &MapData) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Loads and attaches every program of `probe`; on any failure unloads them all (no half probe).
-fn attach_probe(ebpf: &mut Ebpf, probe: Probe) -> Result<(), String> {
-    let mut result = Ok(());
-    for prog in probe.programs() {
-        if let Err(e) = attach_program(ebpf, probe, prog) {
-            result = Err(format!("{} ({}): {e}", prog.name, prog.attach));
-            break;
+/// Loads and attaches the first of `probe`'s program sets that attaches whole, and returns it;
+/// a set that fails is unloaded whole (no half probe) before the next is tried. Sets of BTF
+/// tracepoints are skipped without `btf`.
+fn attach_probe(
+    ebpf: &mut Ebpf,
+    probe: Probe,
+    btf: Option<&aya::Btf>,
+) -> Result<&'static [Program], String> {
+    let usable = |set: &&&[Program]| {
+        btf.is_some() || !set.iter().any(|p| matches!(p.attach, Attach::Btf(_)))
+    };
+    let sets: Vec<&'static [Program]> = probe.variants().iter().filter(usable).copied().collect();
+    let mut last = Err(format!("no program set for {probe}"));
+    for (i, set) in sets.iter().enumerate() {
+        last = attach_set(ebpf, probe, set, btf);
+        match &last {
+            Ok(()) => return Ok(set),
+            Err(e) if i + 1 < sets.len() => {
+                tracing::info!("probe {probe}: {e}; trying {}", sets[i + 1][0].attach);
+            }
+            Err(_) => {}
         }
     }
-    if result.is_err() {
-        // Including the one that failed: it may be loaded without being attached.
-        for prog in probe.programs() {
-            unload(ebpf, prog.name);
+    last.map(|()| &[][..])
+}
+
+fn attach_set(
+    ebpf: &mut Ebpf,
+    probe: Probe,
+    set: &[Program],
+    btf: Option<&aya::Btf>,
+) -> Result<(), String> {
+    for prog in set {
+        if let Err(e) = attach_program(ebpf, probe, prog, btf) {
+            // Including the one that failed: it may be loaded without being attached.
+            for prog in set {
+                unload(ebpf, prog.name);
+            }
+            return Err(format!("{} ({}): {e}", prog.name, prog.attach));
         }
     }
-    result
+    Ok(())
+}
+
+/// Test and escape hatch: `EBPF_AGENT_CLASSIC_TRACEPOINTS=1` leaves the BTF tracepoints out, as
+/// on a kernel without BTF.
+pub const CLASSIC_ENV: &str = "EBPF_AGENT_CLASSIC_TRACEPOINTS";
+
+/// The kernel's BTF and the block-layer offsets read from it, or why they cannot be used.
+fn prepare_btf() -> Result<(Option<aya::Btf>, BlockBtf), String> {
+    if std::env::var(CLASSIC_ENV).is_ok_and(|v| v == "1") {
+        return Err(format!("{CLASSIC_ENV}=1"));
+    }
+    let ours =
+        btf::Btf::from_file(std::path::Path::new(btf::VMLINUX)).map_err(|e| e.to_string())?;
+    let block = disk::btf_offsets(&ours).map_err(|e| e.to_string())?;
+    let aya_btf = aya::Btf::from_sys_fs().map_err(|e| format!("{}: {e}", btf::VMLINUX))?;
+    Ok((Some(aya_btf), block))
 }
 
 /// Test hook: `EBPF_AGENT_BREAK_PROBE=disk` points that probe's hooks at a tracepoint that does
@@ -588,11 +661,17 @@ fn broken(probe: Probe) -> bool {
     std::env::var(BREAK_PROBE_ENV).is_ok_and(|v| v.split(',').any(|p| p == probe.name()))
 }
 
-fn attach_program(ebpf: &mut Ebpf, probe: Probe, prog: &Program) -> Result<(), String> {
+fn attach_program(
+    ebpf: &mut Ebpf,
+    probe: Probe,
+    prog: &Program,
+    btf: Option<&aya::Btf>,
+) -> Result<(), String> {
     let attach = match (broken(probe), prog.attach) {
         (false, a) => a,
         (true, Attach::Raw(_)) => Attach::Raw(NO_SUCH_TRACEPOINT),
         (true, Attach::Tracepoint(cat, _)) => Attach::Tracepoint(cat, NO_SUCH_TRACEPOINT),
+        (true, Attach::Btf(_)) => Attach::Btf(NO_SUCH_TRACEPOINT),
     };
     let p = ebpf
         .program_mut(prog.name)
@@ -615,6 +694,12 @@ fn attach_program(ebpf: &mut Ebpf, probe: Probe, prog: &Program) -> Result<(), S
             p.load().map_err(|e| describe(&e))?;
             p.attach(cat, name).map_err(|e| describe(&e))?;
         }
+        Attach::Btf(tp) => {
+            let btf = btf.ok_or("the kernel's BTF is not loaded")?;
+            let p: &mut BtfTracePoint = p.try_into().map_err(|e| describe(&e))?;
+            p.load(tp, btf).map_err(|e| describe(&e))?;
+            p.attach().map_err(|e| describe(&e))?;
+        }
     }
     Ok(())
 }
@@ -625,16 +710,10 @@ fn unload(ebpf: &mut Ebpf, name: &str) {
         let _ = match p {
             aya::programs::Program::RawTracePoint(p) => p.unload(),
             aya::programs::Program::TracePoint(p) => p.unload(),
+            aya::programs::Program::BtfTracePoint(p) => p.unload(),
             _ => Ok(()),
         };
     }
-}
-
-/// Names of the programs, for `check` and docs.
-pub fn program_names() -> impl Iterator<Item = (Probe, &'static Program)> {
-    Probe::ALL
-        .into_iter()
-        .flat_map(|p| p.programs().iter().map(move |prog| (p, prog)))
 }
 
 /// The benchmark's floor: loads the object and attaches only the two empty programs on
@@ -662,6 +741,7 @@ pub fn attach_floor(clock: bool) -> Result<Ebpf, ProbeError> {
                 name,
                 attach: Attach::Raw(tp),
             },
+            None,
         )
         .map_err(ProbeError::Load)?;
     }

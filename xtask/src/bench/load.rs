@@ -267,6 +267,9 @@ pub fn tcp_ping_pong(d: Duration) -> Result<f64> {
 /// One fio run's figures.
 pub struct Fio {
     pub iops: f64,
+    /// Writes completed, and fio's own run time (ms) for them.
+    pub ios: f64,
+    pub runtime_ms: f64,
     /// Write completion latency (submission to completion, as fio sees it), microseconds.
     pub clat_p50_us: Option<f64>,
     pub clat_p99_us: Option<f64>,
@@ -312,6 +315,8 @@ pub fn fio(fio: &Path, file: &Path, size_mib: u64, secs: f64) -> Result<Fio> {
         iops: write["iops"]
             .as_f64()
             .context("no write IOPS in fio's JSON")?,
+        ios: write["total_ios"].as_f64().unwrap_or(0.0),
+        runtime_ms: write["runtime"].as_f64().unwrap_or(0.0),
         clat_p50_us: pct("50.000000"),
         clat_p99_us: pct("99.000000"),
     })

@@ -66,18 +66,54 @@ pub struct Target {
     pub name: String,
     pub value: String,
     pub limit: String,
-    /// None: could not be measured in this run.
-    pub pass: Option<bool>,
+    pub verdict: Verdict,
     pub note: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Miss,
+    /// The rounds fall on both sides of the limit: this run cannot tell.
+    Noise,
+    /// Could not be measured in this run.
+    Unmeasured,
+}
+
+impl Verdict {
+    pub fn of(pass: Option<bool>) -> Self {
+        match pass {
+            Some(true) => Verdict::Pass,
+            Some(false) => Verdict::Miss,
+            None => Verdict::Unmeasured,
+        }
+    }
+
+    /// From per-round values: PASS when every round passes, MISS when every round misses,
+    /// NOISE when they disagree (the spread is wider than the distance to the limit).
+    pub fn rounds(values: &[f64], pass: impl Fn(f64) -> bool) -> Self {
+        let passed = values.iter().filter(|&&v| pass(v)).count();
+        match (values.len(), passed) {
+            (0, _) => Verdict::Unmeasured,
+            (n, p) if p == n => Verdict::Pass,
+            (_, 0) => Verdict::Miss,
+            _ => Verdict::Noise,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Pass => "PASS",
+            Verdict::Miss => "MISS",
+            Verdict::Noise => "NOISE",
+            Verdict::Unmeasured => "n/a",
+        }
+    }
 }
 
 impl Target {
     pub fn verdict(&self) -> &'static str {
-        match self.pass {
-            Some(true) => "PASS",
-            Some(false) => "MISS",
-            None => "n/a",
-        }
+        self.verdict.label()
     }
 
     pub fn json(&self) -> Value {
