@@ -261,19 +261,54 @@ fn direct_writes_are_counted(classic: bool) {
 
 #[test]
 fn loopback_connects_are_counted_exactly() {
+    loopback_connects("127.0.0.1", false);
+}
+
+#[test]
+fn ipv6_loopback_connects_are_counted_exactly() {
+    loopback_connects("::1", false);
+}
+
+/// The same through the classic tracepoints, which serve on kernels without BTF.
+#[test]
+fn loopback_connects_are_counted_through_classic_tracepoints() {
+    loopback_connects("127.0.0.1", true);
+}
+
+/// K connections to a listener of this process on `ip`, 3 request/replies each: K connects,
+/// K accepts, an RTT sample per segment received, and an event for each connect and accept
+/// with both ends' addresses and this process's pid.
+fn loopback_connects(ip: &str, classic: bool) {
     const K: usize = 40;
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let ip: std::net::IpAddr = ip.parse().unwrap();
+    let listener = TcpListener::bind((ip, 0)).unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut agent = Agent::start(&[
-        "run",
-        "--output",
-        "json",
-        "--probes",
-        "tcp",
-        "--duration",
-        "3s",
-    ]);
+    let env: &[(&str, &str)] = if classic {
+        &[("EBPF_AGENT_CLASSIC_TRACEPOINTS", "1")]
+    } else {
+        &[]
+    };
+    let mut agent = Agent::start_env(
+        &[
+            "run",
+            "--output",
+            "json",
+            "--probes",
+            "tcp",
+            "--duration",
+            "3s",
+        ],
+        env,
+    );
     agent.wait_ready();
+    let (used, unused) = if classic {
+        ("tcp_probe", "btf_tcp_probe")
+    } else {
+        ("btf_tcp_probe", "tcp_probe")
+    };
+    assert_eq!(programs_named(used), 1, "{used} attached");
+    assert_eq!(programs_named(unused), 0, "{unused} not attached");
+    let mut clients = Vec::new();
     for _ in 0..K {
         let mut c = TcpStream::connect(addr).unwrap();
         let (mut s, _) = listener.accept().unwrap();
@@ -285,35 +320,46 @@ fn loopback_connects_are_counted_exactly() {
             s.write_all(b"pong").unwrap();
             c.read_exact(&mut buf).unwrap();
         }
+        clients.push(c.local_addr().unwrap());
     }
     let intervals = agent.intervals(FINISH);
     assert_eq!(sum(&intervals, "tcp.connects", &[]), K as f64);
     assert_eq!(sum(&intervals, "tcp.accepts", &[]), K as f64);
-    assert!(sum(&intervals, "tcp.rtt_samples", &[]) > 0.0);
+    // Each ping and pong is a segment received on an established socket.
+    let samples = sum(&intervals, "tcp.rtt_samples", &[]);
+    assert!(samples >= (6 * K) as f64, "rtt samples {samples}");
     let rtt = values(&intervals, "tcp.rtt_us.p50", &[]);
     assert!(
-        !rtt.is_empty() && rtt.iter().all(|&v| v > 0.0),
+        !rtt.is_empty() && rtt.iter().all(|&v| v > 0.0 && v < 100_000.0),
         "rtt p50: {rtt:?}"
     );
     let connect = values(&intervals, "tcp.connect_latency_us.p50", &[]);
     assert!(!connect.is_empty() && connect.iter().all(|&v| v > 0.0));
-    // Every connect and accept also reached the ring buffer.
-    let port = addr.port().to_string();
+    // Every connect and accept also reached the ring buffer, with both ends.
     let events: Vec<_> = intervals
         .iter()
         .flat_map(|i| i["events"].as_array().cloned().unwrap_or_default())
         .collect();
-    let connects = events
-        .iter()
-        .filter(|e| {
-            e["kind"] == "tcp_connect"
-                && e["target"]
-                    .as_str()
-                    .unwrap()
-                    .ends_with(&format!("127.0.0.1:{port}"))
-        })
-        .count();
-    assert_eq!(connects, K);
+    let me = std::process::id();
+    let seen = |kind: &str, target: String| {
+        events
+            .iter()
+            .filter(|e| e["kind"] == kind && e["target"] == target.as_str() && e["pid"] == me)
+            .count()
+    };
+    for client in &clients {
+        assert_eq!(
+            seen("tcp_connect", format!("{client} -> {addr}")),
+            1,
+            "connect {client} -> {addr} among {} events",
+            events.len()
+        );
+        assert_eq!(
+            seen("tcp_accept", format!("{addr} -> {client}")),
+            1,
+            "accept {addr} -> {client}"
+        );
+    }
 }
 
 #[test]
@@ -476,6 +522,8 @@ fn count_programs() -> usize {
         "btf_rq_complete",
         "inet_sock_set_state",
         "tcp_probe",
+        "btf_sock_state",
+        "btf_tcp_probe",
         "tcp_retransmit_skb",
         "tcp_send_reset",
         "tcp_receive_reset",

@@ -125,9 +125,34 @@ pub struct BlockBtf {
 }
 const _: () = assert!(core::mem::size_of::<BlockBtf>() == 40);
 
+/// What the BTF tracepoint programs on TCP read from `struct sock` (its `sock_common` head)
+/// and `struct tcp_sock`: byte offsets from the kernel's BTF at load time, set once as the
+/// global [`crate::maps::GLOBAL_TCP_BTF`] (like [`BlockBtf`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpBtf {
+    /// `sock.sk_protocol` (u16).
+    pub sk_protocol: u32,
+    /// `sock_common` members, from the start of `struct sock`: `skc_family` (u16), `skc_num`
+    /// (u16, local port, host order), `skc_dport` (u16, network order).
+    pub skc_family: u32,
+    pub skc_num: u32,
+    pub skc_dport: u32,
+    /// IPv4 addresses (4 bytes, network order) and IPv6 ones (16 bytes).
+    pub skc_rcv_saddr: u32,
+    pub skc_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_v6_daddr: u32,
+    /// `tcp_sock.srtt_us` (u32: smoothed RTT in µs, times 8).
+    pub tp_srtt_us: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<TcpBtf>() == 40);
+
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::RuntimeConfig {}
     unsafe impl aya::Pod for super::TpOffsets {}
     unsafe impl aya::Pod for super::BlockBtf {}
+    unsafe impl aya::Pod for super::TcpBtf {}
 }

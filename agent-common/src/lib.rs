@@ -11,5 +11,5 @@ pub mod hist;
 pub mod layout;
 pub mod maps;
 
-pub use config::{BlockBtf, RuntimeConfig, TpOffsets};
+pub use config::{BlockBtf, RuntimeConfig, TcpBtf, TpOffsets};
 pub use event::{Event, EventKind};

@@ -21,6 +21,8 @@ pub const CONFIG: &str = "CONFIG";
 pub const GLOBAL_TP_OFFSETS: &str = "TP_OFFSETS";
 /// Load-time global holding [`crate::BlockBtf`].
 pub const GLOBAL_BLOCK_BTF: &str = "BLOCK_BTF";
+/// Load-time global holding [`crate::TcpBtf`].
+pub const GLOBAL_TCP_BTF: &str = "TCP_BTF";
 /// Load-time globals: syscall numbers that never return (their entries would go stale).
 pub const GLOBAL_NR_EXIT: &str = "NR_EXIT";
 pub const GLOBAL_NR_EXIT_GROUP: &str = "NR_EXIT_GROUP";
@@ -46,6 +48,9 @@ pub mod progs {
     pub const BTF_RQ_COMPLETE: &str = "btf_rq_complete";
     pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
     pub const TCP_PROBE: &str = "tcp_probe";
+    /// The same two as BTF tracepoints (preferred).
+    pub const BTF_SOCK_STATE: &str = "btf_sock_state";
+    pub const BTF_TCP_PROBE: &str = "btf_tcp_probe";
     pub const TCP_RETRANSMIT_SKB: &str = "tcp_retransmit_skb";
     pub const TCP_SEND_RESET: &str = "tcp_send_reset";
     pub const TCP_RECEIVE_RESET: &str = "tcp_receive_reset";

@@ -8,7 +8,7 @@
 #![no_main]
 
 use agent_common::{
-    BlockBtf, Event, EventKind, RuntimeConfig, TpOffsets, hist,
+    BlockBtf, Event, EventKind, RuntimeConfig, TcpBtf, TpOffsets, hist,
     layout::{self, Row},
     maps::{
         DISK_INFLIGHT_ENTRIES, DISK_PROBES, DISK_STALE_NS, DiskInflight, OWNER_NR_MASK,
@@ -22,6 +22,7 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_skc_to_tcp_sock,
     },
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, RingBuf},
@@ -64,6 +65,19 @@ static BLOCK_BTF: Global<BlockBtf> = Global::new(BlockBtf {
     op_mask: 0,
     op_read: 0,
     op_write: 0,
+    _pad: 0,
+});
+#[unsafe(no_mangle)]
+static TCP_BTF: Global<TcpBtf> = Global::new(TcpBtf {
+    sk_protocol: 0,
+    skc_family: 0,
+    skc_num: 0,
+    skc_dport: 0,
+    skc_rcv_saddr: 0,
+    skc_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+    skc_v6_daddr: 0,
+    tp_srtt_us: 0,
     _pad: 0,
 });
 #[unsafe(no_mangle)]
@@ -489,22 +503,23 @@ fn try_btf_rq_issue(ctx: &BtfTracePointContext) -> Option<()> {
         x if x == o.op_write => layout::DISK_OP_WRITE,
         _ => layout::DISK_OP_OTHER,
     };
-    disk_issue(0, request_key(rq), dev, bytes, op)
+    disk_issue(0, pointer_key(rq), dev, bytes, op)
 }
 
-/// A request's in-flight key: its address, as a number. The verifier forbids arithmetic on a
-/// BTF pointer (the slot hash multiplies) but lets a privileged program subtract two
-/// pointers, so the key is the request's distance from a fixed address of ours.
+/// A kernel object's address as a key (a request in flight, a connecting socket). The
+/// verifier forbids arithmetic on a BTF pointer (a hash multiplies) but lets a privileged
+/// program subtract two pointers, so the key is the object's distance from a fixed address of
+/// ours.
 #[inline(always)]
-fn request_key(rq: *const u8) -> u64 {
+fn pointer_key(p: *const u8) -> u64 {
     let anchor = &BLOCK_BTF as *const Global<BlockBtf> as u64;
-    (rq as u64).wrapping_sub(anchor)
+    (p as u64).wrapping_sub(anchor)
 }
 
 #[btf_tracepoint(function = "block_rq_complete")]
 pub fn btf_rq_complete(ctx: BtfTracePointContext) -> i32 {
     let rq: *const u8 = ctx.arg(0);
-    let _ = disk_complete(0, request_key(rq), None);
+    let _ = disk_complete(0, pointer_key(rq), None);
     0
 }
 
@@ -514,6 +529,10 @@ const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
+
+/// A socket's addresses for a connect/accept event: family, local and remote port (host
+/// order), local and remote address (IPv4 in the first 4 bytes).
+type SockAddrs = (u16, u16, u16, [u8; 16], [u8; 16]);
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -533,6 +552,27 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
     let sk: u64 = field(ctx, &head, off.sk_skaddr)?;
     let old: i32 = field(ctx, &head, off.sk_oldstate)?;
     let new: i32 = field(ctx, &head, off.sk_newstate)?;
+    sock_state(sk, old, new, || {
+        Some((
+            field(ctx, &head, off.sk_family)?,
+            field(ctx, &head, off.sk_sport)?,
+            field(ctx, &head, off.sk_dport)?,
+            field(ctx, &head, off.sk_saddr_v6)?,
+            field(ctx, &head, off.sk_daddr_v6)?,
+        ))
+    })
+}
+
+/// A TCP socket's state change: times connects (SYN_SENT → ESTABLISHED) and counts connects
+/// and accepts, sending each as an event when on. `sk` names the socket; `addrs` is read only
+/// for an event.
+#[inline(always)]
+fn sock_state(
+    sk: u64,
+    old: i32,
+    new: i32,
+    addrs: impl FnOnce() -> Option<SockAddrs>,
+) -> Option<()> {
     let (kind, latency_ns, pid, tid, comm) = if new == TCP_SYN_SENT {
         // In the connecting task's context: remember who and when.
         let id = bpf_get_current_pid_tgid();
@@ -579,11 +619,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Option<()> {
     if config()?.tcp_events_on == 0 {
         return Some(());
     }
-    let family: u16 = field(ctx, &head, off.sk_family)?;
-    let sport: u16 = field(ctx, &head, off.sk_sport)?;
-    let dport: u16 = field(ctx, &head, off.sk_dport)?;
-    let saddr: [u8; 16] = field(ctx, &head, off.sk_saddr_v6)?;
-    let daddr: [u8; 16] = field(ctx, &head, off.sk_daddr_v6)?;
+    let (family, sport, dport, saddr, daddr) = addrs()?;
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(Event {
@@ -616,6 +652,56 @@ pub fn tcp_probe(ctx: TracePointContext) -> u32 {
     // srtt is in microseconds (tp->srtt_us >> 3); the histogram counts ns.
     if let Some(srtt_us) = read::<u32>(&ctx, off.probe_srtt) {
         record(layout::ROW_TCP_RTT, srtt_us as u64 * 1000, 0);
+    }
+    0
+}
+
+// ---- TCP, preferred: the same two tracepoints as BTF tracepoints ----
+// tcp_probe fires on every segment an established socket receives: its classic record (both
+// addresses, a dozen counters, the socket cookie) costs more than everything the agent does.
+
+const AF_INET: u16 = 2;
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn btf_sock_state(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_btf_sock_state(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_btf_sock_state(ctx: &BtfTracePointContext) -> Option<()> {
+    let o = TCP_BTF.load();
+    let sk: *const u8 = ctx.arg(0);
+    let protocol: u16 = kload(sk, o.sk_protocol);
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    sock_state(pointer_key(sk), old, new, || {
+        let family: u16 = kload(sk, o.skc_family);
+        let sport: u16 = kload(sk, o.skc_num);
+        let dport: u16 = u16::from_be(kload(sk, o.skc_dport));
+        let (mut saddr, mut daddr) = ([0u8; 16], [0u8; 16]);
+        if family == AF_INET {
+            saddr[..4].copy_from_slice(&kload::<[u8; 4]>(sk, o.skc_rcv_saddr));
+            daddr[..4].copy_from_slice(&kload::<[u8; 4]>(sk, o.skc_daddr));
+        } else {
+            saddr = kload(sk, o.skc_v6_rcv_saddr);
+            daddr = kload(sk, o.skc_v6_daddr);
+        }
+        Some((family, sport, dport, saddr, daddr))
+    })
+}
+
+#[btf_tracepoint(function = "tcp_probe")]
+pub fn btf_tcp_probe(ctx: BtfTracePointContext) -> i32 {
+    let sk: *mut core::ffi::c_void = ctx.arg(0);
+    // A checked cast (the socket is a full TCP socket): its tcp_sock fields become loads.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk) } as *const u8;
+    if !tp.is_null() {
+        let srtt_x8: u32 = kload(tp, TCP_BTF.load().tp_srtt_us);
+        record(layout::ROW_TCP_RTT, u64::from(srtt_x8 >> 3) * 1000, 0);
     }
     0
 }

@@ -3,7 +3,7 @@
 
 use std::{
     collections::VecDeque,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex},
 };
 
@@ -144,7 +144,9 @@ pub fn view(e: &Event, device_name: impl Fn(u32) -> String) -> Option<EventView>
             } else {
                 "tcp_accept"
             };
-            (k, format!("{s}:{} -> {d}:{}", e.sport, e.dport), None)
+            // SocketAddr brackets IPv6 addresses: [::1]:5432.
+            let (s, d) = (SocketAddr::new(s, e.sport), SocketAddr::new(d, e.dport));
+            (k, format!("{s} -> {d}"), None)
         }
     };
     Some(EventView {
@@ -194,6 +196,20 @@ mod tests {
         assert_eq!(v.latency_us, 1500.0);
         let v = view(&event(EventKind::TcpConnect), |_| unreachable!()).unwrap();
         assert_eq!(v.target, "127.0.0.1:40000 -> 10.1.2.3:80");
+        // IPv4 in the first 4 bytes (the BTF programs' form) reads the same.
+        let mut e = event(EventKind::TcpAccept);
+        e.saddr = [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            view(&e, |_| unreachable!()).unwrap().target,
+            "127.0.0.1:40000 -> 10.1.2.3:80"
+        );
+        e.op = 10; // AF_INET6
+        e.saddr = Ipv6Addr::LOCALHOST.octets();
+        e.daddr = Ipv6Addr::LOCALHOST.octets();
+        assert_eq!(
+            view(&e, |_| unreachable!()).unwrap().target,
+            "[::1]:40000 -> [::1]:80"
+        );
         let mut e = event(EventKind::SlowDisk);
         e.op = 1;
         let v = view(&e, |dev| format!("dev{dev}")).unwrap();

@@ -15,7 +15,7 @@ pub mod tracefs;
 
 use std::{fmt, io, path::PathBuf, str::FromStr};
 
-use agent_common::{BlockBtf, RuntimeConfig, TpOffsets, layout, maps};
+use agent_common::{BlockBtf, RuntimeConfig, TcpBtf, TpOffsets, layout, maps};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, RingBuf},
@@ -53,7 +53,7 @@ impl Probe {
         match self {
             Probe::Syscall => &[syscall::PROGRAMS],
             Probe::Disk => &[disk::PROGRAMS_BTF, disk::PROGRAMS],
-            Probe::Tcp => &[tcp::PROGRAMS],
+            Probe::Tcp => &[tcp::PROGRAMS_BTF, tcp::PROGRAMS],
         }
     }
 
@@ -160,8 +160,10 @@ pub struct Kernel {
     status: Vec<ProbeStatus>,
     /// Probes that cannot be attached on this kernel (tracepoint formats missing), with why.
     unpreparable: Vec<(Probe, String)>,
-    /// The kernel's BTF, when the BTF tracepoint programs can be used (their offsets found).
+    /// The kernel's BTF, and the probes whose BTF tracepoint programs can use it (every
+    /// offset they read found).
     btf: Option<aya::Btf>,
+    btf_probes: Vec<Probe>,
     syscall: syscall::SyscallProbe,
     disk: disk::DiskProbe,
     tcp: tcp::TcpProbe,
@@ -242,20 +244,13 @@ impl Kernel {
         }
 
         // BTF tracepoints are preferred where the kernel's BTF has every member they read.
-        let (btf, block_btf) = match prepare_btf() {
-            Ok(pair) => pair,
-            Err(why) => {
-                tracing::info!(
-                    "BTF tracepoints unavailable ({why}): disk uses classic tracepoints"
-                );
-                (None, BlockBtf::default())
-            }
-        };
+        let btf = prepare_btf();
 
         let (nr_exit, nr_exit_group) = syscall::never_returning();
         let mut ebpf = EbpfLoader::new()
             .override_global(maps::GLOBAL_TP_OFFSETS, &offsets, true)
-            .override_global(maps::GLOBAL_BLOCK_BTF, &block_btf, true)
+            .override_global(maps::GLOBAL_BLOCK_BTF, &btf.block, true)
+            .override_global(maps::GLOBAL_TCP_BTF, &btf.tcp, true)
             .override_global(maps::GLOBAL_NR_EXIT, &nr_exit, true)
             .override_global(maps::GLOBAL_NR_EXIT_GROUP, &nr_exit_group, true)
             .map_max_entries(maps::HIST, layout::hist_entries(ncpus) as u32)
@@ -290,7 +285,8 @@ impl Kernel {
             diff,
             status: Vec::new(),
             unpreparable,
-            btf,
+            btf: btf.aya,
+            btf_probes: btf.probes,
             syscall: syscall::SyscallProbe::default(),
             disk: disk::DiskProbe::default(),
             tcp: tcp::TcpProbe,
@@ -324,7 +320,13 @@ impl Kernel {
                 (current, true) => {
                     let attached = match self.unpreparable.iter().find(|(p, _)| *p == probe) {
                         Some((_, e)) => Err(e.clone()),
-                        None => attach_probe(&mut self.ebpf, probe, self.btf.as_ref()),
+                        None => {
+                            let btf = self
+                                .btf
+                                .as_ref()
+                                .filter(|_| self.btf_probes.contains(&probe));
+                            attach_probe(&mut self.ebpf, probe, btf)
+                        }
                     };
                     let (result, programs) = match attached {
                         Ok(programs) => (Ok(()), programs),
@@ -640,16 +642,62 @@ fn attach_set(
 /// on a kernel without BTF.
 pub const CLASSIC_ENV: &str = "EBPF_AGENT_CLASSIC_TRACEPOINTS";
 
-/// The kernel's BTF and the block-layer offsets read from it, or why they cannot be used.
-fn prepare_btf() -> Result<(Option<aya::Btf>, BlockBtf), String> {
+/// The kernel's BTF and the offsets read from it (zeros where missing), and the probes that
+/// can use them.
+struct BtfPrep {
+    aya: Option<aya::Btf>,
+    block: BlockBtf,
+    tcp: TcpBtf,
+    probes: Vec<Probe>,
+}
+
+fn prepare_btf() -> BtfPrep {
+    let mut prep = BtfPrep {
+        aya: None,
+        block: BlockBtf::default(),
+        tcp: TcpBtf::default(),
+        probes: Vec::new(),
+    };
+    let classic = "disk and tcp use classic tracepoints";
     if std::env::var(CLASSIC_ENV).is_ok_and(|v| v == "1") {
-        return Err(format!("{CLASSIC_ENV}=1"));
+        tracing::info!("{CLASSIC_ENV}=1: {classic}");
+        return prep;
     }
-    let ours =
-        btf::Btf::from_file(std::path::Path::new(btf::VMLINUX)).map_err(|e| e.to_string())?;
-    let block = disk::btf_offsets(&ours).map_err(|e| e.to_string())?;
-    let aya_btf = aya::Btf::from_sys_fs().map_err(|e| format!("{}: {e}", btf::VMLINUX))?;
-    Ok((Some(aya_btf), block))
+    let ours = match btf::Btf::from_file(std::path::Path::new(btf::VMLINUX)) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::info!("BTF tracepoints unavailable ({e}): {classic}");
+            return prep;
+        }
+    };
+    match aya::Btf::from_sys_fs() {
+        Ok(b) => prep.aya = Some(b),
+        Err(e) => {
+            tracing::info!(
+                "BTF tracepoints unavailable ({}: {e}): {classic}",
+                btf::VMLINUX
+            );
+            return prep;
+        }
+    }
+    let why = |probe: Probe, e: btf::BtfError| {
+        tracing::info!("probe {probe}: {e}; using classic tracepoints");
+    };
+    match disk::btf_offsets(&ours) {
+        Ok(o) => {
+            prep.block = o;
+            prep.probes.push(Probe::Disk);
+        }
+        Err(e) => why(Probe::Disk, e),
+    }
+    match tcp::btf_offsets(&ours) {
+        Ok(o) => {
+            prep.tcp = o;
+            prep.probes.push(Probe::Tcp);
+        }
+        Err(e) => why(Probe::Tcp, e),
+    }
+    prep
 }
 
 /// Test hook: `EBPF_AGENT_BREAK_PROBE=disk` points that probe's hooks at a tracepoint that does

@@ -1,12 +1,14 @@
 //! TCP: smoothed RTT (tcp:tcp_probe), connect latency and opens (sock:inet_sock_set_state),
-//! retransmits and resets (raw tracepoints).
+//! both as BTF tracepoints where the kernel's BTF allows, else classic ones; retransmits and
+//! resets (raw tracepoints).
 
 use std::path::Path;
 
-use agent_common::{TpOffsets, layout, maps::progs};
+use agent_common::{TcpBtf, TpOffsets, layout, maps::progs};
 
 use super::{
     Attach, Program,
+    btf::{Btf, BtfError},
     table::{self, HistTable, RowDiff},
     tracefs::{self, TracefsError},
 };
@@ -34,6 +36,41 @@ pub const PROGRAMS: &[Program] = &[
         attach: Attach::Raw("tcp_receive_reset"),
     },
 ];
+
+/// Preferred: no record built per event (tcp_probe's is large, and it fires per segment).
+pub const PROGRAMS_BTF: &[Program] = &[
+    Program {
+        name: progs::BTF_SOCK_STATE,
+        attach: Attach::Btf("inet_sock_set_state"),
+    },
+    Program {
+        name: progs::BTF_TCP_PROBE,
+        attach: Attach::Btf("tcp_probe"),
+    },
+    PROGRAMS[2],
+    PROGRAMS[3],
+    PROGRAMS[4],
+];
+
+/// What the BTF programs read: `struct sock` (its `sock_common` head) and `tcp_sock.srtt_us`.
+pub fn btf_offsets(btf: &Btf) -> Result<TcpBtf, BtfError> {
+    let common = btf.member("sock", "__sk_common")?.offset;
+    let skc = |name: &str, size: u32| -> Result<u32, BtfError> {
+        Ok(common + btf.member_sized("sock_common", name, size)?)
+    };
+    Ok(TcpBtf {
+        sk_protocol: btf.member_sized("sock", "sk_protocol", 2)?,
+        skc_family: skc("skc_family", 2)?,
+        skc_num: skc("skc_num", 2)?,
+        skc_dport: skc("skc_dport", 2)?,
+        skc_rcv_saddr: skc("skc_rcv_saddr", 4)?,
+        skc_daddr: skc("skc_daddr", 4)?,
+        skc_v6_rcv_saddr: skc("skc_v6_rcv_saddr", 16)?,
+        skc_v6_daddr: skc("skc_v6_daddr", 16)?,
+        tp_srtt_us: btf.member_sized("tcp_sock", "srtt_us", 4)?,
+        _pad: 0,
+    })
+}
 
 pub fn read_offsets(tracefs: &Path, o: &mut TpOffsets) -> Result<(), TracefsError> {
     let tp = "sock:inet_sock_set_state";

@@ -215,6 +215,9 @@ enum Cfg {
     Nothing,
     /// `ebpf-agent run` with these arguments.
     Agent(Vec<&'static str>),
+    /// The same on the classic tracepoints (`EBPF_AGENT_CLASSIC_TRACEPOINTS=1`), as on a kernel
+    /// without BTF.
+    AgentClassic(Vec<&'static str>),
     /// `ebpf-agent floor`: two empty raw tracepoint programs.
     Floor,
     /// The floor while BPF run-time statistics are on (the agent turns them on for
@@ -502,13 +505,16 @@ impl Bench {
         let secs = Duration::from_secs;
         let (helper, settle, stats) = match cfg {
             Cfg::Nothing => (None, 0, None),
-            Cfg::Agent(args) => {
+            Cfg::Agent(args) | Cfg::AgentClassic(args) => {
                 let mut c = Command::new(&self.agent);
                 c.arg("run")
                     .arg("--config")
                     .arg(&self.config)
                     .args(args)
                     .env("EBPF_AGENT_LOG", "info");
+                if matches!(cfg, Cfg::AgentClassic(_)) {
+                    c.env("EBPF_AGENT_CLASSIC_TRACEPOINTS", "1");
+                }
                 let h = Helper::start("ebpf-agent", c, Ready::Stderr("collecting:"), secs(30))?;
                 (Some(h), 300, None)
             }
@@ -886,6 +892,10 @@ impl Bench {
                 "ebpf-agent (--probes tcp)",
                 Cfg::Agent(vec!["--output", "none", "--probes", "tcp"]),
             ),
+            (
+                "ebpf-agent, classic tracepoints",
+                Cfg::AgentClassic(vec!["--output", "none", "--probes", "tcp"]),
+            ),
         ];
         let (rounds, secs) = (self.plan.tcp_rounds, self.plan.tcp_secs);
         let d = Duration::from_secs_f64(secs);
@@ -943,7 +953,9 @@ impl Bench {
         }
         table.note(
             "Short connection: connect, send 64 B, receive 64 B, close (server closes first). \
-             Ping-pong: one connection, 64 B each way, TCP_NODELAY. No target: reported only.",
+             Ping-pong: one connection, 64 B each way, TCP_NODELAY. Classic tracepoints: the \
+             agent as on a kernel without BTF (tcp_probe builds its record on every segment). \
+             No target: reported only.",
         );
         self.print(table);
         Ok(json!({ "rounds": rounds, "secs": secs, "configs": out }))
