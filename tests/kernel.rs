@@ -152,6 +152,26 @@ fn direct_writes_are_counted_through_classic_tracepoints() {
     direct_writes_are_counted(true);
 }
 
+/// Starts the agent on the BTF tracepoints, or on the classic ones (`classic`, as on a kernel
+/// without BTF), and checks which of the probe's two programs, (BTF, classic), serves.
+fn start_on_tracepoints(classic: bool, args: &[&str], programs: (&str, &str)) -> Agent {
+    let env: &[(&str, &str)] = if classic {
+        &[("EBPF_AGENT_CLASSIC_TRACEPOINTS", "1")]
+    } else {
+        &[]
+    };
+    let mut agent = Agent::start_env(args, env);
+    agent.wait_ready();
+    let (used, unused) = if classic {
+        (programs.1, programs.0)
+    } else {
+        programs
+    };
+    assert_eq!(programs_named(used), 1, "{used} attached");
+    assert_eq!(programs_named(unused), 0, "{unused} not attached");
+    agent
+}
+
 /// M O_DIRECT writes, each followed by fdatasync: at least M writes of 4 KiB on the disk
 /// holding the test's directory, as many flushes, and (threshold 0) M slow-request events
 /// naming this process.
@@ -160,12 +180,8 @@ fn direct_writes_are_counted(classic: bool) {
     let dir = env!("CARGO_TARGET_TMPDIR").to_string();
     let path = format!("{dir}/ebpf-agent-direct-{}", std::process::id());
     let device = disk_of(&dir);
-    let env: &[(&str, &str)] = if classic {
-        &[("EBPF_AGENT_CLASSIC_TRACEPOINTS", "1")]
-    } else {
-        &[]
-    };
-    let mut agent = Agent::start_env(
+    let agent = start_on_tracepoints(
+        classic,
         &[
             "run",
             "--output",
@@ -179,17 +195,8 @@ fn direct_writes_are_counted(classic: bool) {
             "--slow-threshold",
             "0",
         ],
-        env,
+        ("btf_rq_issue", "block_rq_issue"),
     );
-    agent.wait_ready();
-    // Which pair of programs serves the probe: the BTF ones unless told otherwise.
-    let (used, unused) = if classic {
-        ("block_rq_issue", "btf_rq_issue")
-    } else {
-        ("btf_rq_issue", "block_rq_issue")
-    };
-    assert_eq!(programs_named(used), 1, "{used} attached");
-    assert_eq!(programs_named(unused), 0, "{unused} not attached");
     {
         let mut f = OpenOptions::new()
             .create(true)
@@ -283,12 +290,8 @@ fn loopback_connects(ip: &str, classic: bool) {
     let ip: std::net::IpAddr = ip.parse().unwrap();
     let listener = TcpListener::bind((ip, 0)).unwrap();
     let addr = listener.local_addr().unwrap();
-    let env: &[(&str, &str)] = if classic {
-        &[("EBPF_AGENT_CLASSIC_TRACEPOINTS", "1")]
-    } else {
-        &[]
-    };
-    let mut agent = Agent::start_env(
+    let agent = start_on_tracepoints(
+        classic,
         &[
             "run",
             "--output",
@@ -298,16 +301,8 @@ fn loopback_connects(ip: &str, classic: bool) {
             "--duration",
             "3s",
         ],
-        env,
+        ("btf_tcp_probe", "tcp_probe"),
     );
-    agent.wait_ready();
-    let (used, unused) = if classic {
-        ("tcp_probe", "btf_tcp_probe")
-    } else {
-        ("btf_tcp_probe", "tcp_probe")
-    };
-    assert_eq!(programs_named(used), 1, "{used} attached");
-    assert_eq!(programs_named(unused), 0, "{unused} not attached");
     let mut clients = Vec::new();
     for _ in 0..K {
         let mut c = TcpStream::connect(addr).unwrap();

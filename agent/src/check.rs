@@ -5,7 +5,7 @@ use std::{path::Path, process::ExitCode};
 use agent_common::{RuntimeConfig, layout, maps};
 use anyhow::Result;
 
-use crate::probes::{Kernel, Probe, ProbeOptions, tracefs};
+use crate::probes::{self, Kernel, Probe, ProbeOptions, tracefs};
 
 fn line(what: &str, ok: bool, detail: &str) {
     println!(
@@ -18,20 +18,33 @@ fn line(what: &str, ok: bool, detail: &str) {
 pub async fn check() -> Result<ExitCode> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("{:<10} {:<4} {}", "kernel", "", release.trim());
-    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    let has_btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    let forced = probes::classic_forced();
     line(
         "btf",
-        btf,
-        if btf {
-            "/sys/kernel/btf/vmlinux"
-        } else {
-            "no kernel BTF (not needed: offsets come from tracefs)"
+        has_btf,
+        match (has_btf, forced) {
+            (true, false) => "/sys/kernel/btf/vmlinux: disk and tcp can use BTF tracepoints",
+            (true, true) => {
+                "/sys/kernel/btf/vmlinux (unused: EBPF_AGENT_CLASSIC_TRACEPOINTS=1): disk and tcp use classic tracepoints (tracefs)"
+            }
+            _ => "no kernel BTF: disk and tcp use classic tracepoints (tracefs)",
         },
     );
-    let tracefs = tracefs::ensure_mounted();
-    match &tracefs {
-        Ok(p) => line("tracefs", true, &p.display().to_string()),
-        Err(e) => line("tracefs", false, &e.to_string()),
+    let btf = has_btf && !forced;
+    // With BTF, tracefs only serves the classic fallback: not having it is no failure.
+    let not_needed = "not needed with BTF (only the classic fallback would use it)";
+    if btf {
+        match tracefs::find() {
+            Ok(Some(p)) => line("tracefs", true, &p.display().to_string()),
+            Ok(None) => line("tracefs", true, &format!("not mounted; {not_needed}")),
+            Err(e) => line("tracefs", true, &format!("{not_needed}: {e}")),
+        }
+    } else {
+        match tracefs::ensure_mounted() {
+            Ok(p) => line("tracefs", true, &p.display().to_string()),
+            Err(e) => line("tracefs", false, &e.to_string()),
+        }
     }
     let psi = Path::new("/proc/pressure").is_dir();
     line(

@@ -5,7 +5,7 @@
 //! (btf-rs) is LGPL, which does not sit with this MIT/Apache binary; the format is small and
 //! stable (Documentation/bpf/btf.rst), and only the parts read here are decoded.
 
-use std::{collections::HashMap, path::Path};
+use std::path::Path;
 
 use thiserror::Error;
 
@@ -72,7 +72,6 @@ pub struct Btf {
     /// Index = type id; id 0 is `void` (a placeholder here).
     types: Vec<Type>,
     strings: (usize, usize),
-    structs: HashMap<String, u32>,
 }
 
 impl Btf {
@@ -146,23 +145,11 @@ impl Btf {
         if o != types_end {
             return Err(BtfError::Format("type section overruns"));
         }
-        let mut btf = Btf {
+        Ok(Btf {
             data,
             types,
             strings,
-            structs: HashMap::new(),
-        };
-        // Named structs with members (a forward declaration has none); first one wins.
-        let mut structs = HashMap::new();
-        for (id, t) in btf.types.iter().enumerate() {
-            if t.kind == KIND_STRUCT && t.vlen > 0 && t.name_off != 0 {
-                structs
-                    .entry(btf.name(t.name_off).to_string())
-                    .or_insert(id as u32);
-            }
-        }
-        btf.structs = structs;
-        Ok(btf)
+        })
     }
 
     fn u32_at(&self, o: usize) -> u32 {
@@ -255,10 +242,18 @@ impl Btf {
 
     /// Byte offset and size of `strukt.member`.
     pub fn member(&self, strukt: &str, member: &str) -> Result<Member, BtfError> {
-        let id = *self
-            .structs
-            .get(strukt)
-            .ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
+        // The first named struct with members (a forward declaration has none). A scan: a few
+        // lookups at start, and no index of every name to keep in memory.
+        let id = self
+            .types
+            .iter()
+            .position(|t| {
+                t.kind == KIND_STRUCT
+                    && t.vlen > 0
+                    && t.name_off != 0
+                    && self.name(t.name_off) == strukt
+            })
+            .ok_or_else(|| BtfError::NoStruct(strukt.into()))? as u32;
         self.find_member(id, member, 0)
             .ok_or_else(|| BtfError::NoMember(strukt.into(), member.into()))
     }

@@ -158,11 +158,11 @@ pub struct Kernel {
     diff: RowDiff,
     /// Probes asked for, and how attaching them went.
     status: Vec<ProbeStatus>,
-    /// Probes that cannot be attached on this kernel (tracepoint formats missing), with why.
-    unpreparable: Vec<(Probe, String)>,
-    /// The kernel's BTF, and the probes whose BTF tracepoint programs can use it (every
-    /// offset they read found).
-    btf: Option<aya::Btf>,
+    /// Probes whose classic tracepoints cannot be used (tracefs or formats missing), with why.
+    classic_unavailable: Vec<(Probe, String)>,
+    /// The probes whose BTF tracepoint programs can be used (every offset they read found in
+    /// the kernel's BTF). aya's parse of the BTF, which attaching them needs, is made only
+    /// while attaching: kept, it would double the agent's memory.
     btf_probes: Vec<Probe>,
     syscall: syscall::SyscallProbe,
     disk: disk::DiskProbe,
@@ -222,11 +222,26 @@ impl Kernel {
         let ncpus = aya::util::nr_cpus()
             .map_err(|(path, e)| ProbeError::Load(format!("reading {path}: {e}")))?;
         raise_memlock_limit();
-        // Tracepoint field offsets come from tracefs, read before load (they are load-time
-        // globals) for every probe, so a probe switched on later by a reload can attach too.
+        // BTF tracepoints are preferred where the kernel's BTF has every member they read.
+        let btf = prepare_btf();
+        // The classic tracepoints' field offsets come from tracefs, read before load (they are
+        // load-time globals) for every probe, so a probe switched on later by a reload can
+        // attach too. tracefs is mounted only when a probe has no BTF tracepoints to use; when
+        // it is there already, the offsets are read anyway, for a fallback.
         let mut offsets = TpOffsets::UNSET;
-        let tracefs: Result<PathBuf, String> = tracefs::ensure_mounted().map_err(|e| e.to_string());
-        let mut unpreparable = Vec::new();
+        let needs_tracefs = [Probe::Disk, Probe::Tcp]
+            .iter()
+            .any(|p| !btf.probes.contains(p));
+        let tracefs: Result<PathBuf, String> = if needs_tracefs {
+            tracefs::ensure_mounted().map_err(|e| e.to_string())
+        } else {
+            match tracefs::find() {
+                Ok(Some(p)) => Ok(p),
+                Ok(None) => Err("tracefs is not mounted".into()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let mut classic_unavailable = Vec::new();
         for probe in Probe::ALL {
             let prepared =
                 match probe {
@@ -239,12 +254,9 @@ impl Kernel {
                     }),
                 };
             if let Err(e) = prepared {
-                unpreparable.push((probe, e));
+                classic_unavailable.push((probe, e));
             }
         }
-
-        // BTF tracepoints are preferred where the kernel's BTF has every member they read.
-        let btf = prepare_btf();
 
         let (nr_exit, nr_exit_group) = syscall::never_returning();
         let mut ebpf = EbpfLoader::new()
@@ -284,8 +296,7 @@ impl Kernel {
             table,
             diff,
             status: Vec::new(),
-            unpreparable,
-            btf: btf.aya,
+            classic_unavailable,
             btf_probes: btf.probes,
             syscall: syscall::SyscallProbe::default(),
             disk: disk::DiskProbe::default(),
@@ -303,6 +314,9 @@ impl Kernel {
     /// Attaches the probes in `wanted` that are not attached and detaches the others; probes
     /// already attached and still wanted are left alone (their counts continue).
     pub fn set_probes(&mut self, wanted: &[Probe]) {
+        // aya's parse of the kernel's BTF (tens of MiB of small allocations): made when a BTF
+        // tracepoint is to be attached, dropped (and the heap trimmed) when done.
+        let mut aya_btf: Option<Option<aya::Btf>> = None;
         for probe in Probe::ALL {
             let current = self.status.iter().position(|s| s.probe == probe);
             let want = wanted.contains(&probe);
@@ -318,16 +332,17 @@ impl Kernel {
                 }
                 (Some(i), true) if self.status[i].result.is_ok() => {}
                 (current, true) => {
-                    let attached = match self.unpreparable.iter().find(|(p, _)| *p == probe) {
-                        Some((_, e)) => Err(e.clone()),
-                        None => {
-                            let btf = self
-                                .btf
-                                .as_ref()
-                                .filter(|_| self.btf_probes.contains(&probe));
-                            attach_probe(&mut self.ebpf, probe, btf)
-                        }
+                    let btf = if self.btf_probes.contains(&probe) {
+                        aya_btf.get_or_insert_with(load_aya_btf).as_ref()
+                    } else {
+                        None
                     };
+                    let no_classic = self
+                        .classic_unavailable
+                        .iter()
+                        .find(|(p, _)| *p == probe)
+                        .map(|(_, e)| e.as_str());
+                    let attached = attach_probe(&mut self.ebpf, probe, btf, no_classic);
                     let (result, programs) = match attached {
                         Ok(programs) => (Ok(()), programs),
                         Err(e) => (Err(e), &[][..]),
@@ -358,6 +373,9 @@ impl Kernel {
             }
         }
         self.status.sort_by_key(|s| s.probe);
+        if aya_btf.take().is_some() {
+            release_freed_memory();
+        }
     }
 
     /// Forgets everything recorded so far: the next interval starts now.
@@ -596,17 +614,28 @@ fn fdinfo_memlock(data: &MapData) -> Option<u64> {
 
 /// Loads and attaches the first of `probe`'s program sets that attaches whole, and returns it;
 /// a set that fails is unloaded whole (no half probe) before the next is tried. Sets of BTF
-/// tracepoints are skipped without `btf`.
+/// tracepoints are skipped without `btf`, sets of classic ones when `no_classic` says why.
 fn attach_probe(
     ebpf: &mut Ebpf,
     probe: Probe,
     btf: Option<&aya::Btf>,
+    no_classic: Option<&str>,
 ) -> Result<&'static [Program], String> {
-    let usable = |set: &&&[Program]| {
-        btf.is_some() || !set.iter().any(|p| matches!(p.attach, Attach::Btf(_)))
-    };
-    let sets: Vec<&'static [Program]> = probe.variants().iter().filter(usable).copied().collect();
-    let mut last = Err(format!("no program set for {probe}"));
+    let uses = |set: &[Program], f: fn(&Attach) -> bool| set.iter().any(|p| f(&p.attach));
+    let is_btf: fn(&Attach) -> bool = |a| matches!(a, Attach::Btf(_));
+    let is_classic: fn(&Attach) -> bool = |a| matches!(a, Attach::Tracepoint(..));
+    let sets: Vec<&'static [Program]> = probe
+        .variants()
+        .iter()
+        .filter(|set| btf.is_some() || !uses(set, is_btf))
+        .filter(|set| no_classic.is_none() || !uses(set, is_classic))
+        .copied()
+        .collect();
+    // Why the classic set was left out, for the error when nothing else attached.
+    let skipped = no_classic
+        .filter(|_| probe.variants().iter().any(|set| uses(set, is_classic)))
+        .map(|why| format!("classic tracepoints: {why}"));
+    let mut last = Err(skipped.clone().unwrap_or_else(|| "no BTF".into()));
     for (i, set) in sets.iter().enumerate() {
         last = attach_set(ebpf, probe, set, btf);
         match &last {
@@ -617,7 +646,10 @@ fn attach_probe(
             Err(_) => {}
         }
     }
-    last.map(|()| &[][..])
+    match (last, skipped) {
+        (Err(e), Some(why)) if !sets.is_empty() => Err(format!("{e}; {why}")),
+        (last, _) => last.map(|()| &[][..]),
+    }
 }
 
 fn attach_set(
@@ -642,10 +674,14 @@ fn attach_set(
 /// on a kernel without BTF.
 pub const CLASSIC_ENV: &str = "EBPF_AGENT_CLASSIC_TRACEPOINTS";
 
+/// Whether the classic tracepoints were asked for ([`CLASSIC_ENV`]).
+pub fn classic_forced() -> bool {
+    std::env::var(CLASSIC_ENV).is_ok_and(|v| v == "1")
+}
+
 /// The kernel's BTF and the offsets read from it (zeros where missing), and the probes that
 /// can use them.
 struct BtfPrep {
-    aya: Option<aya::Btf>,
     block: BlockBtf,
     tcp: TcpBtf,
     probes: Vec<Probe>,
@@ -653,13 +689,12 @@ struct BtfPrep {
 
 fn prepare_btf() -> BtfPrep {
     let mut prep = BtfPrep {
-        aya: None,
         block: BlockBtf::default(),
         tcp: TcpBtf::default(),
         probes: Vec::new(),
     };
     let classic = "disk and tcp use classic tracepoints";
-    if std::env::var(CLASSIC_ENV).is_ok_and(|v| v == "1") {
+    if classic_forced() {
         tracing::info!("{CLASSIC_ENV}=1: {classic}");
         return prep;
     }
@@ -670,16 +705,6 @@ fn prepare_btf() -> BtfPrep {
             return prep;
         }
     };
-    match aya::Btf::from_sys_fs() {
-        Ok(b) => prep.aya = Some(b),
-        Err(e) => {
-            tracing::info!(
-                "BTF tracepoints unavailable ({}: {e}): {classic}",
-                btf::VMLINUX
-            );
-            return prep;
-        }
-    }
     let why = |probe: Probe, e: btf::BtfError| {
         tracing::info!("probe {probe}: {e}; using classic tracepoints");
     };
@@ -698,6 +723,28 @@ fn prepare_btf() -> BtfPrep {
         Err(e) => why(Probe::Tcp, e),
     }
     prep
+}
+
+/// aya's parse of the kernel's BTF, which loading a BTF tracepoint program needs.
+fn load_aya_btf() -> Option<aya::Btf> {
+    aya::Btf::from_sys_fs()
+        .inspect_err(|e| {
+            tracing::info!(
+                "parsing {}: {e}; disk and tcp use classic tracepoints",
+                btf::VMLINUX
+            )
+        })
+        .ok()
+}
+
+/// Gives the heap's free memory back to the system: parsing the kernel's BTF leaves tens of
+/// MiB of freed small allocations that glibc would otherwise keep as the agent's RSS.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: no arguments beyond the pad size; only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Test hook: `EBPF_AGENT_BREAK_PROBE=disk` points that probe's hooks at a tracepoint that does

@@ -36,11 +36,11 @@ pub enum TracefsError {
     },
 }
 
-/// Where tracefs is mounted, mounting it at /sys/kernel/tracing if it is nowhere.
-pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
+/// Where tracefs is mounted and readable; `None` when it is not mounted.
+pub fn find() -> Result<Option<PathBuf>, TracefsError> {
     for p in [TRACEFS, DEBUGFS_TRACING] {
         if Path::new(p).join("events").is_dir() {
-            return Ok(PathBuf::from(p));
+            return Ok(Some(PathBuf::from(p)));
         }
     }
     // Mounted, but we may not look inside (mode 0700, not root): mounting again would not help.
@@ -52,6 +52,14 @@ pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
         .map(|(dir, _)| dir)
     {
         return Err(TracefsError::Unreadable(p.to_string()));
+    }
+    Ok(None)
+}
+
+/// Where tracefs is mounted, mounting it at /sys/kernel/tracing if it is nowhere.
+pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
+    if let Some(p) = find()? {
+        return Ok(p);
     }
     let target = CString::new(TRACEFS).expect("no NUL");
     let fstype = CString::new("tracefs").expect("no NUL");

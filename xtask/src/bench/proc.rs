@@ -289,17 +289,17 @@ pub fn cpu_secs(pid: u32) -> Result<(f64, f64)> {
     Ok((ticks(11)? / hz, ticks(12)? / hz))
 }
 
-/// Resident memory of a process, in bytes.
-pub fn rss_bytes(pid: u32) -> Result<u64> {
+/// Resident memory of a process, in bytes: now (`VmRSS`) or its peak (`VmHWM`).
+pub fn rss_bytes(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS")?;
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
+        .with_context(|| format!("no {field}"))?;
     let kib: u64 = line
         .split_whitespace()
         .nth(1)
-        .context("malformed VmRSS")?
+        .with_context(|| format!("malformed {field}"))?
         .parse()?;
     Ok(kib * 1024)
 }
