@@ -4,6 +4,11 @@
 //! A probe that cannot attach (missing tracepoint, verifier refusal) is detached whole, reported
 //! down with one warning, and the others run. Without BPF privilege nothing loads and the agent
 //! runs procfs-only.
+//!
+//! A probe may have several program sets: disk and tcp prefer BTF tracepoints (kernel structs
+//! read at offsets from the kernel's BTF, no per-event record, no tracefs) and fall back to the
+//! classic tracepoints (field offsets from tracefs) when the BTF lacks a member or the BTF set
+//! does not load.
 
 pub mod btf;
 pub mod disk;
