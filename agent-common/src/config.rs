@@ -125,6 +125,12 @@ pub struct BlockBtf {
 }
 const _: () = assert!(core::mem::size_of::<BlockBtf>() == 40);
 
+impl BlockBtf {
+    /// Nothing found: userspace loads the BTF programs only after setting real offsets.
+    // SAFETY: plain integers; all zero is a valid value.
+    pub const UNSET: Self = unsafe { core::mem::zeroed() };
+}
+
 /// What the BTF tracepoint programs on TCP read from `struct sock` (its `sock_common` head)
 /// and `struct tcp_sock`: byte offsets from the kernel's BTF at load time, set once as the
 /// global [`crate::maps::GLOBAL_TCP_BTF`] (like [`BlockBtf`]).
@@ -148,6 +154,12 @@ pub struct TcpBtf {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<TcpBtf>() == 40);
+
+impl TcpBtf {
+    /// Nothing found (see [`BlockBtf::UNSET`]).
+    // SAFETY: plain integers; all zero is a valid value.
+    pub const UNSET: Self = unsafe { core::mem::zeroed() };
+}
 
 #[cfg(feature = "user")]
 mod pod {

@@ -55,31 +55,9 @@ static CONFIG: Array<RuntimeConfig> = Array::with_max_entries(1, 0);
 #[unsafe(no_mangle)]
 static TP_OFFSETS: Global<TpOffsets> = Global::new(TpOffsets::UNSET);
 #[unsafe(no_mangle)]
-static BLOCK_BTF: Global<BlockBtf> = Global::new(BlockBtf {
-    rq_q: 0,
-    rq_cmd_flags: 0,
-    rq_data_len: 0,
-    q_disk: 0,
-    disk_major: 0,
-    disk_first_minor: 0,
-    op_mask: 0,
-    op_read: 0,
-    op_write: 0,
-    _pad: 0,
-});
+static BLOCK_BTF: Global<BlockBtf> = Global::new(BlockBtf::UNSET);
 #[unsafe(no_mangle)]
-static TCP_BTF: Global<TcpBtf> = Global::new(TcpBtf {
-    sk_protocol: 0,
-    skc_family: 0,
-    skc_num: 0,
-    skc_dport: 0,
-    skc_rcv_saddr: 0,
-    skc_daddr: 0,
-    skc_v6_rcv_saddr: 0,
-    skc_v6_daddr: 0,
-    tp_srtt_us: 0,
-    _pad: 0,
-});
+static TCP_BTF: Global<TcpBtf> = Global::new(TcpBtf::UNSET);
 #[unsafe(no_mangle)]
 static NR_EXIT: Global<i64> = Global::new(-1);
 #[unsafe(no_mangle)]
