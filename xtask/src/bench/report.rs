@@ -90,11 +90,13 @@ impl Verdict {
     }
 
     /// From per-round values: PASS when every round passes, MISS when every round misses,
-    /// NOISE when they disagree (the spread is wider than the distance to the limit).
+    /// NOISE when they disagree (the spread is wider than the distance to the limit) or when
+    /// fewer than 3 rounds cannot show the spread (the smoke run).
     pub fn rounds(values: &[f64], pass: impl Fn(f64) -> bool) -> Self {
         let passed = values.iter().filter(|&&v| pass(v)).count();
         match (values.len(), passed) {
             (0, _) => Verdict::Unmeasured,
+            (1 | 2, _) => Verdict::Noise,
             (n, p) if p == n => Verdict::Pass,
             (_, 0) => Verdict::Miss,
             _ => Verdict::Noise,
@@ -130,4 +132,29 @@ impl Target {
 /// `x` with `d` decimals, or `–`.
 pub fn num(x: Option<f64>, d: usize) -> String {
     x.map_or("–".into(), |v| format!("{v:.d$}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Verdict;
+
+    #[test]
+    fn throughput_verdicts_need_every_round_on_one_side() {
+        let at_least = |r: f64| r >= 0.98;
+        assert_eq!(
+            Verdict::rounds(&[0.99, 1.02, 0.985], at_least),
+            Verdict::Pass
+        );
+        assert_eq!(
+            Verdict::rounds(&[0.90, 0.95, 0.97], at_least),
+            Verdict::Miss
+        );
+        assert_eq!(
+            Verdict::rounds(&[0.90, 1.10, 0.99], at_least),
+            Verdict::Noise
+        );
+        // One or two rounds cannot show the spread.
+        assert_eq!(Verdict::rounds(&[1.35], at_least), Verdict::Noise);
+        assert_eq!(Verdict::rounds(&[], at_least), Verdict::Unmeasured);
+    }
 }
