@@ -46,6 +46,12 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
+/// A native-endian word at byte `o`, if the blob holds one there.
+fn u32_at(data: &[u8], o: usize) -> Option<u32> {
+    data.get(o..o + 4)
+        .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}
+
 /// One type's header (`struct btf_type`) and where its trailing data starts.
 #[derive(Clone, Copy, Debug)]
 struct Type {
@@ -81,30 +87,21 @@ impl Btf {
     }
 
     pub fn parse(data: Vec<u8>) -> Result<Btf, BtfError> {
-        let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
-        let u32_at = |o: usize| {
-            data.get(o..o + 4)
-                .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        };
-        let short = BtfError::Format("truncated");
-        if u16_at(0) != Some(MAGIC) {
+        let truncated = || BtfError::Format("truncated");
+        if data.get(..2) != Some(&MAGIC.to_ne_bytes()[..]) {
             return Err(BtfError::Format(
                 "bad magic (not BTF, or another byte order)",
             ));
         }
-        let hdr_len = u32_at(4).ok_or(BtfError::Format("truncated"))? as usize;
-        let field = |o| {
-            u32_at(o)
-                .map(|v| v as usize)
-                .ok_or(BtfError::Format("truncated"))
-        };
+        let field = |o| u32_at(&data, o).map(|v| v as usize).ok_or_else(truncated);
+        let hdr_len = field(4)?;
         let (type_off, type_len) = (field(8)?, field(12)?);
         let (str_off, str_len) = (field(16)?, field(20)?);
         let types_start = hdr_len + type_off;
         let types_end = types_start + type_len;
         let strings = (hdr_len + str_off, hdr_len + str_off + str_len);
         if types_end > data.len() || strings.1 > data.len() {
-            return Err(short);
+            return Err(truncated());
         }
         let mut types = vec![Type {
             name_off: 0,
@@ -116,10 +113,11 @@ impl Btf {
         }];
         let mut o = types_start;
         while o < types_end {
-            let (name_off, info, size_or_type) = match (u32_at(o), u32_at(o + 4), u32_at(o + 8)) {
-                (Some(a), Some(b), Some(c)) => (a, b, c),
-                _ => return Err(BtfError::Format("truncated type")),
-            };
+            let (name_off, info, size_or_type) =
+                match (u32_at(&data, o), u32_at(&data, o + 4), u32_at(&data, o + 8)) {
+                    (Some(a), Some(b), Some(c)) => (a, b, c),
+                    _ => return Err(BtfError::Format("truncated type")),
+                };
             let kind = (info >> 24) & 0x1f;
             let vlen = info & 0xffff;
             let data_start = o + 12;
@@ -152,9 +150,9 @@ impl Btf {
         })
     }
 
+    /// A word of type data; `parse` checked that every type's data lies in the blob.
     fn u32_at(&self, o: usize) -> u32 {
-        let b = &self.data[o..o + 4];
-        u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+        u32_at(&self.data, o).expect("type data inside the BTF blob")
     }
 
     fn name(&self, off: u32) -> &str {

@@ -626,35 +626,34 @@ fn attach_probe(
     btf: Option<&aya::Btf>,
     no_classic: Option<&str>,
 ) -> Result<&'static [Program], String> {
-    let uses = |set: &[Program], f: fn(&Attach) -> bool| set.iter().any(|p| f(&p.attach));
-    let is_btf: fn(&Attach) -> bool = |a| matches!(a, Attach::Btf(_));
-    let is_classic: fn(&Attach) -> bool = |a| matches!(a, Attach::Tracepoint(..));
-    let sets: Vec<&'static [Program]> = probe
-        .variants()
-        .iter()
-        .filter(|set| btf.is_some() || !uses(set, is_btf))
-        .filter(|set| no_classic.is_none() || !uses(set, is_classic))
-        .copied()
-        .collect();
-    // Why the classic set was left out, for the error when nothing else attached.
-    let skipped = no_classic
-        .filter(|_| probe.variants().iter().any(|set| uses(set, is_classic)))
-        .map(|why| format!("classic tracepoints: {why}"));
-    let mut last = Err(skipped.clone().unwrap_or_else(|| "no BTF".into()));
+    let usable = |set: &&&[Program]| {
+        set.iter().all(|p| match p.attach {
+            Attach::Btf(_) => btf.is_some(),
+            Attach::Tracepoint(..) => no_classic.is_none(),
+            Attach::Raw(_) => true,
+        })
+    };
+    let sets: Vec<&'static [Program]> = probe.variants().iter().filter(usable).copied().collect();
+    let mut failed = None;
     for (i, set) in sets.iter().enumerate() {
-        last = attach_set(ebpf, probe, set, btf);
-        match &last {
+        match attach_set(ebpf, probe, set, btf) {
             Ok(()) => return Ok(set),
-            Err(e) if i + 1 < sets.len() => {
-                tracing::info!("probe {probe}: {e}; trying {}", sets[i + 1][0].attach);
+            Err(e) => {
+                if let Some(next) = sets.get(i + 1) {
+                    tracing::info!("probe {probe}: {e}; trying {}", next[0].attach);
+                }
+                failed = Some(e);
             }
-            Err(_) => {}
         }
     }
-    match (last, skipped) {
-        (Err(e), Some(why)) if !sets.is_empty() => Err(format!("{e}; {why}")),
-        (last, _) => last.map(|()| &[][..]),
-    }
+    // What failed last, and why the classic tracepoints were not tried.
+    let skipped = no_classic.map(|why| format!("classic tracepoints: {why}"));
+    Err(match (failed, skipped) {
+        (Some(e), Some(why)) => format!("{e}; {why}"),
+        (Some(e), None) => e,
+        (None, Some(why)) => why,
+        (None, None) => "no BTF".into(),
+    })
 }
 
 fn attach_set(
