@@ -4,10 +4,10 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use ebpf_agent::anomaly::{
+use agent_core::anomaly::{
     CsvError, Detector, DetectorConfig, Series, State, Verdicts, detect_csv,
 };
-use ebpf_agent::snapshot::{Metric, Snapshot};
+use agent_core::snapshot::{Metric, Snapshot};
 
 /// 2024-01-01 00:00:00 UTC, a Monday.
 const T0: f64 = 1_704_067_200.0;

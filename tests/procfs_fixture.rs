@@ -3,8 +3,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use ebpf_agent::procfs::ProcfsCollector;
-use ebpf_agent::snapshot::{Kind, Metric};
+use agent_core::procfs::ProcfsCollector;
+use agent_core::snapshot::{Kind, Metric};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -3,20 +3,17 @@
 //! Data flows one way: kernel programs → maps / ring buffer → [`probes`] ─┐
 //! /proc → [`procfs`] ─────────────────────────────────────────────────────┼→ [`snapshot`] → [`sinks`], [`output`], [`watch`]
 //! (assembled each interval by [`collector`], driven by [`run`]).
+//!
+//! The pure parts (snapshot, sinks, procfs, detector) live in `agent-core`, which builds and
+//! tests on stable without root; this crate adds the kernel side and the commands.
 
-pub mod anomaly;
+pub use agent_core::{anomaly, detection, histogram, output, procfs, sinks, snapshot, ticker};
+
 pub mod check;
 pub mod cli;
 pub mod collector;
 pub mod config;
-pub mod detection;
-pub mod histogram;
-pub mod output;
 pub mod probes;
-pub mod procfs;
 pub mod reference;
 pub mod run;
-pub mod sinks;
-pub mod snapshot;
-pub mod ticker;
 pub mod watch;

@@ -8,8 +8,8 @@ use std::{
 };
 
 use agent_common::{Event, EventKind, event::EVENT_SIZE};
+pub use agent_core::events::{EventView, comm_str};
 use aya::maps::{MapData, RingBuf};
-use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
 /// How often the ring buffer is drained without a wakeup from the kernel.
@@ -85,26 +85,6 @@ fn drain(rb: &mut RingBuf<MapData>, batch: &mut Vec<Event>) -> u64 {
         }
     }
     received
-}
-
-/// An event rendered for people and JSON.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct EventView {
-    pub kind: &'static str,
-    pub pid: u32,
-    pub tid: u32,
-    pub comm: String,
-    pub latency_us: f64,
-    /// Syscall name, device name, or `saddr:sport -> daddr:dport`.
-    pub target: String,
-    /// Syscall return value, or bytes of a block request.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ret: Option<i64>,
-}
-
-pub fn comm_str(comm: &[u8; 16]) -> String {
-    let end = comm.iter().position(|&c| c == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 fn addr(family: u32, raw: &[u8; 16]) -> IpAddr {

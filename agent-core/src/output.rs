@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use crate::{
-    probes::events::EventView,
+    events::EventView,
     snapshot::{Kind, Snapshot},
 };
 
