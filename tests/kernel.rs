@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Agent, at_busiest, getppid_n, sum, values};
+use common::{Agent, assert_in_catalogue, at_busiest, getppid_n, sum, values};
 
 const FINISH: Duration = Duration::from_secs(30);
 
@@ -31,6 +31,7 @@ fn getppid_calls_are_counted_exactly() {
     agent.wait_ready();
     getppid_n(N);
     let intervals = agent.intervals(FINISH);
+    assert_in_catalogue(&intervals);
     assert!(
         intervals.len() >= 3,
         "3 intervals for --duration 3s, got {}",
@@ -218,6 +219,7 @@ fn direct_writes_are_counted(classic: bool) {
     }
     std::fs::remove_file(&path).unwrap();
     let intervals = agent.intervals(FINISH);
+    assert_in_catalogue(&intervals);
     let tags = [("device", device.as_str()), ("op", "write")];
     let ops = sum(&intervals, "disk.ops", &tags);
     assert!(
@@ -318,6 +320,7 @@ fn loopback_connects(ip: &str, classic: bool) {
         clients.push(c.local_addr().unwrap());
     }
     let intervals = agent.intervals(FINISH);
+    assert_in_catalogue(&intervals);
     assert_eq!(sum(&intervals, "tcp.connects", &[]), K as f64);
     assert_eq!(sum(&intervals, "tcp.accepts", &[]), K as f64);
     // Each ping and pong is a segment received on an established socket.
@@ -816,6 +819,7 @@ fn procfs_root_fixture_without_pressure_is_read_quietly() {
     );
     let intervals = common::parse_lines(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(intervals.len(), 2);
+    assert_in_catalogue(&intervals);
     assert_eq!(
         values(&intervals, "mem.total_bytes", &[]),
         vec![1234567.0 * 1024.0; 2]

@@ -54,4 +54,5 @@ pub const EVENT_SIZE: usize = 104;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
 
 #[cfg(feature = "user")]
+// SAFETY: #[repr(C)], integers and byte arrays with an explicit padding field.
 unsafe impl aya::Pod for Event {}

@@ -8,8 +8,13 @@
 //! `[count, sum_ns, aux, pad × 5, buckets × hist::BUCKETS]`. Count and sum share the row's first
 //! cache line so userspace can skip unchanged rows by reading one line. All cells are cumulative
 //! since load: userspace diffs successive reads, nobody ever clears them.
+//!
+//! Each probe owns one [`Block`] of consecutive rows: its histogram rows, then one row of plain
+//! counters (the [`CTR_EVENTS_LOST`], [`CTR_INFLIGHT_DROPPED`] and [`CTR_READ_ERRORS`] cells
+//! every probe has, then its own from [`CTR_PROBE0`]). The blocks are allocated below, one line
+//! per probe, in table order.
 
-use crate::hist;
+use crate::{hist, probes};
 
 /// Index of the event count in a row.
 pub const CELL_COUNT: usize = 0;
@@ -23,46 +28,71 @@ pub const ROW_LEN: usize = CELL_BUCKETS + hist::BUCKETS;
 // Rows are whole cache lines (8 × u64 = 64 bytes): CPUs never share a line.
 const _: () = assert!(ROW_LEN.is_multiple_of(8));
 
-/// Syscall numbers at or above this are not tracked (x86_64 and arm64 stay below 512).
-pub const MAX_SYSCALLS: usize = 512;
-/// Block devices with their own rows; the last slot gathers every device beyond the others.
-pub const DISK_SLOTS: usize = 32;
-pub const DISK_OPS: usize = 3;
-pub const DISK_OP_READ: u32 = 0;
-pub const DISK_OP_WRITE: u32 = 1;
-/// Flush, discard, and anything that is neither read nor write.
-pub const DISK_OP_OTHER: u32 = 2;
+// Cells of a probe's counter row.
+/// An event for the ring buffer found it full.
+pub const CTR_EVENTS_LOST: usize = 0;
+/// An operation could not be tracked (its in-flight table slot was taken).
+pub const CTR_INFLIGHT_DROPPED: usize = 1;
+/// A tracepoint field could not be read (bad offset): a bug, surfaced instead of hidden.
+pub const CTR_READ_ERRORS: usize = 2;
+/// The first counter cell a probe defines for itself.
+pub const CTR_PROBE0: usize = 3;
 
-pub const ROW_SYSCALL0: usize = 0;
-pub const ROW_DISK0: usize = ROW_SYSCALL0 + MAX_SYSCALLS;
-pub const ROW_TCP_RTT: usize = ROW_DISK0 + DISK_SLOTS * DISK_OPS;
-pub const ROW_TCP_CONNECT: usize = ROW_TCP_RTT + 1;
-/// A row of plain per-CPU counters, indexed by `CTR_*` (buckets unused).
-pub const ROW_COUNTERS: usize = ROW_TCP_CONNECT + 1;
-pub const ROWS: usize = ROW_COUNTERS + 1;
+/// A probe's rows: `len - 1` histogram rows, then its counter row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    pub start: usize,
+    pub len: usize,
+}
+
+impl Block {
+    pub const fn first(len: usize) -> Block {
+        assert!(len >= 1, "a block holds at least its counter row");
+        Block { start: 0, len }
+    }
+
+    /// The block right after this one.
+    pub const fn then(self, len: usize) -> Block {
+        assert!(len >= 1, "a block holds at least its counter row");
+        Block {
+            start: self.end(),
+            len,
+        }
+    }
+
+    pub const fn end(self) -> usize {
+        self.start + self.len
+    }
+
+    /// Table row of the block's histogram row `i`.
+    #[inline(always)]
+    pub const fn row(self, i: usize) -> usize {
+        self.start + i
+    }
+
+    /// Number of histogram rows.
+    pub const fn hist_rows(self) -> usize {
+        self.len - 1
+    }
+
+    /// Table row of the block's counters.
+    #[inline(always)]
+    pub const fn counters(self) -> usize {
+        self.end() - 1
+    }
+}
+
+// ---- the probes' blocks, in table order (a new probe: one line here) ----
+pub const SYSCALL: Block = Block::first(probes::syscall::ROWS);
+pub const DISK: Block = SYSCALL.then(probes::disk::ROWS);
+pub const TCP: Block = DISK.then(probes::tcp::ROWS);
+/// Rows per CPU slice.
+pub const ROWS: usize = TCP.end();
 
 /// u64 cells per CPU slice.
 pub const CPU_STRIDE: usize = ROWS * ROW_LEN;
 /// Bytes per CPU of the histogram table (about 1.3 MiB).
 pub const CPU_BYTES: usize = CPU_STRIDE * 8;
-
-// Counter cells of ROW_COUNTERS.
-/// sys_enter overwrote a live entry of another thread (in-flight table collision).
-pub const CTR_SYS_INFLIGHT_DROPPED: usize = 0;
-pub const CTR_SYS_EVENTS_LOST: usize = 1;
-/// Block request could not be tracked (in-flight table full).
-pub const CTR_DISK_INFLIGHT_DROPPED: usize = 2;
-pub const CTR_DISK_EVENTS_LOST: usize = 3;
-pub const CTR_TCP_INFLIGHT_DROPPED: usize = 4;
-pub const CTR_TCP_EVENTS_LOST: usize = 5;
-pub const CTR_TCP_CONNECTS: usize = 6;
-pub const CTR_TCP_ACCEPTS: usize = 7;
-pub const CTR_TCP_RETRANSMITS: usize = 8;
-pub const CTR_TCP_RESETS: usize = 9;
-/// A tracepoint field could not be read (bad offset): a bug, surfaced instead of hidden.
-pub const CTR_READ_ERRORS: usize = 10;
-pub const CTR_COUNT: usize = 11;
-const _: () = assert!(CTR_COUNT <= ROW_LEN);
 
 /// One row, the value type of the HIST array (so one lookup yields a whole row).
 #[repr(C)]
@@ -72,6 +102,7 @@ pub struct Row {
 }
 
 #[cfg(feature = "user")]
+// SAFETY: plain u64s, no padding.
 unsafe impl aya::Pod for Row {}
 
 /// Array index of `row` in `cpu`'s slice.
@@ -86,13 +117,21 @@ pub const fn cell(cpu: usize, row: usize, cell: usize) -> usize {
     cpu * CPU_STRIDE + row * ROW_LEN + cell
 }
 
-/// Row of a disk slot and op.
-#[inline(always)]
-pub const fn disk_row(slot: usize, op: u32) -> usize {
-    ROW_DISK0 + slot * DISK_OPS + op as usize
-}
-
 /// Number of entries (rows) of the HIST map for `ncpus` possible CPUs.
 pub const fn hist_entries(ncpus: usize) -> usize {
     ncpus * ROWS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_tile_the_table() {
+        assert_eq!(SYSCALL.start, 0);
+        assert_eq!(DISK.start, SYSCALL.end());
+        assert_eq!(TCP.start, DISK.end());
+        assert_eq!(ROWS, TCP.end());
+        assert_eq!(SYSCALL.counters(), DISK.start - 1);
+    }
 }

@@ -6,6 +6,7 @@
 //! `cargo test` at the workspace root builds and tests this crate on stable Rust.
 
 pub mod anomaly;
+pub mod catalogue;
 pub mod detection;
 pub mod events;
 pub mod histogram;

@@ -16,7 +16,101 @@ use procfs::{
 };
 use tracing::{debug, warn};
 
-use crate::snapshot::Metric;
+use crate::{catalogue::MetricDef, snapshot::Metric};
+
+// ---- the metric families read from /proc (the typed catalogue) ----
+
+pub const MEM_TOTAL: MetricDef = MetricDef::gauge("mem.total_bytes", &[], "MemTotal");
+pub const MEM_AVAILABLE: MetricDef = MetricDef::gauge("mem.available_bytes", &[], "MemAvailable");
+pub const MEM_FREE: MetricDef = MetricDef::gauge("mem.free_bytes", &[], "MemFree");
+pub const MEM_USED: MetricDef = MetricDef::gauge(
+    "mem.used_bytes",
+    &[],
+    "total − free − buffers − cached (classic `free`)",
+);
+pub const MEM_CACHED: MetricDef = MetricDef::gauge("mem.cached_bytes", &[], "Cached");
+pub const MEM_BUFFERS: MetricDef = MetricDef::gauge("mem.buffers_bytes", &[], "Buffers");
+pub const MEM_DIRTY: MetricDef = MetricDef::gauge("mem.dirty_bytes", &[], "Dirty");
+pub const MEM_WRITEBACK: MetricDef = MetricDef::gauge("mem.writeback_bytes", &[], "Writeback");
+pub const SWAP_TOTAL: MetricDef = MetricDef::gauge("swap.total_bytes", &[], "SwapTotal");
+pub const SWAP_USED: MetricDef = MetricDef::gauge("swap.used_bytes", &[], "SwapTotal − SwapFree");
+pub const SWAP_IN: MetricDef = MetricDef::counter("swap.in_pages", &[], "pswpin (/proc/vmstat)");
+pub const SWAP_OUT: MetricDef = MetricDef::counter("swap.out_pages", &[], "pswpout (/proc/vmstat)");
+pub const CPU_USER: MetricDef =
+    MetricDef::gauge("cpu.user_pct", &[], "user and nice share of all CPU time");
+pub const CPU_SYSTEM: MetricDef = MetricDef::gauge(
+    "cpu.system_pct",
+    &[],
+    "system, irq and softirq share of all CPU time",
+);
+pub const CPU_IOWAIT: MetricDef =
+    MetricDef::gauge("cpu.iowait_pct", &[], "iowait share of all CPU time");
+pub const CPU_STEAL: MetricDef =
+    MetricDef::gauge("cpu.steal_pct", &[], "steal share of all CPU time");
+pub const CPU_IDLE: MetricDef = MetricDef::gauge("cpu.idle_pct", &[], "idle share of all CPU time");
+pub const LOAD_1: MetricDef = MetricDef::gauge("load.1", &[], "load average over 1 minute");
+pub const LOAD_5: MetricDef = MetricDef::gauge("load.5", &[], "load average over 5 minutes");
+pub const LOAD_15: MetricDef = MetricDef::gauge("load.15", &[], "load average over 15 minutes");
+
+/// `psi.<resource>.<some|full>_avg10`, by resource (as [`PSI_RESOURCES`]) and line.
+pub const PSI_AVG10: [[MetricDef; 2]; 3] = [
+    [
+        MetricDef::gauge("psi.cpu.some_avg10", &[], "pressure"),
+        MetricDef::gauge("psi.cpu.full_avg10", &[], "pressure"),
+    ],
+    [
+        MetricDef::gauge("psi.io.some_avg10", &[], "pressure"),
+        MetricDef::gauge("psi.io.full_avg10", &[], "pressure"),
+    ],
+    [
+        MetricDef::gauge("psi.memory.some_avg10", &[], "pressure"),
+        MetricDef::gauge("psi.memory.full_avg10", &[], "pressure"),
+    ],
+];
+/// `psi.<resource>.<some|full>_stall_us`, as [`PSI_AVG10`].
+pub const PSI_STALL: [[MetricDef; 2]; 3] = [
+    [
+        MetricDef::counter("psi.cpu.some_stall_us", &[], "stall time"),
+        MetricDef::counter("psi.cpu.full_stall_us", &[], "stall time"),
+    ],
+    [
+        MetricDef::counter("psi.io.some_stall_us", &[], "stall time"),
+        MetricDef::counter("psi.io.full_stall_us", &[], "stall time"),
+    ],
+    [
+        MetricDef::counter("psi.memory.some_stall_us", &[], "stall time"),
+        MetricDef::counter("psi.memory.full_stall_us", &[], "stall time"),
+    ],
+];
+
+/// Every family above.
+pub fn metrics() -> Vec<MetricDef> {
+    let mut v = vec![
+        MEM_TOTAL,
+        MEM_AVAILABLE,
+        MEM_FREE,
+        MEM_USED,
+        MEM_CACHED,
+        MEM_BUFFERS,
+        MEM_DIRTY,
+        MEM_WRITEBACK,
+        SWAP_TOTAL,
+        SWAP_USED,
+        SWAP_IN,
+        SWAP_OUT,
+        CPU_USER,
+        CPU_SYSTEM,
+        CPU_IOWAIT,
+        CPU_STEAL,
+        CPU_IDLE,
+        LOAD_1,
+        LOAD_5,
+        LOAD_15,
+    ];
+    v.extend(PSI_AVG10.iter().flatten());
+    v.extend(PSI_STALL.iter().flatten());
+    v
+}
 
 /// Where the kernel mounts procfs. In a container, mount the host's at e.g. `/host/proc`.
 pub const DEFAULT_ROOT: &str = "/proc";
@@ -117,7 +211,7 @@ impl ProcfsCollector {
             Ok(m) => m,
             Err(e) => return warn_once(&mut self.warned.meminfo, "memory and swap", &path, &e),
         };
-        let gauge = |name: &str, bytes: u64| Metric::gauge(name, vec![], bytes as f64);
+        let gauge = |def: MetricDef, bytes: u64| def.level(vec![], bytes as f64);
         // Classic `free` (procps-ng up to 4.0.0): used = MemTotal - MemFree - Buffers - Cached.
         // (procps-ng 4.0.1+ prints total - available instead; mem.available_bytes carries that.)
         let used = m
@@ -125,23 +219,20 @@ impl ProcfsCollector {
             .saturating_sub(m.mem_free)
             .saturating_sub(m.buffers)
             .saturating_sub(m.cached);
-        out.push(gauge("mem.total_bytes", m.mem_total));
+        out.push(gauge(MEM_TOTAL, m.mem_total));
         // MemAvailable exists since Linux 3.14; older kernels lack it and the metric is left out.
         if let Some(available) = m.mem_available {
-            out.push(gauge("mem.available_bytes", available));
+            out.push(gauge(MEM_AVAILABLE, available));
         }
-        out.push(gauge("mem.free_bytes", m.mem_free));
-        out.push(gauge("mem.used_bytes", used));
-        out.push(gauge("mem.cached_bytes", m.cached));
-        out.push(gauge("mem.buffers_bytes", m.buffers));
-        out.push(gauge("mem.dirty_bytes", m.dirty));
-        out.push(gauge("mem.writeback_bytes", m.writeback));
+        out.push(gauge(MEM_FREE, m.mem_free));
+        out.push(gauge(MEM_USED, used));
+        out.push(gauge(MEM_CACHED, m.cached));
+        out.push(gauge(MEM_BUFFERS, m.buffers));
+        out.push(gauge(MEM_DIRTY, m.dirty));
+        out.push(gauge(MEM_WRITEBACK, m.writeback));
         // No active swap reports SwapTotal 0 and SwapFree 0: both gauges are 0, never omitted.
-        out.push(gauge("swap.total_bytes", m.swap_total));
-        out.push(gauge(
-            "swap.used_bytes",
-            m.swap_total.saturating_sub(m.swap_free),
-        ));
+        out.push(gauge(SWAP_TOTAL, m.swap_total));
+        out.push(gauge(SWAP_USED, m.swap_total.saturating_sub(m.swap_free)));
     }
 
     fn collect_vmstat(&mut self, out: &mut Vec<Metric>) {
@@ -162,16 +253,8 @@ impl ProcfsCollector {
             }
         };
         if let Some((prev_in, prev_out)) = self.prev_swap_pages {
-            out.push(Metric::counter(
-                "swap.in_pages",
-                vec![],
-                pswpin.saturating_sub(prev_in),
-            ));
-            out.push(Metric::counter(
-                "swap.out_pages",
-                vec![],
-                pswpout.saturating_sub(prev_out),
-            ));
+            out.push(SWAP_IN.count(vec![], pswpin.saturating_sub(prev_in)));
+            out.push(SWAP_OUT.count(vec![], pswpout.saturating_sub(prev_out)));
         }
         self.prev_swap_pages = Some((pswpin, pswpout));
     }
@@ -207,11 +290,11 @@ impl ProcfsCollector {
             return;
         }
         let pct = |ticks: u64| 100.0 * ticks as f64 / total as f64;
-        out.push(Metric::gauge("cpu.user_pct", vec![], pct(d.user)));
-        out.push(Metric::gauge("cpu.system_pct", vec![], pct(d.system)));
-        out.push(Metric::gauge("cpu.iowait_pct", vec![], pct(d.iowait)));
-        out.push(Metric::gauge("cpu.steal_pct", vec![], pct(d.steal)));
-        out.push(Metric::gauge("cpu.idle_pct", vec![], pct(d.idle)));
+        out.push(CPU_USER.level(vec![], pct(d.user)));
+        out.push(CPU_SYSTEM.level(vec![], pct(d.system)));
+        out.push(CPU_IOWAIT.level(vec![], pct(d.iowait)));
+        out.push(CPU_STEAL.level(vec![], pct(d.steal)));
+        out.push(CPU_IDLE.level(vec![], pct(d.idle)));
         self.prev_cpu = Some(now);
     }
 
@@ -242,26 +325,15 @@ impl ProcfsCollector {
                     continue;
                 }
             };
-            for (j, (line, record)) in [("some", Some(some)), ("full", full)]
-                .into_iter()
-                .enumerate()
-            {
+            for (j, record) in [Some(some), full].into_iter().enumerate() {
                 let prev = &mut self.prev_psi[i][j];
                 let Some(record) = record else {
                     *prev = None;
                     continue;
                 };
-                out.push(Metric::gauge(
-                    format!("psi.{resource}.{line}_avg10"),
-                    vec![],
-                    two_decimals(record.avg10),
-                ));
+                out.push(PSI_AVG10[i][j].level(vec![], two_decimals(record.avg10)));
                 if let Some(p) = *prev {
-                    out.push(Metric::counter(
-                        format!("psi.{resource}.{line}_stall_us"),
-                        vec![],
-                        record.total.saturating_sub(p),
-                    ));
+                    out.push(PSI_STALL[i][j].count(vec![], record.total.saturating_sub(p)));
                 }
                 *prev = Some(record.total);
             }
@@ -274,9 +346,9 @@ impl ProcfsCollector {
             Ok(l) => l,
             Err(e) => return warn_once(&mut self.warned.loadavg, "load", &path, &e),
         };
-        out.push(Metric::gauge("load.1", vec![], two_decimals(load.one)));
-        out.push(Metric::gauge("load.5", vec![], two_decimals(load.five)));
-        out.push(Metric::gauge("load.15", vec![], two_decimals(load.fifteen)));
+        out.push(LOAD_1.level(vec![], two_decimals(load.one)));
+        out.push(LOAD_5.level(vec![], two_decimals(load.five)));
+        out.push(LOAD_15.level(vec![], two_decimals(load.fifteen)));
     }
 }
 
@@ -394,6 +466,32 @@ mod tests {
         assert_eq!(gauge(&out, "psi.io.full_avg10"), 0.22);
         assert_eq!(gauge(&out, "load.1"), 0.92);
         assert_eq!(out.len(), 10 + 6 + 3, "{:?}", names(&out));
+    }
+
+    #[test]
+    fn emits_exactly_its_catalogue() {
+        let mut c = ProcfsCollector::new(fixture("t0"));
+        collect(&mut c);
+        c.root = fixture("t1");
+        let out = collect(&mut c);
+        let catalogue = metrics();
+        for m in &out {
+            let def = catalogue.iter().find(|d| d.produces(&m.name));
+            let def = def.unwrap_or_else(|| panic!("{} is not in the catalogue", m.name));
+            let kind = match def.shape {
+                crate::catalogue::Shape::Counter => Kind::Counter,
+                _ => Kind::Gauge,
+            };
+            assert_eq!(m.kind, kind, "{}", m.name);
+        }
+        // The fixture has every source, PSI `full` lines included: every family shows.
+        for d in &catalogue {
+            assert!(
+                out.iter().any(|m| d.produces(&m.name)),
+                "{} never emitted",
+                d.name
+            );
+        }
     }
 
     #[test]

@@ -20,15 +20,25 @@ pub async fn check() -> Result<ExitCode> {
     println!("{:<10} {:<4} {}", "kernel", "", release.trim());
     let has_btf = Path::new("/sys/kernel/btf/vmlinux").exists();
     let forced = probes::classic_forced();
+    // The probes with a BTF tracepoint variant, from the registry.
+    let btf_users = Probe::ALL
+        .into_iter()
+        .filter(|&p| probes::has_btf_variant(p))
+        .map(Probe::name)
+        .collect::<Vec<_>>()
+        .join(" and ");
     line(
         "btf",
         has_btf,
-        match (has_btf, forced) {
-            (true, false) => "/sys/kernel/btf/vmlinux: disk and tcp can use BTF tracepoints",
-            (true, true) => {
-                "/sys/kernel/btf/vmlinux (unused: EBPF_AGENT_CLASSIC_TRACEPOINTS=1): disk and tcp use classic tracepoints (tracefs)"
+        &match (has_btf, forced) {
+            (true, false) => {
+                format!("/sys/kernel/btf/vmlinux: {btf_users} can use BTF tracepoints")
             }
-            _ => "no kernel BTF: disk and tcp use classic tracepoints (tracefs)",
+            (true, true) => format!(
+                "/sys/kernel/btf/vmlinux (unused: {}=1): {btf_users} use classic tracepoints (tracefs)",
+                probes::CLASSIC_ENV
+            ),
+            _ => format!("no kernel BTF: {btf_users} use classic tracepoints (tracefs)"),
         },
     );
     let btf = has_btf && !forced;

@@ -80,10 +80,8 @@ pub enum Source {
 impl Source {
     pub fn probe(self) -> Option<Probe> {
         match self {
-            Source::Syscall => Some(Probe::Syscall),
-            Source::Disk => Some(Probe::Disk),
-            Source::Tcp => Some(Probe::Tcp),
             Source::Procfs => None,
+            kernel => format!("{kernel:?}").to_lowercase().parse().ok(),
         }
     }
 }

@@ -11,6 +11,7 @@ use std::{
 use agent_common::RuntimeConfig;
 
 use crate::{
+    catalogue::agent as self_metrics,
     cli::{CommonArgs, Source},
     probes::{
         Kernel, Probe, ProbeError, ProbeOptions,
@@ -143,31 +144,22 @@ impl Collector {
         }
         let (events, received) = self.events.drain();
         self.last_events = match &self.kernel {
-            Some(k) => events
-                .iter()
-                .filter_map(|e| events::view(e, |dev| k.device_name(dev)))
-                .collect(),
+            Some(k) => events.iter().filter_map(|e| k.event_view(e)).collect(),
             None => vec![],
         };
         for &p in &self.wanted {
             let up = self.kernel.as_ref().is_some_and(|k| k.is_up(p));
-            metrics.push(Metric::gauge(
-                "agent.probe_up",
-                vec![("probe", p.name().into())],
-                up as u8 as f64,
-            ));
+            metrics.push(
+                self_metrics::PROBE_UP.level(vec![("probe", p.name().into())], up as u8 as f64),
+            );
         }
         if self.procfs.is_some() {
-            metrics.push(Metric::gauge(
-                "agent.probe_up",
-                vec![("probe", "procfs".into())],
-                1.0,
-            ));
+            metrics.push(self_metrics::PROBE_UP.level(vec![("probe", "procfs".into())], 1.0));
         }
         if self.kernel.is_some() {
-            metrics.push(Metric::counter("agent.events", vec![], received));
+            metrics.push(self_metrics::EVENTS.count(vec![], received));
         }
-        metrics.push(Metric::counter("agent.heartbeat", vec![], 1));
+        metrics.push(self_metrics::HEARTBEAT.count(vec![], 1));
         self.self_stats.push(&mut metrics);
         Snapshot::new(end, interval, host.to_string(), metrics)
     }
@@ -298,14 +290,10 @@ impl SelfStats {
             if secs > 0.0 {
                 let cpu =
                     ticks.saturating_sub(before) as f64 / self.ticks_per_sec as f64 / secs * 100.0;
-                out.push(Metric::gauge("agent.cpu_pct", vec![], cpu));
+                out.push(self_metrics::CPU_PCT.level(vec![], cpu));
             }
         }
-        out.push(Metric::gauge(
-            "agent.rss_bytes",
-            vec![],
-            (rss_pages * self.page_size) as f64,
-        ));
+        out.push(self_metrics::RSS_BYTES.level(vec![], (rss_pages * self.page_size) as f64));
         self.last = Some((now, ticks));
     }
 }

@@ -7,7 +7,9 @@
 //! The pure parts (snapshot, sinks, procfs, detector) live in `agent-core`, which builds and
 //! tests on stable without root; this crate adds the kernel side and the commands.
 
-pub use agent_core::{anomaly, detection, histogram, output, procfs, sinks, snapshot, ticker};
+pub use agent_core::{
+    anomaly, catalogue, detection, histogram, output, procfs, sinks, snapshot, ticker,
+};
 
 pub mod check;
 pub mod cli;
@@ -17,3 +19,15 @@ pub mod probes;
 pub mod reference;
 pub mod run;
 pub mod watch;
+
+/// Every metric family the agent can emit: the probes', /proc's, its own and the detector's.
+pub fn metric_catalogue() -> Vec<catalogue::MetricDef> {
+    let mut all: Vec<catalogue::MetricDef> = probes::metrics().copied().collect();
+    all.extend(procfs::metrics());
+    all.extend_from_slice(catalogue::agent::ALL);
+    all.extend_from_slice(catalogue::anomaly::ALL);
+    all
+}
+
+#[cfg(test)]
+mod readme_catalogue;

@@ -191,3 +191,27 @@ pub fn sleeper(
         }
     })
 }
+
+/// Every metric of every interval is in the agent's typed catalogue, with its kind: nothing is
+/// emitted that the README does not document (the README is checked against the catalogue).
+pub fn assert_in_catalogue(intervals: &[Value]) {
+    let catalogue = ebpf_agent::metric_catalogue();
+    let mut seen = 0;
+    for m in intervals
+        .iter()
+        .flat_map(|i| i["metrics"].as_array().cloned().unwrap_or_default())
+    {
+        let name = m["name"].as_str().expect("metric name");
+        let def = catalogue
+            .iter()
+            .find(|d| d.produces(name))
+            .unwrap_or_else(|| panic!("{name} is not in the metric catalogue"));
+        let kind = match def.shape {
+            ebpf_agent::catalogue::Shape::Counter => "counter",
+            _ => "gauge",
+        };
+        assert_eq!(m["kind"], kind, "kind of {name}");
+        seen += 1;
+    }
+    assert!(seen > 0, "no metrics");
+}

@@ -1,5 +1,6 @@
-//! Block I/O latency per device and op: tracepoints block:block_rq_issue / block_rq_complete,
-//! as BTF tracepoints where the kernel's BTF allows, else as classic ones.
+//! The disk probe: block I/O latency per device and op from block_rq_issue /
+//! block_rq_complete, as BTF tracepoints where the kernel's BTF allows, else as classic ones
+//! (kernel side: `agent-ebpf/src/disk.rs`; contract: `agent_common::probes::disk`).
 
 use std::{
     collections::HashMap,
@@ -8,46 +9,104 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{BlockBtf, TpOffsets, layout, maps::progs};
+use agent_common::{
+    Event, EventKind,
+    layout::{self, Block},
+    maps::{GlobalSpec, MapSpec},
+    probes::disk::{self as contract, BlockBtf, DiskTpOffsets, SLOTS, progs},
+};
 use aya::{Ebpf, maps::HashMap as BpfHashMap};
 
 use super::{
-    Attach, Program,
+    Globals, ProbeDef, ProbeState, Program, Rows,
     btf::{Btf, BtfError},
-    table::{self, HistTable, RowDiff},
+    table,
     tracefs::{self, TracefsError},
 };
-use crate::{histogram::LatencyStats, snapshot::Metric};
+use crate::{
+    catalogue::MetricDef,
+    histogram::LatencyStats,
+    snapshot::{Metric, Tags},
+};
+use agent_core::events::{EventView, comm_str};
 
-pub const PROGRAMS: &[Program] = &[
-    Program {
-        name: progs::BLOCK_RQ_ISSUE,
-        attach: Attach::Tracepoint("block", "block_rq_issue"),
-    },
-    Program {
-        name: progs::BLOCK_RQ_COMPLETE,
-        attach: Attach::Tracepoint("block", "block_rq_complete"),
-    },
-];
-
-/// Preferred: no record built per event, and the request's address keys it in flight.
-pub const PROGRAMS_BTF: &[Program] = &[
-    Program {
-        name: progs::BTF_RQ_ISSUE,
-        attach: Attach::Btf("block_rq_issue"),
-    },
-    Program {
-        name: progs::BTF_RQ_COMPLETE,
-        attach: Attach::Btf("block_rq_complete"),
-    },
-];
-
-pub const OPS: [&str; layout::DISK_OPS] = ["read", "write", "other"];
-/// Device tag of the last slot, shared by devices beyond the first `DISK_SLOTS - 1`.
+pub const OPS: [&str; contract::OPS] = ["read", "write", "other"];
+/// Device tag of the last slot, shared by devices beyond the first `SLOTS - 1`.
 pub const OTHER_DEVICE: &str = "other";
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
 
-pub fn read_offsets(tracefs: &Path, o: &mut TpOffsets) -> Result<(), TracefsError> {
+pub const OPS_DONE: MetricDef = MetricDef::counter(
+    "disk.ops",
+    &["device", "op"],
+    "block requests completed (`op` = read, write, other: flush, discard)",
+);
+pub const BYTES: MetricDef =
+    MetricDef::counter("disk.bytes", &["device", "op"], "bytes of those requests");
+pub const LATENCY: MetricDef = MetricDef::latency(
+    "disk.latency_us",
+    &["device", "op"],
+    "issue to completion (device time, as biolatency)",
+);
+
+const PROGRAMS: &[Program] = &[
+    Program::tracepoint(progs::BLOCK_RQ_ISSUE, "block", "block_rq_issue"),
+    Program::tracepoint(progs::BLOCK_RQ_COMPLETE, "block", "block_rq_complete"),
+];
+
+/// Preferred: no record built per event, and the request's address keys it in flight.
+const PROGRAMS_BTF: &[Program] = &[
+    Program::btf(progs::BTF_RQ_ISSUE, "block_rq_issue"),
+    Program::btf(progs::BTF_RQ_COMPLETE, "block_rq_complete"),
+];
+
+pub struct Disk;
+
+impl ProbeDef for Disk {
+    fn name(&self) -> &'static str {
+        "disk"
+    }
+
+    fn about(&self) -> &'static str {
+        "block I/O latency, operations and bytes per device and op"
+    }
+
+    fn block(&self) -> Block {
+        layout::DISK
+    }
+
+    fn variants(&self) -> &'static [&'static [Program]] {
+        &[PROGRAMS_BTF, PROGRAMS]
+    }
+
+    fn maps(&self) -> &'static [MapSpec] {
+        contract::MAPS
+    }
+
+    fn globals(&self) -> &'static [GlobalSpec] {
+        contract::GLOBALS
+    }
+
+    fn set_btf_globals(&self, btf: &Btf, g: &mut Globals) -> Result<(), BtfError> {
+        g.set(contract::GLOBAL_BTF, &btf_offsets(btf)?);
+        Ok(())
+    }
+
+    fn set_classic_globals(&self, tracefs: &Path, g: &mut Globals) -> Result<(), TracefsError> {
+        g.set(contract::GLOBAL_TP, &read_offsets(tracefs)?);
+        Ok(())
+    }
+
+    fn metrics(&self) -> &'static [MetricDef] {
+        &[OPS_DONE, BYTES, LATENCY]
+    }
+
+    fn state(&self) -> Box<dyn ProbeState> {
+        Box::new(DiskState::default())
+    }
+}
+
+pub fn read_offsets(tracefs: &Path) -> Result<DiskTpOffsets, TracefsError> {
+    let mut o = DiskTpOffsets::UNSET;
     let tp = "block:block_rq_issue";
     let f = tracefs::format(tracefs, "block", "block_rq_issue")?;
     o.issue_dev = f.offset(tp, "dev", 4)?;
@@ -58,7 +117,7 @@ pub fn read_offsets(tracefs: &Path, o: &mut TpOffsets) -> Result<(), TracefsErro
     let f = tracefs::format(tracefs, "block", "block_rq_complete")?;
     o.complete_dev = f.offset(tp, "dev", 4)?;
     o.complete_sector = f.offset(tp, "sector", 8)?;
-    Ok(())
+    Ok(o)
 }
 
 /// What the BTF programs read of `struct request` (and the queue and disk it points to), as
@@ -115,17 +174,17 @@ pub fn block_devices(sys_block: &Path) -> Vec<(String, u32)> {
 }
 
 /// Device → histogram slot assignment, kept in the kernel's DISK_SLOTS map.
-pub struct DiskProbe {
+struct DiskState {
     /// Device name of each slot; the last slot is [`OTHER_DEVICE`].
     names: Vec<Option<String>>,
     slots: HashMap<u32, usize>,
     last_refresh: Option<Instant>,
 }
 
-impl Default for DiskProbe {
+impl Default for DiskState {
     fn default() -> Self {
-        let mut names = vec![None; layout::DISK_SLOTS];
-        names[layout::DISK_SLOTS - 1] = Some(OTHER_DEVICE.to_string());
+        let mut names = vec![None; SLOTS];
+        names[SLOTS - 1] = Some(OTHER_DEVICE.to_string());
         Self {
             names,
             slots: HashMap::new(),
@@ -134,11 +193,11 @@ impl Default for DiskProbe {
     }
 }
 
-impl DiskProbe {
+impl DiskState {
     /// Gives new block devices a slot (hot-plugged ones are found within `REFRESH_EVERY`).
-    pub fn refresh_slots(&mut self, ebpf: &mut Ebpf) {
+    fn refresh_slots(&mut self, ebpf: &mut Ebpf) {
         self.last_refresh = Some(Instant::now());
-        let Some(map) = ebpf.map_mut(agent_common::maps::DISK_SLOTS) else {
+        let Some(map) = ebpf.map_mut(contract::MAP_SLOTS) else {
             return;
         };
         let Ok(mut map) = BpfHashMap::<_, u32, u32>::try_from(map) else {
@@ -148,10 +207,7 @@ impl DiskProbe {
             if self.slots.contains_key(&dev) {
                 continue;
             }
-            let Some(slot) = self.names[..layout::DISK_SLOTS - 1]
-                .iter()
-                .position(Option::is_none)
-            else {
+            let Some(slot) = self.names[..SLOTS - 1].iter().position(Option::is_none) else {
                 break; // full: further devices share the "other" slot
             };
             if let Err(e) = map.insert(dev, slot as u32, 0) {
@@ -163,7 +219,7 @@ impl DiskProbe {
         }
     }
 
-    pub fn maybe_refresh(&mut self, ebpf: &mut Ebpf) {
+    fn maybe_refresh(&mut self, ebpf: &mut Ebpf) {
         if self
             .last_refresh
             .is_none_or(|t| t.elapsed() >= REFRESH_EVERY)
@@ -172,34 +228,8 @@ impl DiskProbe {
         }
     }
 
-    /// `disk.ops`, `disk.bytes`, `disk.latency_us.*` per device and op with I/O in the interval.
-    pub fn collect(&self, t: &HistTable, diff: &mut RowDiff, out: &mut Vec<Metric>) {
-        for (slot, name) in self.slot_names() {
-            for (op, op_name) in OPS.iter().enumerate() {
-                let Some(d) = diff.delta(t, layout::disk_row(slot, op as u32)) else {
-                    continue;
-                };
-                let tags = vec![("device", name.to_string()), ("op", op_name.to_string())];
-                out.push(Metric::counter(
-                    "disk.ops",
-                    tags.clone(),
-                    d[layout::CELL_COUNT],
-                ));
-                out.push(Metric::counter(
-                    "disk.bytes",
-                    tags.clone(),
-                    d[layout::CELL_AUX],
-                ));
-                if let Some(s) = LatencyStats::from_buckets(table::buckets(d), d[layout::CELL_SUM])
-                {
-                    s.push_us("disk.latency_us", &tags, out);
-                }
-            }
-        }
-    }
-
     /// (slot, device name) of every slot in use, the shared "other" slot included.
-    pub fn slot_names(&self) -> impl Iterator<Item = (usize, &str)> {
+    fn slot_names(&self) -> impl Iterator<Item = (usize, &str)> {
         self.names
             .iter()
             .enumerate()
@@ -207,11 +237,63 @@ impl DiskProbe {
     }
 
     /// Name of a kernel dev for events; falls back to major:minor.
-    pub fn device_name(&self, dev: u32) -> String {
+    fn device_name(&self, dev: u32) -> String {
         match self.slots.get(&dev).and_then(|&s| self.names[s].clone()) {
             Some(n) => n,
             None => format!("{}:{}", dev >> 20, dev & 0xfffff),
         }
+    }
+}
+
+impl ProbeState for DiskState {
+    fn attached(&mut self, ebpf: &mut Ebpf) {
+        self.refresh_slots(ebpf);
+    }
+
+    /// `disk.ops`, `disk.bytes`, `disk.latency_us.*` per device and op with I/O in the interval.
+    fn collect(&mut self, ebpf: &mut Ebpf, rows: &mut Rows<'_>, out: &mut Vec<Metric>) {
+        self.maybe_refresh(ebpf);
+        for (slot, name) in self.slot_names() {
+            for (op, op_name) in OPS.iter().enumerate() {
+                let Some(d) = rows.delta(slot * contract::OPS + op) else {
+                    continue;
+                };
+                let tags: Tags = vec![("device", name.to_string()), ("op", op_name.to_string())];
+                out.push(OPS_DONE.count(tags.clone(), d[layout::CELL_COUNT]));
+                out.push(BYTES.count(tags.clone(), d[layout::CELL_AUX]));
+                if let Some(s) = LatencyStats::from_buckets(table::buckets(d), d[layout::CELL_SUM])
+                {
+                    LATENCY.latency_of(&s, &tags, out);
+                }
+            }
+        }
+    }
+
+    fn keys(&self) -> Vec<(&'static str, Tags, usize)> {
+        let mut keys = Vec::new();
+        for (slot, device) in self.slot_names() {
+            for (op, op_name) in OPS.iter().enumerate() {
+                let tags = vec![("device", device.to_string()), ("op", op_name.to_string())];
+                keys.push((LATENCY.name, tags, contract::row(slot, op as u32)));
+            }
+        }
+        keys
+    }
+
+    fn event(&self, e: &Event) -> Option<EventView> {
+        if EventKind::from_u32(e.kind)? != EventKind::SlowDisk {
+            return None;
+        }
+        let op = OPS.get(e.op as usize).copied().unwrap_or("other");
+        Some(EventView {
+            kind: "slow_disk",
+            pid: e.pid,
+            tid: e.tid,
+            comm: comm_str(&e.comm),
+            latency_us: e.latency_ns as f64 / 1000.0,
+            target: format!("{} {op}", self.device_name(e.key)),
+            ret: Some(e.ret),
+        })
     }
 }
 
@@ -236,6 +318,20 @@ mod tests {
                         || n.starts_with("ram"))
             );
         }
+    }
+
+    #[test]
+    fn renders_slow_requests_with_the_device_name() {
+        let mut e = super::super::tests_support::event(EventKind::SlowDisk);
+        e.op = 1;
+        let v = Disk.state().event(&e).unwrap();
+        // No slot for this dev: named by major:minor.
+        assert_eq!(
+            v.target,
+            format!("{}:{} write", e.key >> 20, e.key & 0xfffff)
+        );
+        e.kind = EventKind::SlowSyscall as u32;
+        assert!(Disk.state().event(&e).is_none());
     }
 
     #[test]

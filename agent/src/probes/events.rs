@@ -3,11 +3,10 @@
 
 use std::{
     collections::VecDeque,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex},
 };
 
-use agent_common::{Event, EventKind, event::EVENT_SIZE};
+use agent_common::{Event, event::EVENT_SIZE};
 pub use agent_core::events::{EventView, comm_str};
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
@@ -85,116 +84,4 @@ fn drain(rb: &mut RingBuf<MapData>, batch: &mut Vec<Event>) -> u64 {
         }
     }
     received
-}
-
-fn addr(family: u32, raw: &[u8; 16]) -> IpAddr {
-    const AF_INET: u32 = 2;
-    let v6 = Ipv6Addr::from(*raw);
-    match (family, v6.to_ipv4_mapped()) {
-        (AF_INET, Some(v4)) => IpAddr::V4(v4),
-        (AF_INET, None) => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
-        _ => IpAddr::V6(v6),
-    }
-}
-
-/// Renders `e`, naming devices with `device_name`.
-pub fn view(e: &Event, device_name: impl Fn(u32) -> String) -> Option<EventView> {
-    let kind = EventKind::from_u32(e.kind)?;
-    let (kind, target, ret) = match kind {
-        EventKind::SlowSyscall => (
-            "slow_syscall",
-            super::syscall::name(e.key as usize),
-            Some(e.ret),
-        ),
-        EventKind::SlowDisk => {
-            let op = ["read", "write", "other"]
-                .get(e.op as usize)
-                .copied()
-                .unwrap_or("other");
-            (
-                "slow_disk",
-                format!("{} {op}", device_name(e.key)),
-                Some(e.ret),
-            )
-        }
-        EventKind::TcpConnect | EventKind::TcpAccept => {
-            let (s, d) = (addr(e.op, &e.saddr), addr(e.op, &e.daddr));
-            let k = if kind == EventKind::TcpConnect {
-                "tcp_connect"
-            } else {
-                "tcp_accept"
-            };
-            // SocketAddr brackets IPv6 addresses: [::1]:5432.
-            let (s, d) = (SocketAddr::new(s, e.sport), SocketAddr::new(d, e.dport));
-            (k, format!("{s} -> {d}"), None)
-        }
-    };
-    Some(EventView {
-        kind,
-        pid: e.pid,
-        tid: e.tid,
-        comm: comm_str(&e.comm),
-        latency_us: e.latency_ns as f64 / 1000.0,
-        target,
-        ret,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(kind: EventKind) -> Event {
-        let mut comm = [0u8; 16];
-        comm[..4].copy_from_slice(b"curl");
-        Event {
-            kind: kind as u32,
-            pid: 10,
-            tid: 11,
-            cpu: 0,
-            latency_ns: 1_500_000,
-            end_ns: 0,
-            key: syscalls::Sysno::read as u32,
-            op: 2,
-            ret: -4,
-            comm,
-            saddr: Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets(),
-            daddr: Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped().octets(),
-            sport: 40000,
-            dport: 80,
-            _pad: 0,
-        }
-    }
-
-    #[test]
-    fn renders_events() {
-        let v = view(&event(EventKind::SlowSyscall), |_| unreachable!()).unwrap();
-        assert_eq!(
-            (v.kind, v.target.as_str(), v.comm.as_str(), v.ret),
-            ("slow_syscall", "read", "curl", Some(-4))
-        );
-        assert_eq!(v.latency_us, 1500.0);
-        let v = view(&event(EventKind::TcpConnect), |_| unreachable!()).unwrap();
-        assert_eq!(v.target, "127.0.0.1:40000 -> 10.1.2.3:80");
-        // IPv4 in the first 4 bytes (the BTF programs' form) reads the same.
-        let mut e = event(EventKind::TcpAccept);
-        e.saddr = [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(
-            view(&e, |_| unreachable!()).unwrap().target,
-            "127.0.0.1:40000 -> 10.1.2.3:80"
-        );
-        e.op = 10; // AF_INET6
-        e.saddr = Ipv6Addr::LOCALHOST.octets();
-        e.daddr = Ipv6Addr::LOCALHOST.octets();
-        assert_eq!(
-            view(&e, |_| unreachable!()).unwrap().target,
-            "[::1]:40000 -> [::1]:80"
-        );
-        let mut e = event(EventKind::SlowDisk);
-        e.op = 1;
-        let v = view(&e, |dev| format!("dev{dev}")).unwrap();
-        assert_eq!(v.target, format!("dev{} write", e.key));
-        e.kind = 99;
-        assert!(view(&e, |_| String::new()).is_none());
-    }
 }

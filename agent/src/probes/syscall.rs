@@ -1,28 +1,83 @@
-//! Syscall latency per syscall: raw tracepoints sys_enter / sys_exit.
+//! The syscall probe: latency per syscall from raw tracepoints sys_enter / sys_exit (kernel
+//! side: `agent-ebpf/src/syscall.rs`; contract: `agent_common::probes::syscall`).
 
-use agent_common::{layout, maps::progs};
+use agent_common::{
+    Event, EventKind,
+    layout::{self, Block},
+    maps::{GlobalSpec, MapSpec},
+    probes::syscall::{self as contract, MAX_SYSCALLS, progs},
+};
+use aya::Ebpf;
 use syscalls::Sysno;
 
-use super::{
-    Attach, Program,
-    table::{self, HistTable, RowDiff},
+use super::{Globals, ProbeDef, ProbeState, Program, Rows, table};
+use crate::{
+    catalogue::MetricDef,
+    histogram::LatencyStats,
+    snapshot::{Metric, Tags},
 };
-use crate::{histogram::LatencyStats, snapshot::Metric};
+use agent_core::events::{EventView, comm_str};
 
-pub const PROGRAMS: &[Program] = &[
-    Program {
-        name: progs::SYS_ENTER,
-        attach: Attach::Raw("sys_enter"),
-    },
-    Program {
-        name: progs::SYS_EXIT,
-        attach: Attach::Raw("sys_exit"),
-    },
+pub const COUNT: MetricDef = MetricDef::counter(
+    "syscall.count",
+    &["syscall"],
+    "calls completed in the interval",
+);
+pub const ERRORS: MetricDef = MetricDef::counter(
+    "syscall.errors",
+    &["syscall"],
+    "calls that returned an error (< 0)",
+);
+pub const LATENCY: MetricDef =
+    MetricDef::latency("syscall.latency_us", &["syscall"], "sys_enter to sys_exit");
+
+const PROGRAMS: &[Program] = &[
+    Program::raw(progs::SYS_ENTER, "sys_enter"),
+    Program::raw(progs::SYS_EXIT, "sys_exit"),
 ];
 
-/// Numbers of exit and exit_group on this architecture (they never reach sys_exit).
-pub fn never_returning() -> (i64, i64) {
-    (Sysno::exit as i64, Sysno::exit_group as i64)
+pub struct Syscall;
+
+impl ProbeDef for Syscall {
+    fn name(&self) -> &'static str {
+        "syscall"
+    }
+
+    fn about(&self) -> &'static str {
+        "latency, count and errors of every syscall"
+    }
+
+    fn block(&self) -> Block {
+        layout::SYSCALL
+    }
+
+    fn variants(&self) -> &'static [&'static [Program]] {
+        &[PROGRAMS]
+    }
+
+    fn maps(&self) -> &'static [MapSpec] {
+        contract::MAPS
+    }
+
+    fn globals(&self) -> &'static [GlobalSpec] {
+        contract::GLOBALS
+    }
+
+    fn set_globals(&self, g: &mut Globals) {
+        // exit and exit_group never reach sys_exit: their entries would only go stale.
+        g.set(contract::GLOBAL_NR_EXIT, &(Sysno::exit as i64));
+        g.set(contract::GLOBAL_NR_EXIT_GROUP, &(Sysno::exit_group as i64));
+    }
+
+    fn metrics(&self) -> &'static [MetricDef] {
+        &[COUNT, ERRORS, LATENCY]
+    }
+
+    fn state(&self) -> Box<dyn ProbeState> {
+        Box::new(SyscallState {
+            names: (0..MAX_SYSCALLS).map(name).collect(),
+        })
+    }
 }
 
 /// Name of syscall `nr` from the architecture's table, or `sys_<nr>` for unknown numbers.
@@ -33,50 +88,77 @@ pub fn name(nr: usize) -> String {
     }
 }
 
-pub struct SyscallProbe {
+struct SyscallState {
     names: Vec<String>,
 }
 
-impl Default for SyscallProbe {
-    fn default() -> Self {
-        Self {
-            names: (0..layout::MAX_SYSCALLS).map(name).collect(),
-        }
-    }
-}
-
-impl SyscallProbe {
+impl ProbeState for SyscallState {
     /// `syscall.count`, `syscall.errors` and `syscall.latency_us.*` for every syscall called in
     /// the interval (syscalls not called are omitted: the tag's cardinality is the syscall table).
-    pub fn collect(&self, t: &HistTable, diff: &mut RowDiff, out: &mut Vec<Metric>) {
+    fn collect(&mut self, _ebpf: &mut Ebpf, rows: &mut Rows<'_>, out: &mut Vec<Metric>) {
         for (nr, name) in self.names.iter().enumerate() {
-            let Some(d) = diff.delta(t, layout::ROW_SYSCALL0 + nr) else {
+            let Some(d) = rows.delta(nr) else {
                 continue;
             };
-            let tags = vec![("syscall", name.clone())];
-            out.push(Metric::counter(
-                "syscall.count",
-                tags.clone(),
-                d[layout::CELL_COUNT],
-            ));
-            out.push(Metric::counter(
-                "syscall.errors",
-                tags.clone(),
-                d[layout::CELL_AUX],
-            ));
+            let tags: Tags = vec![("syscall", name.clone())];
+            out.push(COUNT.count(tags.clone(), d[layout::CELL_COUNT]));
+            out.push(ERRORS.count(tags.clone(), d[layout::CELL_AUX]));
             if let Some(s) = LatencyStats::from_buckets(table::buckets(d), d[layout::CELL_SUM]) {
-                s.push_us("syscall.latency_us", &tags, out);
+                LATENCY.latency_of(&s, &tags, out);
             }
         }
+    }
+
+    fn keys(&self) -> Vec<(&'static str, Tags, usize)> {
+        self.names
+            .iter()
+            .enumerate()
+            .map(|(nr, name)| {
+                (
+                    LATENCY.name,
+                    vec![("syscall", name.clone())],
+                    contract::row(nr),
+                )
+            })
+            .collect()
+    }
+
+    fn event(&self, e: &Event) -> Option<EventView> {
+        (EventKind::from_u32(e.kind)? == EventKind::SlowSyscall).then(|| EventView {
+            kind: "slow_syscall",
+            pid: e.pid,
+            tid: e.tid,
+            comm: comm_str(&e.comm),
+            latency_us: e.latency_ns as f64 / 1000.0,
+            target: name(e.key as usize),
+            ret: Some(e.ret),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn names_come_from_the_table() {
-        assert_eq!(super::name(syscalls::Sysno::getppid as usize), "getppid");
-        assert_eq!(super::name(syscalls::Sysno::read as usize), "read");
-        assert_eq!(super::name(100_000), "sys_100000");
+        assert_eq!(name(Sysno::getppid as usize), "getppid");
+        assert_eq!(name(Sysno::read as usize), "read");
+        assert_eq!(name(100_000), "sys_100000");
+    }
+
+    #[test]
+    fn renders_its_events_only() {
+        let mut e = super::super::tests_support::event(EventKind::SlowSyscall);
+        let v = Syscall.state().event(&e).unwrap();
+        assert_eq!(
+            (v.kind, v.target.as_str(), v.comm.as_str(), v.ret),
+            ("slow_syscall", "read", "curl", Some(-4))
+        );
+        assert_eq!(v.latency_us, 1500.0);
+        e.kind = EventKind::SlowDisk as u32;
+        assert!(Syscall.state().event(&e).is_none());
+        e.kind = 99;
+        assert!(Syscall.state().event(&e).is_none());
     }
 }

@@ -121,9 +121,8 @@ impl RowDiff {
         Some(&self.scratch)
     }
 
-    /// Change of a plain counter cell of `layout::ROW_COUNTERS` (always read).
-    pub fn counter(&mut self, table: &HistTable, ctr: usize) -> u64 {
-        let row = layout::ROW_COUNTERS;
+    /// Change of plain counter cell `ctr` of `row` (always read).
+    pub fn counter(&mut self, table: &HistTable, row: usize, ctr: usize) -> u64 {
         let cur = table.total(row, ctr);
         let prev = self.prev[row].get_or_insert_with(|| Box::new([0; ROW_LEN]));
         let d = cur.wrapping_sub(prev[ctr]);

@@ -1,56 +1,127 @@
-//! TCP: smoothed RTT (tcp:tcp_probe), connect latency and opens (sock:inet_sock_set_state),
+//! The tcp probe: smoothed RTT (tcp_probe), connect latency and opens (inet_sock_set_state),
 //! both as BTF tracepoints where the kernel's BTF allows, else classic ones; retransmits and
-//! resets (raw tracepoints).
+//! resets (raw tracepoints). Kernel side: `agent-ebpf/src/tcp.rs`; contract:
+//! `agent_common::probes::tcp`.
 
-use std::path::Path;
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
+};
 
-use agent_common::{TcpBtf, TpOffsets, layout, maps::progs};
+use agent_common::{
+    Event, EventKind,
+    layout::{self, Block},
+    maps::{GlobalSpec, MapSpec},
+    probes::tcp::{self as contract, TcpBtf, TcpTpOffsets, progs},
+};
+use aya::Ebpf;
 
 use super::{
-    Attach, Program,
+    Globals, ProbeDef, ProbeState, Program, Rows,
     btf::{Btf, BtfError},
-    table::{self, HistTable, RowDiff},
+    table,
     tracefs::{self, TracefsError},
 };
-use crate::{histogram::LatencyStats, snapshot::Metric};
+use crate::{
+    catalogue::MetricDef,
+    histogram::LatencyStats,
+    snapshot::{Metric, Tags},
+};
+use agent_core::events::{EventView, comm_str};
 
-pub const PROGRAMS: &[Program] = &[
-    Program {
-        name: progs::INET_SOCK_SET_STATE,
-        attach: Attach::Tracepoint("sock", "inet_sock_set_state"),
-    },
-    Program {
-        name: progs::TCP_PROBE,
-        attach: Attach::Tracepoint("tcp", "tcp_probe"),
-    },
-    Program {
-        name: progs::TCP_RETRANSMIT_SKB,
-        attach: Attach::Raw("tcp_retransmit_skb"),
-    },
-    Program {
-        name: progs::TCP_SEND_RESET,
-        attach: Attach::Raw("tcp_send_reset"),
-    },
-    Program {
-        name: progs::TCP_RECEIVE_RESET,
-        attach: Attach::Raw("tcp_receive_reset"),
-    },
+pub const RTT: MetricDef = MetricDef::latency(
+    "tcp.rtt_us",
+    &[],
+    "smoothed RTT of received segments (tcp_probe)",
+);
+pub const RTT_SAMPLES: MetricDef =
+    MetricDef::counter("tcp.rtt_samples", &[], "RTT samples in the interval");
+pub const CONNECT_LATENCY: MetricDef =
+    MetricDef::latency("tcp.connect_latency_us", &[], "SYN_SENT to ESTABLISHED");
+pub const CONNECTS: MetricDef = MetricDef::counter(
+    "tcp.connects",
+    &[],
+    "active opens completed (SYN_SENT → ESTABLISHED)",
+);
+pub const ACCEPTS: MetricDef = MetricDef::counter(
+    "tcp.accepts",
+    &[],
+    "passive opens completed (SYN_RECV → ESTABLISHED)",
+);
+pub const RETRANSMITS: MetricDef =
+    MetricDef::counter("tcp.retransmits", &[], "segments retransmitted");
+pub const RESETS: MetricDef = MetricDef::counter("tcp.resets", &[], "resets sent and received");
+
+const PROGRAMS: &[Program] = &[
+    Program::tracepoint(progs::INET_SOCK_SET_STATE, "sock", "inet_sock_set_state"),
+    Program::tracepoint(progs::TCP_PROBE, "tcp", "tcp_probe"),
+    Program::raw(progs::TCP_RETRANSMIT_SKB, "tcp_retransmit_skb"),
+    Program::raw(progs::TCP_SEND_RESET, "tcp_send_reset"),
+    Program::raw(progs::TCP_RECEIVE_RESET, "tcp_receive_reset"),
 ];
 
 /// Preferred: no record built per event (tcp_probe's is large, and it fires per segment).
-pub const PROGRAMS_BTF: &[Program] = &[
-    Program {
-        name: progs::BTF_SOCK_STATE,
-        attach: Attach::Btf("inet_sock_set_state"),
-    },
-    Program {
-        name: progs::BTF_TCP_PROBE,
-        attach: Attach::Btf("tcp_probe"),
-    },
-    PROGRAMS[2],
-    PROGRAMS[3],
-    PROGRAMS[4],
+const PROGRAMS_BTF: &[Program] = &[
+    Program::btf(progs::BTF_SOCK_STATE, "inet_sock_set_state"),
+    Program::btf(progs::BTF_TCP_PROBE, "tcp_probe"),
+    Program::raw(progs::TCP_RETRANSMIT_SKB, "tcp_retransmit_skb"),
+    Program::raw(progs::TCP_SEND_RESET, "tcp_send_reset"),
+    Program::raw(progs::TCP_RECEIVE_RESET, "tcp_receive_reset"),
 ];
+
+pub struct Tcp;
+
+impl ProbeDef for Tcp {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn about(&self) -> &'static str {
+        "TCP round-trip and connect times, opens, retransmits and resets"
+    }
+
+    fn block(&self) -> Block {
+        layout::TCP
+    }
+
+    fn variants(&self) -> &'static [&'static [Program]] {
+        &[PROGRAMS_BTF, PROGRAMS]
+    }
+
+    fn maps(&self) -> &'static [MapSpec] {
+        contract::MAPS
+    }
+
+    fn globals(&self) -> &'static [GlobalSpec] {
+        contract::GLOBALS
+    }
+
+    fn set_btf_globals(&self, btf: &Btf, g: &mut Globals) -> Result<(), BtfError> {
+        g.set(contract::GLOBAL_BTF, &btf_offsets(btf)?);
+        Ok(())
+    }
+
+    fn set_classic_globals(&self, tracefs: &Path, g: &mut Globals) -> Result<(), TracefsError> {
+        g.set(contract::GLOBAL_TP, &read_offsets(tracefs)?);
+        Ok(())
+    }
+
+    fn metrics(&self) -> &'static [MetricDef] {
+        &[
+            RTT,
+            RTT_SAMPLES,
+            CONNECT_LATENCY,
+            CONNECTS,
+            ACCEPTS,
+            RETRANSMITS,
+            RESETS,
+        ]
+    }
+
+    fn state(&self) -> Box<dyn ProbeState> {
+        Box::new(TcpState)
+    }
+}
 
 /// What the BTF programs read: `struct sock` (its `sock_common` head) and `tcp_sock.srtt_us`.
 pub fn btf_offsets(btf: &Btf) -> Result<TcpBtf, BtfError> {
@@ -72,7 +143,8 @@ pub fn btf_offsets(btf: &Btf) -> Result<TcpBtf, BtfError> {
     })
 }
 
-pub fn read_offsets(tracefs: &Path, o: &mut TpOffsets) -> Result<(), TracefsError> {
+pub fn read_offsets(tracefs: &Path) -> Result<TcpTpOffsets, TracefsError> {
+    let mut o = TcpTpOffsets::UNSET;
     let tp = "sock:inet_sock_set_state";
     let f = tracefs::format(tracefs, "sock", "inet_sock_set_state")?;
     o.sk_skaddr = f.offset(tp, "skaddr", 8)?;
@@ -87,35 +159,96 @@ pub fn read_offsets(tracefs: &Path, o: &mut TpOffsets) -> Result<(), TracefsErro
     let tp = "tcp:tcp_probe";
     let f = tracefs::format(tracefs, "tcp", "tcp_probe")?;
     o.probe_srtt = f.offset(tp, "srtt", 4)?;
-    Ok(())
+    Ok(o)
 }
 
-pub struct TcpProbe;
+struct TcpState;
 
-impl TcpProbe {
-    pub fn collect(&self, t: &HistTable, diff: &mut RowDiff, out: &mut Vec<Metric>) {
-        if let Some(d) = diff.delta(t, layout::ROW_TCP_RTT) {
-            out.push(Metric::counter(
-                "tcp.rtt_samples",
-                vec![],
-                d[layout::CELL_COUNT],
-            ));
+impl ProbeState for TcpState {
+    fn collect(&mut self, _ebpf: &mut Ebpf, rows: &mut Rows<'_>, out: &mut Vec<Metric>) {
+        if let Some(d) = rows.delta(contract::ROW_RTT) {
+            out.push(RTT_SAMPLES.count(vec![], d[layout::CELL_COUNT]));
             if let Some(s) = LatencyStats::from_buckets(table::buckets(d), d[layout::CELL_SUM]) {
-                s.push_us("tcp.rtt_us", &vec![], out);
+                RTT.latency_of(&s, &vec![], out);
             }
         }
-        if let Some(d) = diff.delta(t, layout::ROW_TCP_CONNECT)
+        if let Some(d) = rows.delta(contract::ROW_CONNECT)
             && let Some(s) = LatencyStats::from_buckets(table::buckets(d), d[layout::CELL_SUM])
         {
-            s.push_us("tcp.connect_latency_us", &vec![], out);
+            CONNECT_LATENCY.latency_of(&s, &vec![], out);
         }
-        for (name, ctr) in [
-            ("tcp.connects", layout::CTR_TCP_CONNECTS),
-            ("tcp.accepts", layout::CTR_TCP_ACCEPTS),
-            ("tcp.retransmits", layout::CTR_TCP_RETRANSMITS),
-            ("tcp.resets", layout::CTR_TCP_RESETS),
+        for (def, ctr) in [
+            (CONNECTS, contract::CTR_CONNECTS),
+            (ACCEPTS, contract::CTR_ACCEPTS),
+            (RETRANSMITS, contract::CTR_RETRANSMITS),
+            (RESETS, contract::CTR_RESETS),
         ] {
-            out.push(Metric::counter(name, vec![], diff.counter(t, ctr)));
+            out.push(def.count(vec![], rows.counter(ctr)));
         }
+    }
+
+    fn keys(&self) -> Vec<(&'static str, Tags, usize)> {
+        vec![
+            (RTT.name, vec![], contract::row(contract::ROW_RTT)),
+            (
+                CONNECT_LATENCY.name,
+                vec![],
+                contract::row(contract::ROW_CONNECT),
+            ),
+        ]
+    }
+
+    fn event(&self, e: &Event) -> Option<EventView> {
+        let kind = match EventKind::from_u32(e.kind)? {
+            EventKind::TcpConnect => "tcp_connect",
+            EventKind::TcpAccept => "tcp_accept",
+            _ => return None,
+        };
+        // SocketAddr brackets IPv6 addresses: [::1]:5432.
+        let s = SocketAddr::new(addr(e.op, &e.saddr), e.sport);
+        let d = SocketAddr::new(addr(e.op, &e.daddr), e.dport);
+        Some(EventView {
+            kind,
+            pid: e.pid,
+            tid: e.tid,
+            comm: comm_str(&e.comm),
+            latency_us: e.latency_ns as f64 / 1000.0,
+            target: format!("{s} -> {d}"),
+            ret: None,
+        })
+    }
+}
+
+/// An event's address: IPv4 in the first 4 bytes (BTF programs) or IPv4-mapped (classic
+/// tracepoints) for AF_INET, else IPv6.
+fn addr(family: u32, raw: &[u8; 16]) -> IpAddr {
+    const AF_INET: u32 = 2;
+    let v6 = Ipv6Addr::from(*raw);
+    match (family, v6.to_ipv4_mapped()) {
+        (AF_INET, Some(v4)) => IpAddr::V4(v4),
+        (AF_INET, None) => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
+        _ => IpAddr::V6(v6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_opens_with_bracketed_ipv6() {
+        let view = |e: &Event| TcpState.event(e).unwrap().target;
+        let mut e = super::super::tests_support::event(EventKind::TcpConnect);
+        assert_eq!(view(&e), "127.0.0.1:40000 -> 10.1.2.3:80");
+        // IPv4 in the first 4 bytes (the BTF programs' form) reads the same.
+        e.kind = EventKind::TcpAccept as u32;
+        e.saddr = [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(view(&e), "127.0.0.1:40000 -> 10.1.2.3:80");
+        e.op = 10; // AF_INET6
+        e.saddr = Ipv6Addr::LOCALHOST.octets();
+        e.daddr = Ipv6Addr::LOCALHOST.octets();
+        assert_eq!(view(&e), "[::1]:40000 -> [::1]:80");
+        e.kind = EventKind::SlowSyscall as u32;
+        assert!(TcpState.event(&e).is_none());
     }
 }

@@ -1,0 +1,8 @@
+//! Each probe's side of the contract, one module per probe: its rows of the histogram table
+//! (allocated in [`crate::layout`]), its counters, in-flight records, load-time globals, maps
+//! and program names.
+
+pub mod disk;
+pub mod floor;
+pub mod syscall;
+pub mod tcp;

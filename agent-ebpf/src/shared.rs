@@ -1,0 +1,234 @@
+//! What every probe's programs share: the histogram table, the ring buffer, the runtime
+//! settings, and the helpers that record into them.
+
+use agent_common::{
+    Event, EventKind, RuntimeConfig, hist,
+    layout::{self, Block, Row},
+};
+use aya_ebpf::{
+    Global,
+    bindings::{
+        BPF_F_MMAPABLE, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+    },
+    helpers::{bpf_get_current_comm, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    macros::map,
+    maps::{Array, RingBuf},
+    programs::TracePointContext,
+};
+
+// ---- maps (names are agent_common::maps::*) ----
+
+/// Sized by userspace to possible CPUs × layout::ROWS before load.
+#[map]
+static HIST: Array<Row> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(agent_common::maps::EVENTS_DEFAULT_BYTES, 0);
+#[map]
+static CONFIG: Array<RuntimeConfig> = Array::with_max_entries(1, 0);
+
+/// Never read: its address is the fixed point [`pointer_key`] measures from.
+#[unsafe(no_mangle)]
+static KEY_ANCHOR: Global<u64> = Global::new(0);
+
+/// The current CPU (its slice of the histogram table).
+#[inline(always)]
+pub fn cpu() -> u32 {
+    // SAFETY: a helper without arguments or preconditions.
+    unsafe { bpf_get_smp_processor_id() }
+}
+
+/// The clock every latency is measured with (CLOCK_MONOTONIC, ns).
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: a helper without arguments or preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn row(cpu: u32, row: usize) -> Option<&'static mut Row> {
+    let ptr = HIST.get_ptr_mut(layout::row_index(cpu as usize, row) as u32)?;
+    // SAFETY: a valid element of the array; only this CPU writes its slice, and a program runs
+    // to completion on its CPU, so no other reference to this row is live.
+    Some(unsafe { &mut *ptr })
+}
+
+/// Adds to counter cell `ctr` of `block`'s counter row, on this CPU.
+#[inline(always)]
+pub fn count(block: Block, ctr: usize, n: u64) {
+    if let Some(r) = row(cpu(), block.counters())
+        && let Some(c) = r.cells.get_mut(ctr)
+    {
+        *c += n;
+    }
+}
+
+/// Records one sample of `value_ns` in histogram row `row_idx` of this CPU.
+#[inline(always)]
+pub fn record(row_idx: usize, value_ns: u64, aux: u64) {
+    let Some(r) = row(cpu(), row_idx) else { return };
+    r.cells[layout::CELL_COUNT] += 1;
+    r.cells[layout::CELL_SUM] += value_ns;
+    r.cells[layout::CELL_AUX] += aux;
+    if let Some(b) = r
+        .cells
+        .get_mut(layout::CELL_BUCKETS + hist::bucket(value_ns))
+    {
+        *b += 1;
+    }
+}
+
+/// Waking the reader costs an irq_work per event (about a microsecond) when it keeps up, so
+/// events are submitted without wakeup; the reader also drains on a short timer, and is woken
+/// at once only when the buffer is a quarter full.
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    if pending >= size / 4 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+#[inline(always)]
+pub fn config() -> Option<&'static RuntimeConfig> {
+    CONFIG.get(0)
+}
+
+/// Whether the current task passes the pid/comm filters (both off by default).
+#[inline(always)]
+pub fn selected(cfg: &RuntimeConfig, tgid: u32) -> bool {
+    if cfg.filter_tgid != 0 && cfg.filter_tgid != tgid {
+        return false;
+    }
+    if cfg.filter_comm_on != 0 {
+        match bpf_get_current_comm() {
+            Ok(comm) => return comm == cfg.filter_comm,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Sends `event` through the ring buffer, or counts it lost in `block`.
+#[inline(always)]
+pub fn send(event: Event, block: Block) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(event);
+            entry.submit(wakeup_flags());
+        }
+        None => count(block, layout::CTR_EVENTS_LOST, 1),
+    }
+}
+
+/// A slow operation's event (no addresses).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn emit(
+    kind: EventKind,
+    pid: u32,
+    tid: u32,
+    comm: [u8; 16],
+    latency_ns: u64,
+    key: u32,
+    op: u32,
+    ret: i64,
+    block: Block,
+) {
+    send(
+        Event {
+            kind: kind as u32,
+            pid,
+            tid,
+            cpu: cpu(),
+            latency_ns,
+            end_ns: now_ns(),
+            key,
+            op,
+            ret,
+            comm,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            sport: 0,
+            dport: 0,
+            _pad: 0,
+        },
+        block,
+    );
+}
+
+// ---- classic tracepoints: record fields at offsets from tracefs ----
+
+/// A tracepoint field the kernel lacks (see the probes' `*TpOffsets`).
+const MISSING: u16 = u16::MAX;
+
+/// Reads a `T` at `off` of the tracepoint's record; a failed read is counted in `block`.
+#[inline(always)]
+pub fn read<T>(ctx: &TracePointContext, off: u16, block: Block) -> Option<T> {
+    if off == MISSING {
+        return None;
+    }
+    // SAFETY: bpf_probe_read of the record at an offset from its format file; a bad offset
+    // fails the read (counted), it cannot fault.
+    match unsafe { ctx.read_at::<T>(off as usize) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            count(block, layout::CTR_READ_ERRORS, 1);
+            None
+        }
+    }
+}
+
+/// The first `N` bytes of a classic tracepoint's record, in one helper call: reading fields one
+/// by one costs a call each, 50-100 ns apiece here.
+#[inline(always)]
+pub fn record_head<const N: usize>(ctx: &TracePointContext, block: Block) -> Option<[u8; N]> {
+    // SAFETY: as in `read`: a checked probe read of the record.
+    match unsafe { ctx.read_at::<[u8; N]>(0) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            count(block, layout::CTR_READ_ERRORS, 1);
+            None
+        }
+    }
+}
+
+/// A field at `off` (from the tracepoint's format file): from `head` when it lies inside, else
+/// read on its own (another kernel's layout).
+#[inline(always)]
+pub fn field<T: Copy, const N: usize>(
+    ctx: &TracePointContext,
+    head: &[u8; N],
+    off: u16,
+    block: Block,
+) -> Option<T> {
+    let o = off as usize;
+    if off != MISSING && o + core::mem::size_of::<T>() <= N {
+        // SAFETY: inside `head` (checked above); T is plain data, read unaligned.
+        Some(unsafe { core::ptr::read_unaligned(head.as_ptr().add(o) as *const T) })
+    } else {
+        read(ctx, off, block)
+    }
+}
+
+// ---- BTF tracepoints: kernel objects read at offsets from the kernel's BTF ----
+
+/// Loads a `T` at byte `off` of a kernel object the verifier knows by its BTF type.
+#[inline(always)]
+pub fn kload<T: Copy>(base: *const u8, off: u32) -> T {
+    // SAFETY: `base` is a BTF-typed pointer; the verifier checks `off` against the type and
+    // turns the load into one that cannot fault.
+    unsafe { core::ptr::read_volatile(base.add(off as usize) as *const T) }
+}
+
+/// A kernel object's address as a key (a request in flight, a connecting socket). The
+/// verifier forbids arithmetic on a BTF pointer (a hash multiplies) but lets a privileged
+/// program subtract two pointers, so the key is the object's distance from a fixed address of
+/// ours.
+#[inline(always)]
+pub fn pointer_key(p: *const u8) -> u64 {
+    let anchor = &KEY_ANCHOR as *const Global<u64> as u64;
+    (p as u64).wrapping_sub(anchor)
+}

@@ -1,0 +1,139 @@
+//! The kernel/user contract checked without a kernel: every map, global and program name the
+//! agent uses must exist in the embedded object, with the sizes `agent-common` declares, and
+//! every program with the hook kind the agent attaches it as. A mismatch fails here, not at run
+//! time on someone's host.
+
+use std::collections::HashMap;
+
+use agent_common::{
+    maps::{self, GlobalSpec, MapSpec},
+    probes::floor,
+};
+use aya_obj::{Object, ProgramSection};
+use object::{Object as _, ObjectSymbol as _};
+
+use super::{Attach, Probe, kernel::EBPF_OBJECT};
+
+fn object() -> Object {
+    Object::parse(EBPF_OBJECT).expect("the embedded eBPF object parses")
+}
+
+fn all_maps() -> Vec<MapSpec> {
+    let mut v = maps::SHARED.to_vec();
+    for p in Probe::ALL {
+        v.extend_from_slice(p.def().maps());
+    }
+    v
+}
+
+#[test]
+fn every_map_exists_with_the_declared_sizes() {
+    let obj = object();
+    for spec in all_maps() {
+        let map = obj
+            .maps
+            .get(spec.name)
+            .unwrap_or_else(|| panic!("map {} missing from the object", spec.name));
+        if spec.value_size > 0 {
+            assert_eq!(
+                map.value_size() as usize,
+                spec.value_size,
+                "value size of map {}",
+                spec.name
+            );
+        }
+        if spec.max_entries > 0 {
+            assert_eq!(
+                map.max_entries(),
+                spec.max_entries,
+                "entries of map {}",
+                spec.name
+            );
+        }
+    }
+    // And no map the agent does not know of (a dead map is kernel memory for nothing).
+    let known: Vec<&str> = all_maps().iter().map(|m| m.name).collect();
+    for name in obj.maps.keys() {
+        let data_section = name.starts_with('.');
+        assert!(
+            data_section || known.contains(&name.as_str()),
+            "map {name} is in the object but not in agent_common's contract"
+        );
+    }
+}
+
+#[test]
+fn every_global_exists_with_the_declared_size() {
+    let file = object::File::parse(EBPF_OBJECT).expect("ELF");
+    let symbols: HashMap<String, u64> = file
+        .symbols()
+        .filter_map(|s| Some((s.name().ok()?.to_string(), s.size())))
+        .collect();
+    let globals: Vec<GlobalSpec> = Probe::ALL
+        .into_iter()
+        .flat_map(|p| p.def().globals().iter().copied())
+        .collect();
+    assert!(!globals.is_empty());
+    for g in globals {
+        assert_eq!(
+            symbols.get(g.name).copied(),
+            Some(g.size as u64),
+            "global {} (size {})",
+            g.name,
+            g.size
+        );
+    }
+}
+
+#[test]
+fn every_program_exists_with_its_hook_kind() {
+    let obj = object();
+    let mut used = Vec::new();
+    for p in Probe::ALL {
+        for set in p.def().variants() {
+            for prog in *set {
+                let section = &obj
+                    .programs
+                    .get(prog.name)
+                    .unwrap_or_else(|| panic!("program {} of probe {p} missing", prog.name))
+                    .section;
+                let ok = matches!(
+                    (prog.attach, section),
+                    (Attach::Raw(_), ProgramSection::RawTracePoint)
+                        | (Attach::Tracepoint(..), ProgramSection::TracePoint)
+                        | (Attach::Btf(_), ProgramSection::BtfTracePoint)
+                );
+                assert!(
+                    ok,
+                    "program {} is a {section:?}, attached as {}",
+                    prog.name, prog.attach
+                );
+                used.push(prog.name);
+            }
+        }
+    }
+    used.extend_from_slice(floor::PROGRAMS);
+    for name in obj.programs.keys() {
+        assert!(
+            used.contains(&name.as_str()),
+            "program {name} is in the object but no probe uses it"
+        );
+    }
+}
+
+#[test]
+fn the_object_declares_a_gpl_compatible_licence() {
+    // GPL-only helpers (ring buffer, bpf_skc_to_tcp_sock) need it; the crate is MIT/Apache.
+    assert_eq!(object().license.to_str().unwrap(), "Dual MIT/GPL");
+}
+
+#[test]
+fn probes_rows_tile_the_table_in_registry_order() {
+    let mut next = 0;
+    for p in Probe::ALL {
+        let b = p.def().block();
+        assert_eq!(b.start, next, "probe {p} starts where the previous ends");
+        next = b.end();
+    }
+    assert_eq!(next, agent_common::layout::ROWS);
+}
