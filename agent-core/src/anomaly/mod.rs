@@ -171,6 +171,7 @@ pub enum State {
 }
 
 impl State {
+    /// The name on the wire (Riemann `state`), in JSON and in text output.
     pub fn as_str(self) -> &'static str {
         match self {
             State::Ok => "ok",
@@ -180,9 +181,11 @@ impl State {
     }
 }
 
+/// The wire and JSON name (`ok`, `warning`, `critical`); honours width and alignment
+/// (`{:<9}`), so states line up in columns.
 impl std::fmt::Display for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -711,6 +714,16 @@ mod tests {
             .is_err()
         );
         assert!(toml::from_str::<DetectorConfig>("sensitivty = 1").is_err());
+    }
+
+    #[test]
+    fn state_names_for_wire_and_columns() {
+        assert_eq!(State::Critical.to_string(), "critical");
+        assert_eq!(format!("[{:<9}]", State::Ok), "[ok       ]");
+        assert_eq!(
+            serde_json::to_string(&[State::Ok, State::Warning, State::Critical]).unwrap(),
+            r#"["ok","warning","critical"]"#
+        );
     }
 
     #[test]
