@@ -45,6 +45,17 @@ pub use sheet::{
     Deviation, Sheet, SheetBuilder, SheetEntry, compare, compare_with, render_json, render_text,
 };
 
+/// Relative precision of latency percentiles (log-linear histogram buckets, within 6.25%).
+const LATENCY_REL_FLOOR: f64 = 0.03;
+/// Relative precision of memory levels (they step by allocations).
+const BYTES_REL_FLOOR: f64 = 0.01;
+/// Relative precision of any other metric (and of [`Series`]).
+const REL_FLOOR: f64 = 1e-3;
+
+/// Shortest interval the model is run at (1 ms): its memories are counted in intervals, so a
+/// zero interval would make them infinite.
+const MIN_INTERVAL_S: f64 = 1e-3;
+
 /// Settings of the online detector (`[anomaly]` in the configuration file).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -160,6 +171,7 @@ pub enum State {
 }
 
 impl State {
+    /// The name on the wire (Riemann `state`), in JSON and in text output.
     pub fn as_str(self) -> &'static str {
         match self {
             State::Ok => "ok",
@@ -169,9 +181,11 @@ impl State {
     }
 }
 
+/// The wire and JSON name (`ok`, `warning`, `critical`); honours width and alignment
+/// (`{:<9}`), so states line up in columns.
 impl std::fmt::Display for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -328,11 +342,11 @@ fn key_hash(name: &str, tags: &[(&'static str, String)]) -> u64 {
 /// pages); elsewhere 0.1%.
 fn rel_floor(name: &str) -> f64 {
     if name.split('.').any(|seg| seg.ends_with("_us")) && !name.contains("stall_us") {
-        0.03
+        LATENCY_REL_FLOOR
     } else if name.ends_with("_bytes") {
-        0.01
+        BYTES_REL_FLOOR
     } else {
-        1e-3
+        REL_FLOOR
     }
 }
 
@@ -475,7 +489,7 @@ impl Detector {
     /// interval (worst first), plus a summary.
     pub fn observe(&mut self, snap: &Snapshot) -> Verdicts {
         let t = snap.unix_seconds();
-        let interval_s = snap.interval.as_secs_f64().max(1e-3);
+        let interval_s = snap.interval.as_secs_f64().max(MIN_INTERVAL_S);
         self.tick += 1;
         let mut out = Verdicts::default();
         let mut families: HashSet<&str> = HashSet::new();
@@ -624,7 +638,7 @@ impl Series {
     pub fn new(cfg: &DetectorConfig, interval_s: f64, counter: bool) -> Self {
         Self {
             params: Params {
-                interval_s: interval_s.max(1e-3),
+                interval_s: interval_s.max(MIN_INTERVAL_S),
                 sensitivity: if cfg.sensitivity.is_finite() && cfg.sensitivity > 0.0 {
                     cfg.sensitivity
                 } else {
@@ -634,7 +648,7 @@ impl Series {
                 raise_after: cfg.raise_after,
                 clear_after: cfg.clear_after,
                 counter,
-                rel_floor: 1e-3,
+                rel_floor: REL_FLOOR,
                 tz_offset_s: f64::from(cfg.utc_offset_s),
             },
             model: Model::new(),
@@ -700,6 +714,16 @@ mod tests {
             .is_err()
         );
         assert!(toml::from_str::<DetectorConfig>("sensitivty = 1").is_err());
+    }
+
+    #[test]
+    fn state_names_for_wire_and_columns() {
+        assert_eq!(State::Critical.to_string(), "critical");
+        assert_eq!(format!("[{:<9}]", State::Ok), "[ok       ]");
+        assert_eq!(
+            serde_json::to_string(&[State::Ok, State::Warning, State::Critical]).unwrap(),
+            r#"["ok","warning","critical"]"#
+        );
     }
 
     #[test]

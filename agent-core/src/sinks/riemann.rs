@@ -23,6 +23,8 @@ use prost::Message as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
+// `State` here is Riemann's protobuf message; the detector's states are `AnomalyState`.
+use crate::anomaly::State as AnomalyState;
 use crate::snapshot::{Kind, Metric, Snapshot};
 
 use super::{Datagram, Encoded, Endpoint, Shared};
@@ -168,7 +170,11 @@ pub fn event(snap: &Snapshot, m: &Metric, cfg: &Config) -> Option<Event> {
     Some(Event {
         time: Some(micros.div_euclid(1_000_000)),
         time_micros: Some(micros),
-        state: Some(anomaly.map_or("ok", |a| a.state).to_owned()),
+        state: Some(
+            anomaly
+                .map_or(AnomalyState::Ok.as_str(), |a| a.state)
+                .to_owned(),
+        ),
         service: Some(service),
         host: Some(snap.host.clone()),
         description: anomaly.map(|a| a.description.clone()),
