@@ -8,6 +8,7 @@
 pub mod anomaly;
 pub mod detection;
 pub mod events;
+pub mod format;
 pub mod histogram;
 pub mod output;
 pub mod procfs;
