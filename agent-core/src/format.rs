@@ -134,10 +134,10 @@ pub fn percent(v: f64, style: Style) -> String {
     format!("{}%", sig(v, style))
 }
 
-/// A per-second count in a column: whole numbers exactly up to 9,999,999 (a person compares
-/// calls/s to what they know they sent), one decimal for a fraction below 100, beyond that
-/// [`number`]'s k/M/G.
-pub fn per_second(v: f64) -> String {
+/// A count, or a count per second, in a column: whole numbers exactly up to 9,999,999 (a person
+/// compares calls/s to what they know they sent), one decimal for a fraction below 100, beyond
+/// that [`number`]'s k/M/G.
+pub fn count(v: f64) -> String {
     if !v.is_finite() {
         "-".into()
     } else if v.abs() >= 9_999_999.5 {
@@ -254,12 +254,12 @@ mod tests {
     }
 
     #[test]
-    fn rates_are_exact() {
-        assert_eq!(per_second(50_000.0), "50000");
-        assert_eq!(per_second(2.5), "2.5");
-        assert_eq!(per_second(3.0), "3");
-        assert_eq!(per_second(123.4), "123");
-        assert_eq!(per_second(12_345_678.0), "12.3M");
+    fn counts_are_exact() {
+        assert_eq!(count(50_000.0), "50000");
+        assert_eq!(count(2.5), "2.5");
+        assert_eq!(count(3.0), "3");
+        assert_eq!(count(123.4), "123");
+        assert_eq!(count(12_345_678.0), "12.3M");
     }
 
     #[test]
