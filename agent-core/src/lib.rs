@@ -9,6 +9,7 @@ pub mod anomaly;
 pub mod catalogue;
 pub mod detection;
 pub mod events;
+pub mod format;
 pub mod histogram;
 pub mod output;
 pub mod procfs;

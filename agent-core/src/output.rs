@@ -66,10 +66,7 @@ pub fn write_text(w: &mut impl Write, snap: &Snapshot, events: &[EventView]) -> 
 
 /// Up to 3 decimals, without trailing zeros.
 pub fn fmt_gauge(v: f64) -> String {
-    let s = format!("{v:.3}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    // -0.0001 rounds to "-0".
-    if s == "-0" { "0".into() } else { s.to_string() }
+    crate::format::decimals(v, 3)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 use super::State;
 use super::model::{Assessment, Profile, View, WARN_SCORE};
 use super::time::WEEKDAYS;
+use crate::format::{self, Style::Prose};
 use crate::snapshot::Kind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,69 +64,6 @@ pub fn metric_label(name: &str, tags: &[(&'static str, String)]) -> String {
     words.join(" ")
 }
 
-/// Three significant digits at most, without trailing zeros: 48.1, 7.7, 812, 0.53.
-fn sig(v: f64) -> String {
-    let a = v.abs();
-    let s = if a >= 100.0 || a == 0.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else if a >= 1.0 {
-        format!("{v:.2}")
-    } else if a >= 0.01 {
-        format!("{v:.3}")
-    } else {
-        return format!("{v:.2e}");
-    };
-    let s = if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    };
-    if s == "-0" { "0".into() } else { s }
-}
-
-fn scaled(v: f64, steps: &[(f64, &str)]) -> String {
-    let a = v.abs();
-    let (div, unit) = steps
-        .iter()
-        .rev()
-        .find(|(d, _)| a >= *d)
-        .copied()
-        .unwrap_or(steps[0]);
-    format!("{} {unit}", sig(v / div))
-}
-
-fn micros(v: f64) -> String {
-    scaled(v, &[(1.0, "µs"), (1e3, "ms"), (1e6, "s")])
-}
-
-fn bytes(v: f64) -> String {
-    scaled(
-        v,
-        &[
-            (1.0, "B"),
-            (1024.0, "KiB"),
-            (1024.0 * 1024.0, "MiB"),
-            (1024.0 * 1024.0 * 1024.0, "GiB"),
-            (1024.0 * 1024.0 * 1024.0 * 1024.0, "TiB"),
-        ],
-    )
-}
-
-fn plain(v: f64) -> String {
-    let a = v.abs();
-    if a >= 1e9 {
-        format!("{}G", sig(v / 1e9))
-    } else if a >= 1e6 {
-        format!("{}M", sig(v / 1e6))
-    } else if a >= 1e4 {
-        format!("{}k", sig(v / 1e3))
-    } else {
-        sig(v)
-    }
-}
-
 /// A value with its unit, from the metric name; counters (per-interval deltas) per second.
 /// `disk.latency_us.p99` 48100 → `48.1 ms`; `disk.bytes` counter 3145728 over 1 s →
 /// `3 MiB/s`; `cpu.iowait_pct` 12.5 → `12.5%`; `syscall.count` 1234 over 1 s → `1234/s`.
@@ -135,30 +73,17 @@ pub fn format_value(name: &str, kind: Kind, value: f64, interval_s: f64) -> Stri
         Kind::Gauge => (value, ""),
     };
     match unit_of(name) {
-        Unit::Micros => format!("{}{per}", micros(v)),
-        Unit::Bytes => format!("{}{per}", bytes(v)),
-        Unit::Pct => format!("{}%{per}", sig(v)),
-        Unit::Pages => format!("{} pages{per}", plain(v)),
-        Unit::Plain => format!("{}{per}", plain(v)),
+        Unit::Micros => format!("{}{per}", format::micros(v, Prose)),
+        Unit::Bytes => format!("{}{per}", format::bytes(v, Prose)),
+        Unit::Pct => format!("{}{per}", format::percent(v, Prose)),
+        Unit::Pages => format!("{} pages{per}", format::number(v, Prose)),
+        Unit::Plain => format!("{}{per}", format::number(v, Prose)),
     }
 }
 
 /// `12 s`, `4 min`, `2 h 5 min`, `3 d 4 h`.
 pub(crate) fn duration(s: f64) -> String {
-    let s = s.max(0.0).round() as u64;
-    match s {
-        0..120 => format!("{s} s"),
-        120..7200 => format!("{} min", (s + 30) / 60),
-        7200..172_800 => {
-            let m = (s + 30) / 60;
-            if m.is_multiple_of(60) {
-                format!("{} h", m / 60)
-            } else {
-                format!("{} h {} min", m / 60, m % 60)
-            }
-        }
-        _ => format!("{} d {} h", s / 86_400, (s % 86_400 + 1800) / 3600),
-    }
+    format::seconds_words(s)
 }
 
 fn profile_label(p: Profile) -> String {
@@ -175,12 +100,7 @@ fn comparison(value: f64, usual: f64, fmt: &dyn Fn(f64) -> String) -> String {
     if usual > 0.0 && value >= 0.0 {
         let r = value / usual;
         if r >= 1.5 {
-            let r = if r >= 10.0 {
-                format!("{r:.0}")
-            } else {
-                format!("{r:.1}")
-            };
-            return format!("{r}x its usual {}", fmt(usual));
+            return format!("{}x its usual {}", format::ratio(r), fmt(usual));
         }
         if value == 0.0 {
             return format!("down from its usual {}", fmt(usual));

@@ -15,6 +15,7 @@ use super::State;
 use super::describe::{format_value, metric_label};
 use super::persist::{LoadError, write_atomic};
 use super::time::{hour_index, hour_of_day};
+use crate::format;
 use crate::snapshot::{Kind, Snapshot};
 
 const FORMAT: &str = "ebpf-agent-sheet";
@@ -587,7 +588,7 @@ fn deviate(
     let fmt = |v: f64| format_value(&r.name, Kind::Gauge, v, 1.0);
     let per = if r.is_counter() { "/s" } else { "" };
     let ratio = if a > 0.0 && b > 0.0 {
-        format!("{:.1}x, ", b / a)
+        format!("{}x, ", format::ratio(b / a))
     } else if a > 0.0 && b == 0.0 {
         "stopped, ".into()
     } else {
