@@ -109,7 +109,7 @@ impl Detection {
             .map(|v| Anomaly {
                 name: v.name.clone(),
                 tags: v.tags.clone(),
-                state: v.state.as_str(),
+                state: v.state,
                 score: v.score,
                 value: v.value,
                 usual: v.usual,
@@ -126,7 +126,7 @@ impl Detection {
                 .max()
                 .unwrap_or(State::Ok);
             snap.annotations.summary = Some(AnomalySummary {
-                state: worst.as_str(),
+                state: worst,
                 active: verdicts.active,
                 description: verdicts.summary(),
             });

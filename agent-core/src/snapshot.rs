@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde::ser::{SerializeMap, SerializeStruct, Serializer};
 
+use crate::anomaly::State;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
@@ -80,8 +82,7 @@ pub struct Annotations {
 pub struct Anomaly {
     pub name: String,
     pub tags: Tags,
-    /// `ok`, `warning` or `critical`.
-    pub state: &'static str,
+    pub state: State,
     /// In [0, 1].
     pub score: f64,
     pub value: f64,
@@ -95,7 +96,7 @@ pub struct Anomaly {
 #[derive(Clone, Debug, PartialEq)]
 pub struct AnomalySummary {
     /// The worst state of the keys that changed.
-    pub state: &'static str,
+    pub state: State,
     /// Keys not ok.
     pub active: usize,
     pub description: String,
@@ -106,7 +107,7 @@ impl Serialize for Anomaly {
         let mut st = s.serialize_struct("Anomaly", 9)?;
         st.serialize_field("name", &self.name)?;
         st.serialize_field("tags", &TagMap(&self.tags))?;
-        st.serialize_field("state", self.state)?;
+        st.serialize_field("state", &self.state)?;
         st.serialize_field("score", &self.score)?;
         st.serialize_field("value", &self.value)?;
         st.serialize_field("usual", &self.usual)?;

@@ -170,11 +170,7 @@ pub fn event(snap: &Snapshot, m: &Metric, cfg: &Config) -> Option<Event> {
     Some(Event {
         time: Some(micros.div_euclid(1_000_000)),
         time_micros: Some(micros),
-        state: Some(
-            anomaly
-                .map_or(AnomalyState::Ok.as_str(), |a| a.state)
-                .to_owned(),
-        ),
+        state: Some(anomaly.map_or(AnomalyState::Ok, |a| a.state).to_string()),
         service: Some(service),
         host: Some(snap.host.clone()),
         description: anomaly.map(|a| a.description.clone()),
@@ -208,7 +204,7 @@ pub fn events(snap: &Snapshot, cfg: &Config) -> (Vec<Event>, u64) {
     if let Some(sum) = &snap.annotations.summary {
         let summary = Metric::gauge("anomaly", vec![], sum.active as f64);
         if let Some(mut e) = event(snap, &summary, cfg) {
-            e.state = Some(sum.state.to_owned());
+            e.state = Some(sum.state.to_string());
             e.description = Some(sum.description.clone());
             events.push(e);
         }
@@ -456,7 +452,7 @@ mod tests {
         s.annotations.anomalies.push(Anomaly {
             name: "disk.latency_us.p99".into(),
             tags,
-            state: "critical",
+            state: AnomalyState::Critical,
             score: 0.97,
             value: 48_100.0,
             usual: 7_700.0,
@@ -465,7 +461,7 @@ mod tests {
             changed: true,
         });
         s.annotations.summary = Some(AnomalySummary {
-            state: "critical",
+            state: AnomalyState::Critical,
             active: 1,
             description: "1 anomaly: disk vda write p99 48.1 ms ... (critical)".into(),
         });

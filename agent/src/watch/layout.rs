@@ -335,7 +335,7 @@ pub fn render_frame(
 mod tests {
     use super::super::testkit::{anomaly, sample_snapshot, snap, syscall, up, view};
     use super::*;
-    use crate::{probes::events::EventView, snapshot::Metric};
+    use crate::{anomaly::State, probes::events::EventView, snapshot::Metric};
 
     #[test]
     fn anomalous_rows_stand_out_with_their_description() {
@@ -343,13 +343,13 @@ mod tests {
         let read = || vec![("syscall", "read".to_string())];
         let disk = || vec![("device", "vda".to_string()), ("op", "write".to_string())];
         s.annotations.anomalies = vec![
-            anomaly("syscall.latency_us.p99", read(), "critical", 10.0, 2.0),
-            anomaly("syscall.latency_us.mean", read(), "warning", 5.0, 2.0),
-            anomaly("disk.ops", disk(), "warning", 12.0, 400.0),
-            anomaly("tcp.resets", vec![], "warning", 1.0, 0.0),
-            anomaly("psi.io.some_avg10", vec![], "warning", 0.25, 0.0),
+            anomaly("syscall.latency_us.p99", read(), State::Critical, 10.0, 2.0),
+            anomaly("syscall.latency_us.mean", read(), State::Warning, 5.0, 2.0),
+            anomaly("disk.ops", disk(), State::Warning, 12.0, 400.0),
+            anomaly("tcp.resets", vec![], State::Warning, 1.0, 0.0),
+            anomaly("psi.io.some_avg10", vec![], State::Warning, 0.25, 0.0),
             // Back to ok this interval: listed by the detector, not marked.
-            anomaly("mem.used_bytes", vec![], "ok", 1.0, 1.0),
+            anomaly("mem.used_bytes", vec![], State::Ok, 1.0, 1.0),
         ];
         let mut v = view();
         v.anomaly = Some("anomalies 4, baseline 812 keys".into());

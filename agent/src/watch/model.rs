@@ -11,6 +11,7 @@ use super::sections::{
     AGENT_PROBE_UP, DISK_OPS, LEVELS, SYSCALL_COUNT, SYSCALL_LATENCY_MEAN, TCP_COUNTERS,
 };
 use crate::{
+    anomaly::State,
     probes::events::EventView,
     snapshot::{Anomaly, Snapshot},
 };
@@ -238,14 +239,12 @@ pub enum Tone {
     Critical,
 }
 
-/// The tone of a detector state (`ok`, `warning`, `critical`: [`Anomaly::state`]).
-pub(super) fn tone_of(state: &str) -> Tone {
-    // The one place that reads the detector's state names: when the snapshot carries
-    // `agent_core::anomaly::State` instead of its name, this becomes a match on the enum.
+/// The tone of a detector state ([`Anomaly::state`]).
+pub(super) fn tone_of(state: State) -> Tone {
     match state {
-        "critical" => Tone::Critical,
-        "warning" => Tone::Warning,
-        _ => Tone::Normal,
+        State::Critical => Tone::Critical,
+        State::Warning => Tone::Warning,
+        State::Ok => Tone::Normal,
     }
 }
 
@@ -419,8 +418,8 @@ mod tests {
 
     #[test]
     fn tones_come_from_the_detector_state() {
-        assert_eq!(tone_of("critical"), Tone::Critical);
-        assert_eq!(tone_of("warning"), Tone::Warning);
-        assert_eq!(tone_of("ok"), Tone::Normal);
+        assert_eq!(tone_of(State::Critical), Tone::Critical);
+        assert_eq!(tone_of(State::Warning), Tone::Warning);
+        assert_eq!(tone_of(State::Ok), Tone::Normal);
     }
 }

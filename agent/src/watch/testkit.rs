@@ -3,7 +3,10 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::{DEFAULT_SLOW, model::View, terminal::PIPE_WIDTH};
-use crate::snapshot::{Anomaly, Metric, Snapshot, Tags};
+use crate::{
+    anomaly::State,
+    snapshot::{Anomaly, Metric, Snapshot, Tags},
+};
 
 pub(super) fn snap(metrics: Vec<Metric>) -> Snapshot {
     Snapshot {
@@ -85,13 +88,7 @@ pub(super) fn sample_snapshot(getppid_calls: u64) -> Snapshot {
     snap(m)
 }
 
-pub(super) fn anomaly(
-    name: &str,
-    tags: Tags,
-    state: &'static str,
-    value: f64,
-    usual: f64,
-) -> Anomaly {
+pub(super) fn anomaly(name: &str, tags: Tags, state: State, value: f64, usual: f64) -> Anomaly {
     Anomaly {
         description: format!("{name} is {value}: its usual {usual}"),
         name: name.into(),
