@@ -7,7 +7,9 @@
 //! The pure parts (snapshot, sinks, procfs, detector) live in `agent-core`, which builds and
 //! tests on stable without root; this crate adds the kernel side and the commands.
 
-pub use agent_core::{anomaly, detection, histogram, output, procfs, sinks, snapshot, ticker};
+pub use agent_core::{
+    anomaly, detection, histogram, output, procfs, settings, sinks, snapshot, ticker,
+};
 
 pub mod check;
 pub mod cli;
