@@ -669,6 +669,120 @@ fn config_check_validates_and_names_the_line() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// The shipped example with the line starting with `old` replaced by `new`, written to a file;
+/// returns the file and that line's number.
+fn example_with(name: &str, old: &str, new: &str) -> (String, usize) {
+    let example = include_str!("../packaging/config.example.toml");
+    let line = example
+        .lines()
+        .position(|l| l.starts_with(old))
+        .expect("line in the example")
+        + 1;
+    let text: Vec<_> = example
+        .lines()
+        .map(|l| if l.starts_with(old) { new } else { l })
+        .collect();
+    let path = format!(
+        "{}/{name}-{}.toml",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    );
+    std::fs::write(&path, text.join("\n")).unwrap();
+    (path, line)
+}
+
+#[test]
+fn config_check_refuses_what_would_not_run_at_the_right_line() {
+    let tags = format!(
+        "tags = [{}]",
+        (0..33)
+            .map(|i| format!("\"k{i}=v\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for (old, new, key) in [
+        ("statsd = [", "statsd = [\"nope\"]", "sinks.statsd"),
+        ("max_keys", "max_keys = 0", "anomaly.max_keys"),
+        ("sensitivity", "sensitivity = nan", "anomaly.sensitivity"),
+        (
+            "sink_queue",
+            "sink_queue = 100000000000",
+            "sinks.sink_queue",
+        ),
+        ("interval", "interval = \"100000years\"", "interval"),
+        ("interval", "duration = \"500000years\"", "duration"),
+        ("tags", &tags, "sinks.tags"),
+        ("ring_buffer_kib", "ring_buffer_kib = 3", "ring_buffer_kib"),
+        ("tcp = true", "runq = true", "enable.runq"),
+    ] {
+        let (path, line) = example_with("bound", old, new);
+        for args in [&["config", "check", &path][..], &["run", "--config", &path]] {
+            let out = Command::new(common::bin()).args(args).output().unwrap();
+            assert_eq!(out.status.code(), Some(2), "{args:?} {new}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.starts_with(&format!("ebpf-agent: {path}:{line}: {key}:")),
+                "{new}: {err}"
+            );
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
+}
+
+#[test]
+fn values_at_the_bounds_run_and_a_reload_beyond_them_is_refused() {
+    let _ = quiescent_programs();
+    // A Riemann TCP server that never answers: every interval waits in the queue.
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    let tags = (0..32)
+        .map(|i| format!("\"k{i}={}\"", "v".repeat(128)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let edge = format!(
+        "interval = \"100ms\"\noutput = \"json\"\nring_buffer_kib = 4\nprobes = [\"syscall\", \"procfs\"]\n\
+         [sinks]\nriemann = [\"tcp://127.0.0.1:{port}\"]\nsink_queue = 3600\ntags = [{tags}]\n\
+         riemann_timeout = \"1h\"\n"
+    );
+    let path = format!(
+        "{}/edge-{}.toml",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    );
+    std::fs::write(&path, &edge).unwrap();
+    let out = Command::new(common::bin())
+        .args(["config", "check", &path])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut agent = Agent::start(&["run", "--config", &path]);
+    agent.wait_ready();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Beyond a bound: refused, the running settings stay.
+    std::fs::write(
+        &path,
+        edge.replace("sink_queue = 3600", "sink_queue = 100000000000"),
+    )
+    .unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(1000));
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) };
+    let (status, out, err) = agent.finish(FINISH);
+    assert!(status.success(), "{status}: {err:#?}");
+    assert!(
+        err.iter().any(|l| l.contains("reload rejected")
+            && l.contains(&format!("{path}:7: sinks.sink_queue:"))),
+        "{err:#?}"
+    );
+    let intervals = common::parse_lines(&out);
+    assert!(intervals.len() >= 15, "{} intervals", intervals.len());
+    let rss = values(&intervals, "agent.rss_bytes", &[]);
+    let peak = rss.iter().copied().fold(0.0, f64::max);
+    assert!(peak > 0.0 && peak < 256.0 * 1024.0 * 1024.0, "rss {peak}");
+    drop(dead);
+}
+
 #[test]
 fn sighup_reloads_without_losing_counts() {
     const N: usize = 20_000;

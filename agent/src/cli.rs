@@ -2,9 +2,13 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-use crate::{probes::Probe, sinks::SinkArgs};
+use crate::{
+    probes::Probe,
+    settings::{self, Settings},
+    sinks::StatsdTagStyle,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -60,88 +64,89 @@ pub enum ConfigCommand {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Output {
-    Text,
-    Json,
-    None,
+pub use agent_core::settings::{DEFAULT_STATE_DIR, Output};
+
+/// The metric source that reads /proc (the others are the kernel probes).
+pub const PROCFS: &str = "procfs";
+
+/// Every metric source by name: the kernel probes, then procfs. Settings and `--probes` are
+/// checked against this list.
+pub fn sources() -> Vec<&'static str> {
+    Probe::ALL
+        .iter()
+        .map(|p| p.name())
+        .chain([PROCFS])
+        .collect()
 }
 
-/// A source of metrics for `--probes`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Source {
-    Syscall,
-    Disk,
-    Tcp,
-    Procfs,
-}
-
-impl Source {
-    pub fn probe(self) -> Option<Probe> {
-        match self {
-            Source::Procfs => None,
-            kernel => format!("{kernel:?}").to_lowercase().parse().ok(),
-        }
-    }
+/// A source name for `--probes`.
+fn parse_source(s: &str) -> Result<String, String> {
+    settings::check_source(s, &sources())?;
+    Ok(s.to_string())
 }
 
 /// A duration such as `1s`, `500ms`, `2m`; must be positive.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}`: {e} (examples: 1s, 500ms, 2m)"))?;
+    let d = settings::parse_duration(s)?;
     if d.is_zero() {
         return Err(format!("`{s}`: must be greater than zero"));
     }
     Ok(d)
 }
 
+fn parse_run_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    settings::check_duration(d)?;
+    Ok(d)
+}
+
 pub fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
-    if d < Duration::from_millis(100) {
-        return Err(format!("`{s}`: the interval must be at least 100ms"));
-    }
+    settings::check_interval(d)?;
     Ok(d)
 }
 
 /// A duration where 0 is allowed (thresholds).
 pub fn parse_threshold(s: &str) -> Result<Duration, String> {
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (examples: 10ms, 1s, 0)"))
+    settings::parse_threshold(s)
 }
 
 pub fn parse_comm(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.len() > 15 {
-        return Err(format!(
-            "`{s}`: a command name has 1 to 15 bytes (the kernel's comm)"
-        ));
-    }
+    settings::check_comm(s)?;
     Ok(s.to_string())
 }
 
 pub fn parse_pid(s: &str) -> Result<u32, String> {
-    match s.parse::<u32>() {
-        Ok(p) if p > 0 => Ok(p),
-        _ => Err(format!("`{s}`: a process id is a positive integer")),
-    }
+    let p = s
+        .parse::<u32>()
+        .map_err(|_| format!("`{s}`: a process id is a positive integer"))?;
+    settings::check_pid(p)?;
+    Ok(p)
 }
 
-/// Where the daemon keeps its learnt anomaly baseline.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/ebpf-agent";
+pub fn parse_ring_kib(s: &str) -> Result<u32, String> {
+    let k = s
+        .parse::<u32>()
+        .map_err(|_| format!("`{s}`: a power of two between 4 and 1048576"))?;
+    settings::check_ring_kib(k)?;
+    Ok(k)
+}
+
+// The flags below are an overlay over the settings (agent_core::settings): each is an `Option`
+// with no clap default, so that one given here wins over the file, and one not given leaves the
+// file's value or the documented default. Defaults are named in the help text only.
 
 /// Flags shared by `run` and `watch`.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct CommonArgs {
-    /// Sources to enable, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "syscall,disk,tcp,procfs")]
-    pub probes: Vec<Source>,
-    /// Length of one interval (intervals are aligned to the wall clock).
-    #[arg(long, default_value = "1s", value_parser = parse_interval)]
-    pub interval: Duration,
+    /// Sources to enable, comma-separated (syscall, disk, tcp, procfs) [default: all].
+    #[arg(long, value_delimiter = ',', value_parser = parse_source)]
+    pub probes: Option<Vec<String>>,
+    /// Length of one interval (intervals are aligned to the wall clock) [default: 1s].
+    #[arg(long, value_parser = parse_interval)]
+    pub interval: Option<Duration>,
     /// Stop cleanly after this long (exit 0); default: run until SIGINT/SIGTERM.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_run_duration)]
     pub duration: Option<Duration>,
     /// Only trace this process (tgid) in the syscall probe.
     #[arg(long, value_parser = parse_pid)]
@@ -152,29 +157,63 @@ pub struct CommonArgs {
     /// Report syscalls and block requests at least this slow one by one (0 = every one).
     #[arg(long = "slow-threshold", value_parser = parse_threshold)]
     pub slow_threshold: Option<Duration>,
-    /// Root of the proc filesystem to read (e.g. /host/proc in a container).
-    #[arg(long = "procfs-root", default_value = "/proc")]
-    pub procfs_root: PathBuf,
+    /// Root of the proc filesystem to read (e.g. /host/proc in a container) [default: /proc].
+    #[arg(long = "procfs-root")]
+    pub procfs_root: Option<PathBuf>,
     /// Turn off the one-by-one event stream (slow syscalls and block requests, TCP opens).
     #[arg(long = "no-events")]
     pub no_events: bool,
     /// Measure the kernel programs' own cost (agent.bpf_*) one interval out of N: the kernel's
-    /// statistics add two clock reads to every program run while on. 0 = never, 1 = always.
-    #[arg(long = "bpf-stats-every", value_name = "N", default_value_t = 60)]
-    pub bpf_stats_every: u32,
-    /// Ring buffer size in KiB (a power of two).
-    #[arg(long = "ring-buffer-kib", default_value_t = 256, value_parser = parse_ring_kib)]
-    pub ring_buffer_kib: u32,
+    /// statistics add two clock reads to every program run while on. 0 = never, 1 = always
+    /// [default: 60].
+    #[arg(long = "bpf-stats-every", value_name = "N")]
+    pub bpf_stats_every: Option<u32>,
+    /// Ring buffer size in KiB (a power of two) [default: 256].
+    #[arg(long = "ring-buffer-kib", value_parser = parse_ring_kib)]
+    pub ring_buffer_kib: Option<u32>,
 }
 
-pub fn parse_ring_kib(s: &str) -> Result<u32, String> {
-    match s.parse::<u32>() {
-        Ok(k) if k >= 4 && k.is_power_of_two() && k <= 1 << 20 => Ok(k),
-        _ => Err(format!("`{s}`: a power of two between 4 and 1048576")),
+/// Sets `$dst` from `$src` when given and records the key.
+macro_rules! overlay {
+    ($given:ident, $($key:literal: $dst:expr => $src:expr),* $(,)?) => {$(
+        if let Some(v) = &$src {
+            $dst = v.clone().into();
+            $given.push($key);
+        }
+    )*};
+}
+
+impl CommonArgs {
+    /// Puts the flags given over `s`; returns their keys.
+    pub fn overlay(&self, s: &mut Settings) -> Vec<&'static str> {
+        let mut given = vec![];
+        overlay!(given,
+            "probes": s.probes => self.probes,
+            "interval": s.interval => self.interval,
+            "duration": s.duration => self.duration,
+            "pid": s.pid => self.pid,
+            "comm": s.comm => self.comm,
+            "slow_threshold": s.slow_threshold => self.slow_threshold,
+            "procfs_root": s.procfs_root => self.procfs_root,
+            "bpf_stats_every": s.bpf_stats_every => self.bpf_stats_every,
+            "ring_buffer_kib": s.ring_buffer_kib => self.ring_buffer_kib,
+        );
+        if self.no_events {
+            s.enable.slow_events = false;
+            given.push("enable.slow_events");
+        }
+        given
+    }
+
+    /// The defaults with these flags over them (commands that read no configuration file).
+    pub fn settings(&self) -> Settings {
+        let mut s = Settings::default();
+        self.overlay(&mut s);
+        s
     }
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct RunArgs {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -188,28 +227,87 @@ pub struct RunArgs {
     /// Turn off the anomaly detection (on by default).
     #[arg(long = "no-anomaly")]
     pub no_anomaly: bool,
-    /// Where the learnt anomaly baseline is kept across restarts.
-    #[arg(long = "state-dir", value_name = "PATH", default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
-    /// Anomaly detection settings: `[anomaly]` in the configuration file.
-    #[arg(skip)]
-    pub anomaly: crate::anomaly::DetectorConfig,
+    /// Where the learnt anomaly baseline is kept across restarts [default: /var/lib/ebpf-agent].
+    #[arg(long = "state-dir", value_name = "PATH")]
+    pub state_dir: Option<PathBuf>,
     /// Configuration file (TOML); flags given here win over it. Default: /etc/ebpf-agent/config.toml
     /// when it exists. Reloaded on SIGHUP.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub sinks: SinkArgs,
+    pub sinks: SinkFlags,
 }
 
 impl RunArgs {
-    pub fn output(&self) -> Output {
-        match self.output {
-            Some(o) => o,
-            None if self.sinks.statsd.is_empty() && self.sinks.riemann.is_empty() => Output::Text,
-            None => Output::None,
+    /// Puts the flags given over `s`; returns their keys (dotted, as in the file).
+    pub fn overlay(&self, s: &mut Settings) -> Vec<&'static str> {
+        let mut given = self.common.overlay(s);
+        overlay!(given,
+            "output": s.output => self.output,
+            "host": s.host => self.host,
+            "state_dir": s.state_dir => self.state_dir,
+        );
+        if self.no_anomaly {
+            s.enable.anomaly = false;
+            given.push("enable.anomaly");
         }
+        let (f, k) = (&self.sinks, &mut s.sinks);
+        overlay!(given,
+            "sinks.statsd": k.statsd => f.statsd,
+            "sinks.riemann": k.riemann => f.riemann,
+            "sinks.prefix": k.prefix => f.prefix,
+            "sinks.tags": k.tags => f.tags,
+            "sinks.statsd_tags": k.statsd_tags => f.statsd_tags,
+            "sinks.statsd_max_packet": k.statsd_max_packet => f.statsd_max_packet,
+            "sinks.riemann_max_packet": k.riemann_max_packet => f.riemann_max_packet,
+            "sinks.riemann_ttl": k.riemann_ttl => f.riemann_ttl,
+            "sinks.riemann_timeout": k.riemann_timeout => f.riemann_timeout,
+            "sinks.sink_queue": k.sink_queue => f.sink_queue,
+        );
+        // A sink given here runs whatever the file's `[enable]` says.
+        s.enable.statsd |= f.statsd.is_some();
+        s.enable.riemann |= f.riemann.is_some();
+        given
     }
+}
+
+/// Sink flags of `run` (`[sinks]` in the file).
+#[derive(Args, Debug, Clone, Default)]
+pub struct SinkFlags {
+    /// Push every interval to this StatsD server over UDP (repeatable).
+    #[arg(long = "statsd", value_name = "HOST:PORT")]
+    pub statsd: Option<Vec<String>>,
+    /// Push every interval to this Riemann server: UDP unless `tcp://` (repeatable).
+    #[arg(long = "riemann", value_name = "[tcp://|udp://]HOST:PORT")]
+    pub riemann: Option<Vec<String>>,
+    /// First component of every metric name (StatsD) and first word of every service (Riemann)
+    /// [default: ebpf].
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Tag added to every metric (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Option<Vec<String>>,
+    /// How tags reach StatsD: folded into the name, or as DogStatsD `|#k:v` tags [default: name].
+    #[arg(long = "statsd-tags", value_enum)]
+    pub statsd_tags: Option<StatsdTagStyle>,
+    /// Largest StatsD datagram payload, in bytes [default: 1432].
+    #[arg(long = "statsd-max-packet", value_name = "BYTES")]
+    pub statsd_max_packet: Option<usize>,
+    /// Largest Riemann UDP datagram, in bytes (the server's default receive limit is 16384)
+    /// [default: 16384].
+    #[arg(long = "riemann-max-packet", value_name = "BYTES")]
+    pub riemann_max_packet: Option<usize>,
+    /// How long Riemann keeps each event [default: twice the interval].
+    #[arg(long = "riemann-ttl", value_name = "DUR")]
+    pub riemann_ttl: Option<humantime::Duration>,
+    /// Riemann over TCP: how long to wait for a connection, and for the server's ack
+    /// [default: 5s].
+    #[arg(long = "riemann-timeout", value_name = "DUR")]
+    pub riemann_timeout: Option<humantime::Duration>,
+    /// Intervals each sink holds while its endpoint is slow or away; the oldest go first
+    /// [default: 60].
+    #[arg(long = "sink-queue", value_name = "N")]
+    pub sink_queue: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -301,11 +399,14 @@ mod tests {
         let Command::Run(r) = cli.command else {
             panic!("not run")
         };
-        assert_eq!(r.output(), Output::Json);
-        assert_eq!(r.common.duration, Some(Duration::from_secs(3)));
-        assert_eq!(r.common.interval, Duration::from_millis(500));
-        assert_eq!(r.common.probes, vec![Source::Syscall, Source::Procfs]);
-        assert_eq!(r.common.slow_threshold, Some(Duration::ZERO));
+        let mut s = Settings::default();
+        r.overlay(&mut s);
+        assert_eq!(s.output(), Output::Json);
+        assert_eq!(s.duration, Some(Duration::from_secs(3)));
+        assert_eq!(s.interval, Duration::from_millis(500));
+        assert_eq!(s.probes, Some(vec!["syscall".into(), "procfs".into()]));
+        assert_eq!(s.slow_threshold, Some(Duration::ZERO));
+        assert!(s.source_on("syscall") && s.source_on("procfs") && !s.source_on("disk"));
     }
 
     #[test]
@@ -319,9 +420,59 @@ mod tests {
             &["ebpf-agent", "watch", "--pid", "0"],
             &["ebpf-agent", "watch", "--comm", "a-name-longer-than-15"],
             &["ebpf-agent", "run", "--ring-buffer-kib", "1000"],
+            &["ebpf-agent", "run", "--interval", "100000years"],
+            &["ebpf-agent", "run", "--interval", "2h"],
+            &["ebpf-agent", "run", "--duration", "584942417355years"],
+            &[
+                "ebpf-agent",
+                "record",
+                "--duration",
+                "1000years",
+                "--out",
+                "x",
+            ],
+            &["ebpf-agent", "run", "--sink-queue", "-1"],
         ] {
             let e = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn flags_not_given_leave_the_settings_alone() {
+        let Command::Run(r) = Cli::try_parse_from(["ebpf-agent", "run"]).unwrap().command else {
+            panic!("not run")
+        };
+        let mut s = Settings {
+            interval: Duration::from_secs(7),
+            ..Settings::default()
+        };
+        let before = s.clone();
+        assert!(r.overlay(&mut s).is_empty());
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn the_help_names_the_documented_defaults() {
+        let d = Settings::default();
+        let help = Cli::command()
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for default in [
+            format!("[default: {}]", humantime::format_duration(d.interval)),
+            format!("[default: {}]", d.procfs_root.display()),
+            format!("[default: {}]", d.bpf_stats_every),
+            format!("[default: {}]", d.ring_buffer_kib),
+            format!("[default: {}]", d.state_dir.display()),
+            format!("[default: {}]", d.sinks.prefix),
+            format!("[default: {}]", d.sinks.statsd_max_packet),
+            format!("[default: {}]", d.sinks.riemann_max_packet),
+            format!("[default: {}]", d.sinks.riemann_timeout),
+            format!("[default: {}]", d.sinks.sink_queue),
+        ] {
+            assert!(help.contains(&default), "{default} not in\n{help}");
         }
     }
 }

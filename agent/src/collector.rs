@@ -12,12 +12,13 @@ use agent_common::RuntimeConfig;
 
 use crate::{
     catalogue::agent as self_metrics,
-    cli::{CommonArgs, Source},
+    cli::PROCFS,
     probes::{
         Kernel, Probe, ProbeError, ProbeOptions,
         events::{self, EventLog, EventView},
     },
     procfs::ProcfsCollector,
+    settings::Settings,
     snapshot::{Metric, Snapshot},
 };
 
@@ -37,11 +38,10 @@ pub struct Collector {
 impl Collector {
     /// Loads the kernel probes (degrading to procfs-only without privilege) and starts consuming
     /// the ring buffer. Must run inside a tokio runtime.
-    pub fn start(args: &CommonArgs) -> Collector {
+    pub fn start(args: &Settings) -> Collector {
         let wanted = kernel_probes(args);
         let procfs = args
-            .probes
-            .contains(&Source::Procfs)
+            .source_on(PROCFS)
             .then(|| ProcfsCollector::new(&args.procfs_root));
         let events = Arc::new(EventLog::default());
         let (kernel, events_task) = load_kernel(args, &wanted, &events);
@@ -58,7 +58,7 @@ impl Collector {
 
     /// Applies new settings while running (SIGHUP): probes switched on or off (the others keep
     /// running and lose no counts), kernel-side thresholds and filters, procfs on or off.
-    pub fn apply(&mut self, args: &CommonArgs) {
+    pub fn apply(&mut self, args: &Settings) {
         let wanted = kernel_probes(args);
         match &mut self.kernel {
             Some(k) => {
@@ -78,7 +78,7 @@ impl Collector {
             }
         }
         self.wanted = wanted;
-        if !args.probes.contains(&Source::Procfs) {
+        if !args.source_on(PROCFS) {
             self.procfs = None;
         } else if self
             .procfs
@@ -188,17 +188,17 @@ impl Drop for Collector {
     }
 }
 
-/// The kernel probes among `--probes`, each once.
-fn kernel_probes(args: &CommonArgs) -> Vec<Probe> {
-    let mut v: Vec<Probe> = args.probes.iter().filter_map(|s| s.probe()).collect();
-    v.sort();
-    v.dedup();
-    v
+/// The kernel probes switched on, each once.
+fn kernel_probes(args: &Settings) -> Vec<Probe> {
+    Probe::ALL
+        .into_iter()
+        .filter(|p| args.source_on(p.name()))
+        .collect()
 }
 
 /// Loads `wanted` (nothing when empty) and starts the ring buffer reader feeding `events`.
 fn load_kernel(
-    args: &CommonArgs,
+    args: &Settings,
     wanted: &[Probe],
     events: &Arc<EventLog>,
 ) -> (Option<Kernel>, Option<tokio::task::JoinHandle<()>>) {
@@ -228,14 +228,14 @@ fn load_kernel(
     }
 }
 
-fn probe_options(args: &CommonArgs, probes: &[Probe]) -> ProbeOptions {
+fn probe_options(args: &Settings, probes: &[Probe]) -> ProbeOptions {
     let mut runtime = RuntimeConfig::default();
     if let Some(t) = args.slow_threshold {
         let ns = t.as_nanos().min(u64::MAX as u128 - 1) as u64;
         runtime.slow_syscall_ns = ns;
         runtime.slow_disk_ns = ns;
     }
-    if args.no_events {
+    if !args.enable.slow_events {
         runtime.slow_syscall_ns = RuntimeConfig::OFF;
         runtime.slow_disk_ns = RuntimeConfig::OFF;
         runtime.tcp_events_on = 0;

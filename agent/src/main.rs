@@ -1,17 +1,15 @@
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::{CommandFactory, Parser};
 use ebpf_agent::{
-    cli::{Cli, Command, ConfigCommand},
+    anomaly::DetectorConfig,
+    cli::{Cli, Command, CompareArgs, ConfigCommand, RecordArgs},
     config, run,
+    settings::Settings,
 };
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches(); // bad flags: one line, exit 2
-    let cli = match Cli::from_arg_matches(&matches) {
-        Ok(c) => c,
-        Err(e) => e.exit(),
-    };
+    let cli = Cli::parse(); // bad flags: one line, exit 2
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -22,39 +20,14 @@ fn main() -> ExitCode {
         .init();
 
     // Settings are checked before anything is attached: a bad file or value exits 2.
-    let mut watch_judge = None;
-    let run_setup = match &cli.command {
+    let checked = match &cli.command {
         Command::Run(args) => {
-            let run_matches = matches.subcommand_matches("run").cloned();
-            let reload = run::Reload::new(
-                args.clone(),
-                run_matches,
-                config::path(args.config.as_deref()),
-            );
-            match reload.effective() {
-                Ok(effective) => Some((effective, reload)),
-                Err(e) => {
-                    eprintln!("ebpf-agent: {e}");
-                    return ExitCode::from(2);
-                }
-            }
+            let reload = config::Reload::new(args.clone());
+            reload.settings().map(|s| Setup::Run(s, reload))
         }
-        Command::Watch(args) => match ebpf_agent::watch::anomaly_settings(args) {
-            Ok(judge) => {
-                watch_judge = judge;
-                None
-            }
-            Err(e) => {
-                eprintln!("ebpf-agent: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        Command::Config(ConfigCommand::Check { path }) => {
-            return config_check(path.as_deref());
-        }
-        Command::Detect(args) => {
-            return ebpf_agent::reference::detect(&args.file, args.sensitivity);
-        }
+        Command::Watch(args) => config::from_flags(&args.common)
+            .and_then(|_| ebpf_agent::watch::anomaly_settings(args))
+            .map(Setup::Watch),
         Command::Record(args) if args.common.duration.is_none() => {
             Cli::command()
                 .error(
@@ -63,7 +36,24 @@ fn main() -> ExitCode {
                 )
                 .exit();
         }
-        _ => None,
+        Command::Record(RecordArgs { common, .. })
+        | Command::Compare(CompareArgs { common, .. }) => {
+            config::from_flags(common).map(Setup::Settings)
+        }
+        Command::Config(ConfigCommand::Check { path }) => {
+            return config_check(path.as_deref());
+        }
+        Command::Detect(args) => {
+            return ebpf_agent::reference::detect(&args.file, args.sensitivity);
+        }
+        Command::Check(_) | Command::Floor { .. } => Ok(Setup::None),
+    };
+    let setup = match checked {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ebpf-agent: {e}");
+            return ExitCode::from(2);
+        }
     };
 
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -78,18 +68,22 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
-        match (cli.command, run_setup) {
-            (Command::Run(_), Some((args, reload))) => run::run(args, reload).await,
-            (Command::Watch(args), _) => ebpf_agent::watch::watch(args, watch_judge).await,
+        match (cli.command, setup) {
+            (Command::Run(_), Setup::Run(settings, reload)) => run::run(settings, reload).await,
+            (Command::Watch(args), Setup::Watch(judge)) => {
+                ebpf_agent::watch::watch(args, judge).await
+            }
             (Command::Check(_), _) => ebpf_agent::check::check().await,
             (Command::Floor { duration, clock }, _) => {
                 ebpf_agent::check::floor(duration, clock).await
             }
-            (Command::Record(a), _) => ebpf_agent::reference::record(a.common, &a.out).await,
-            (Command::Compare(a), _) => {
-                ebpf_agent::reference::compare(a.common, &a.file, a.json).await
+            (Command::Record(a), Setup::Settings(s)) => {
+                ebpf_agent::reference::record(s, &a.out).await
             }
-            _ => unreachable!("handled above"),
+            (Command::Compare(a), Setup::Settings(s)) => {
+                ebpf_agent::reference::compare(s, &a.file, a.json).await
+            }
+            _ => unreachable!("each command has its setup"),
         }
     });
     match result {
@@ -101,6 +95,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// What a command needs once its settings are checked (one per process: size does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Setup {
+    Run(Settings, config::Reload),
+    Watch(Option<(std::path::PathBuf, DetectorConfig)>),
+    Settings(Settings),
+    None,
+}
+
 /// `ebpf-agent config check [PATH]`: prints the effective settings, or the line and reason.
 fn config_check(path: Option<&std::path::Path>) -> ExitCode {
     let Some(path) = config::path(path) else {
@@ -110,14 +113,13 @@ fn config_check(path: Option<&std::path::Path>) -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    let defaults = match Cli::try_parse_from(["ebpf-agent", "run"]).map(|c| c.command) {
-        Ok(Command::Run(r)) => r,
-        _ => unreachable!("`run` parses without flags"),
-    };
-    match config::load(&path).and_then(|l| config::effective(&defaults, None, Some(&l))) {
-        Ok(eff) => {
+    let checked = config::load(&path)
+        .and_then(|l| config::settings(Some(&l), |_| vec![]))
+        .and_then(|s| config::render(&s));
+    match checked {
+        Ok(rendered) => {
             println!("# {}: valid; effective settings:", path.display());
-            print!("{}", config::render(&eff));
+            print!("{rendered}");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -13,14 +13,14 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     anomaly::{self, Sheet, SheetBuilder, State},
-    cli::CommonArgs,
     collector::Collector,
     run::hostname,
+    settings::Settings,
     ticker::{Tick, Ticker},
 };
 
 /// Collects `common.duration` of intervals into a sheet (stopped early by SIGINT/SIGTERM).
-async fn collect_sheet(common: &CommonArgs, duration: Duration) -> Result<Sheet> {
+async fn collect_sheet(common: &Settings, duration: Duration) -> Result<Sheet> {
     let host = hostname();
     let mut collector = Collector::start(common);
     let mut ticker = Ticker::new(common.interval, false)?;
@@ -48,7 +48,7 @@ async fn collect_sheet(common: &CommonArgs, duration: Duration) -> Result<Sheet>
     Ok(builder.finish())
 }
 
-pub async fn record(common: CommonArgs, out: &Path) -> Result<ExitCode> {
+pub async fn record(common: Settings, out: &Path) -> Result<ExitCode> {
     let duration = common
         .duration
         .context("record needs --duration (e.g. --duration 10m)")?;
@@ -68,7 +68,7 @@ pub async fn record(common: CommonArgs, out: &Path) -> Result<ExitCode> {
 /// Default live period of `compare` when no --duration is given.
 pub const COMPARE_DEFAULT: Duration = Duration::from_secs(60);
 
-pub async fn compare(common: CommonArgs, file: &Path, json: bool) -> Result<ExitCode> {
+pub async fn compare(common: Settings, file: &Path, json: bool) -> Result<ExitCode> {
     let sheet = Sheet::load(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let duration = common.duration.unwrap_or(COMPARE_DEFAULT);
     let live = collect_sheet(&common, duration).await?;

@@ -11,68 +11,29 @@ use std::{
 use anyhow::Result;
 
 use crate::{
-    cli::{Output, RunArgs},
+    cli::Output,
     collector::Collector,
-    config,
+    config::Reload,
     detection::Detection,
     output,
+    settings::Settings,
     sinks::Sinks,
     ticker::{Tick, Ticker},
 };
 
+pub use crate::settings::hostname;
+
 /// How long delivery of the last interval may take on exit.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: buffer and its length are valid.
-    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
-        let end = buf.iter().position(|&c| c == 0).unwrap_or(buf.len());
-        if let Ok(s) = std::str::from_utf8(&buf[..end])
-            && !s.is_empty()
-        {
-            return s.to_string();
-        }
-    }
-    "localhost".into()
-}
-
-/// What a SIGHUP needs to rebuild the settings: the command line as given, and the file.
-pub struct Reload {
-    cli: RunArgs,
-    matches: Option<clap::ArgMatches>,
-    path: Option<std::path::PathBuf>,
-}
-
-impl Reload {
-    pub fn new(
-        cli: RunArgs,
-        matches: Option<clap::ArgMatches>,
-        path: Option<std::path::PathBuf>,
-    ) -> Self {
-        Self { cli, matches, path }
-    }
-
-    /// Flags given on the command line, over the file, over defaults; validated.
-    pub fn effective(&self) -> Result<RunArgs, String> {
-        let loaded = match &self.path {
-            Some(p) => Some(config::load(p).map_err(|e| e.to_string())?),
-            None => None,
-        };
-        let eff = config::effective(&self.cli, self.matches.as_ref(), loaded.as_ref())
-            .map_err(|e| e.to_string())?;
-        eff.sinks.validate()?;
-        Ok(eff)
-    }
-}
-
-pub async fn run(args: RunArgs, reload: Reload) -> Result<ExitCode> {
+/// Runs with `args` (validated); a SIGHUP rebuilds the settings with `reload`.
+pub async fn run(args: Settings, reload: Reload) -> Result<ExitCode> {
     let mut args = args;
-    let mut host = args.host.clone().unwrap_or_else(hostname);
-    let interval = args.common.interval;
+    let mut host = args.host();
+    let interval = args.interval;
     let mut output = args.output();
     // Sinks first: a bad address is a usage error (exit 2) before anything is attached.
-    let mut sinks = match Sinks::start(&args.sinks, interval).await {
+    let mut sinks = match Sinks::start(&args.sinks_in_force(), interval).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ebpf-agent: {e:#}");
@@ -82,12 +43,14 @@ pub async fn run(args: RunArgs, reload: Reload) -> Result<ExitCode> {
     if !sinks.is_empty() {
         tracing::info!("sending to {}", sinks.names().join(", "));
     }
-    let mut collector = Collector::start(&args.common);
-    let mut detection =
-        (!args.no_anomaly).then(|| Detection::start(args.anomaly.clone(), Some(&args.state_dir)));
+    let mut collector = Collector::start(&args);
+    let mut detection = args
+        .enable
+        .anomaly
+        .then(|| Detection::start(args.anomaly.clone(), Some(&args.state_dir)));
 
     let mut ticker = Ticker::new(interval, true)?;
-    if ticker.first(args.common.duration).await.is_none() {
+    if ticker.first(args.duration).await.is_none() {
         return Ok(ExitCode::SUCCESS);
     }
     collector.prime();
@@ -102,7 +65,8 @@ pub async fn run(args: RunArgs, reload: Reload) -> Result<ExitCode> {
         let (end, len, last) = match ticker.next().await {
             Tick::Interval { end, len, last } => (end, len, last),
             Tick::Reload => {
-                match reload.effective() {
+                // The same loading and validation as at start.
+                match reload.settings() {
                     Err(e) => tracing::warn!("reload rejected, keeping the running settings: {e}"),
                     Ok(new) => {
                         match apply(&mut args, new, &mut sinks, &mut collector, &mut detection)
@@ -114,9 +78,9 @@ pub async fn run(args: RunArgs, reload: Reload) -> Result<ExitCode> {
                                 )
                             }
                             Ok(()) => {
-                                host = args.host.clone().unwrap_or_else(hostname);
+                                host = args.host();
                                 output = args.output();
-                                ticker.set_interval(args.common.interval);
+                                ticker.set_interval(args.interval);
                                 tracing::info!("reloaded: {}", collector.summary());
                             }
                         }
@@ -154,22 +118,22 @@ pub async fn run(args: RunArgs, reload: Reload) -> Result<ExitCode> {
 /// Applies reloaded settings: new sinks first (a bad address keeps everything as it was), then
 /// probes, thresholds and switches.
 async fn apply(
-    args: &mut RunArgs,
-    new: RunArgs,
+    args: &mut Settings,
+    new: Settings,
     sinks: &mut Sinks,
     collector: &mut Collector,
     detection: &mut Option<Detection>,
 ) -> Result<()> {
-    if new.sinks != args.sinks {
-        let fresh = Sinks::start(&new.sinks, new.common.interval).await?;
+    if new.sinks_in_force() != args.sinks_in_force() {
+        let fresh = Sinks::start(&new.sinks_in_force(), new.interval).await?;
         let old = std::mem::replace(sinks, fresh);
         tokio::spawn(old.shutdown(SHUTDOWN_FLUSH));
     }
-    if new.common.ring_buffer_kib != args.common.ring_buffer_kib {
+    if new.ring_buffer_kib != args.ring_buffer_kib {
         tracing::warn!("ring_buffer_kib changes at the next restart");
     }
-    collector.apply(&new.common);
-    if new.no_anomaly != args.no_anomaly
+    collector.apply(&new);
+    if new.enable.anomaly != args.enable.anomaly
         || new.anomaly != args.anomaly
         || new.state_dir != args.state_dir
     {
@@ -177,8 +141,10 @@ async fn apply(
         if let Some(d) = detection {
             d.save();
         }
-        *detection =
-            (!new.no_anomaly).then(|| Detection::start(new.anomaly.clone(), Some(&new.state_dir)));
+        *detection = new
+            .enable
+            .anomaly
+            .then(|| Detection::start(new.anomaly.clone(), Some(&new.state_dir)));
     }
     *args = new;
     Ok(())

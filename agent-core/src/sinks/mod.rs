@@ -34,7 +34,17 @@ use tokio::task::JoinHandle;
 use crate::snapshot::{Metric, Snapshot};
 
 /// How tags reach a StatsD server.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(
+    clap::ValueEnum,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum StatsdTagStyle {
     /// Tag values folded into the name (plain StatsD, Graphite): `ebpf.syscall.read.count`.
@@ -44,55 +54,41 @@ pub enum StatsdTagStyle {
     Dogstatsd,
 }
 
-/// Sink options of `ebpf-agent run` (flattened into its arguments; also read from a config file,
-/// where a missing key takes the command line's default).
-#[derive(clap::Args, Debug, Clone, PartialEq, serde::Deserialize)]
+/// `[sinks]` of the settings (`crate::settings`): where snapshots go and how. The command line
+/// sets the same fields (`--statsd`, `--tag`, ...) over the file.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SinkArgs {
-    /// Push every interval to this StatsD server over UDP (repeatable).
-    #[arg(long = "statsd", value_name = "HOST:PORT")]
+    /// StatsD servers (UDP).
     pub statsd: Vec<String>,
-    /// Push every interval to this Riemann server: UDP unless `tcp://` (repeatable).
-    #[arg(long = "riemann", value_name = "[tcp://|udp://]HOST:PORT")]
+    /// Riemann servers: UDP unless `tcp://`.
     pub riemann: Vec<String>,
     /// First component of every metric name (StatsD) and first word of every service (Riemann).
-    #[arg(long, default_value = "ebpf")]
     pub prefix: String,
-    /// Tag added to every metric (repeatable).
-    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    /// `KEY=VALUE` tags added to every metric.
     pub tags: Vec<String>,
     /// How tags reach StatsD: folded into the name, or as DogStatsD `|#k:v` tags.
-    #[arg(long = "statsd-tags", value_enum, default_value = "name")]
     pub statsd_tags: StatsdTagStyle,
     /// Largest StatsD datagram payload, in bytes.
-    #[arg(
-        long = "statsd-max-packet",
-        value_name = "BYTES",
-        default_value_t = 1432
-    )]
     pub statsd_max_packet: usize,
     /// Largest Riemann UDP datagram, in bytes (the server's default receive limit is 16384).
-    #[arg(
-        long = "riemann-max-packet",
-        value_name = "BYTES",
-        default_value_t = 16384
-    )]
     pub riemann_max_packet: usize,
-    /// How long Riemann keeps each event [default: twice the interval].
-    #[arg(long = "riemann-ttl", value_name = "DUR")]
-    #[serde(deserialize_with = "de::opt_duration")]
+    /// How long Riemann keeps each event; `None`: twice the interval.
+    #[serde(
+        deserialize_with = "de::opt_duration",
+        serialize_with = "de::ser_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub riemann_ttl: Option<humantime::Duration>,
     /// Riemann over TCP: how long to wait for a connection, and for the server's ack.
-    #[arg(long = "riemann-timeout", value_name = "DUR", default_value = "5s")]
-    #[serde(deserialize_with = "de::duration")]
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
     pub riemann_timeout: humantime::Duration,
     /// Intervals each sink holds while its endpoint is slow or away; the oldest go first.
-    #[arg(long = "sink-queue", value_name = "N", default_value_t = 60)]
     pub sink_queue: usize,
 }
 
 impl Default for SinkArgs {
-    /// The command line's defaults.
+    /// The documented defaults.
     fn default() -> Self {
         Self {
             statsd: vec![],
@@ -111,45 +107,95 @@ impl Default for SinkArgs {
 
 /// Largest UDP payload over IPv4.
 const MAX_UDP: usize = 65507;
+/// Endpoints of each kind (each has its own task and queue).
+pub const MAX_ENDPOINTS: usize = 16;
+/// Intervals a sink may hold: an hour of one-second intervals (each queued interval is a whole
+/// snapshot, and the queue is allocated up front).
+pub const MAX_SINK_QUEUE: usize = 3600;
+/// Tags on every metric: each is repeated in every line and event sent.
+pub const MAX_TAGS: usize = 32;
+/// Bytes of a tag's key, of its value, and of the prefix.
+pub const MAX_TAG_BYTES: usize = 128;
+/// Riemann TTL, at most a day.
+pub const MAX_RIEMANN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Riemann TCP timeout, at most an hour.
+pub const MAX_RIEMANN_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl SinkArgs {
-    /// Checks addresses, tags and sizes; the error is one line naming the flag.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks addresses, tags, sizes and bounds: `Err((key, reason))`, the key as `[sinks]`
+    /// spells it and the reason starting with the value.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        for (key, list) in [("statsd", &self.statsd), ("riemann", &self.riemann)] {
+            if list.len() > MAX_ENDPOINTS {
+                return Err((
+                    key,
+                    format!("{} endpoints: at most {MAX_ENDPOINTS}", list.len()),
+                ));
+            }
+        }
         for s in &self.statsd {
-            parse_host_port(s).map_err(|e| format!("--statsd {s:?}: {e}"))?;
+            parse_host_port(s).map_err(|e| ("statsd", format!("{s:?}: {e}")))?;
         }
         for r in &self.riemann {
-            parse_riemann(r).map_err(|e| format!("--riemann {r:?}: {e}"))?;
+            parse_riemann(r).map_err(|e| ("riemann", format!("{r:?}: {e}")))?;
         }
-        self.parsed_tags()?;
-        if !valid_prefix(&self.prefix) {
-            return Err(format!(
-                "--prefix {:?}: use dot-separated words of A-Z a-z 0-9 _ - (e.g. ebpf or ebpf.prod)",
-                self.prefix
+        if self.tags.len() > MAX_TAGS {
+            return Err((
+                "tags",
+                format!("{} tags: at most {MAX_TAGS}", self.tags.len()),
+            ));
+        }
+        self.parsed_tags().map_err(|e| ("tags", e))?;
+        if !valid_prefix(&self.prefix) || self.prefix.len() > MAX_TAG_BYTES {
+            return Err((
+                "prefix",
+                format!(
+                    "{:?}: use dot-separated words of A-Z a-z 0-9 _ - (e.g. ebpf or ebpf.prod), at most {MAX_TAG_BYTES} bytes",
+                    self.prefix
+                ),
             ));
         }
         if !(64..=MAX_UDP).contains(&self.statsd_max_packet) {
-            return Err(format!(
-                "--statsd-max-packet {}: must be between 64 and {MAX_UDP} bytes",
-                self.statsd_max_packet
+            return Err((
+                "statsd_max_packet",
+                format!(
+                    "{}: must be between 64 and {MAX_UDP} bytes",
+                    self.statsd_max_packet
+                ),
             ));
         }
         if !(256..=MAX_UDP).contains(&self.riemann_max_packet) {
-            return Err(format!(
-                "--riemann-max-packet {}: must be between 256 and {MAX_UDP} bytes",
-                self.riemann_max_packet
+            return Err((
+                "riemann_max_packet",
+                format!(
+                    "{}: must be between 256 and {MAX_UDP} bytes",
+                    self.riemann_max_packet
+                ),
             ));
         }
         if let Some(ttl) = self.riemann_ttl
-            && ttl.is_zero()
+            && (ttl.is_zero() || *ttl > MAX_RIEMANN_TTL)
         {
-            return Err("--riemann-ttl: must be longer than 0s".into());
+            return Err((
+                "riemann_ttl",
+                format!("{ttl}: must be longer than 0s and at most 1day"),
+            ));
         }
-        if self.riemann_timeout.is_zero() {
-            return Err("--riemann-timeout: must be longer than 0s".into());
+        let timeout = self.riemann_timeout;
+        if timeout.is_zero() || *timeout > MAX_RIEMANN_TIMEOUT {
+            return Err((
+                "riemann_timeout",
+                format!("{timeout}: must be longer than 0s and at most 1h"),
+            ));
         }
-        if self.sink_queue == 0 {
-            return Err("--sink-queue: must hold at least 1 interval".into());
+        if !(1..=MAX_SINK_QUEUE).contains(&self.sink_queue) {
+            return Err((
+                "sink_queue",
+                format!(
+                    "{}: must hold between 1 and {MAX_SINK_QUEUE} intervals",
+                    self.sink_queue
+                ),
+            ));
         }
         Ok(())
     }
@@ -161,14 +207,19 @@ impl SinkArgs {
             .map(|t| {
                 let bad = || {
                     format!(
-                        "--tag {t:?}: expected KEY=VALUE, KEY of A-Z a-z 0-9 _ . - and a non-empty VALUE"
+                        "{t:?}: expected KEY=VALUE, KEY of A-Z a-z 0-9 _ . - and a non-empty VALUE, each at most {MAX_TAG_BYTES} bytes"
                     )
                 };
                 let (k, v) = t.split_once('=').ok_or_else(bad)?;
                 let key_ok = !k.is_empty()
                     && k.chars()
                         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-                if !key_ok || v.is_empty() || v.chars().any(char::is_control) {
+                if !key_ok
+                    || v.is_empty()
+                    || v.chars().any(char::is_control)
+                    || k.len() > MAX_TAG_BYTES
+                    || v.len() > MAX_TAG_BYTES
+                {
                     return Err(bad());
                 }
                 Ok((k.to_owned(), v.to_owned()))
@@ -232,6 +283,7 @@ fn parse_riemann(s: &str) -> Result<(Transport, &str), String> {
     Ok((transport, rest))
 }
 
+/// Durations as humantime strings (`5s`, `1m 30s`).
 mod de {
     use serde::{Deserialize, Deserializer};
 
@@ -247,6 +299,23 @@ mod de {
         Option::<String>::deserialize(d)?
             .map(|s| s.parse().map_err(serde::de::Error::custom))
             .transpose()
+    }
+
+    pub fn ser_duration<S: serde::Serializer>(
+        d: &humantime::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_str(d)
+    }
+
+    pub fn ser_opt_duration<S: serde::Serializer>(
+        d: &Option<humantime::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.collect_str(d),
+            None => s.serialize_none(),
+        }
     }
 }
 
@@ -279,8 +348,11 @@ impl Sinks {
     /// Fails with a one-line message naming the flag when an address is malformed or does not
     /// resolve.
     pub async fn start(args: &SinkArgs, interval: Duration) -> anyhow::Result<Sinks> {
-        args.validate().map_err(|e| anyhow!(e))?;
-        let tags = args.parsed_tags().map_err(|e| anyhow!(e))?;
+        args.check()
+            .map_err(|(key, e)| anyhow!("[sinks] {key}: {e}"))?;
+        let tags = args
+            .parsed_tags()
+            .map_err(|e| anyhow!("[sinks] tags: {e}"))?;
         let mut sinks = Sinks { sinks: vec![] };
         for s in &args.statsd {
             let endpoint = Endpoint::resolve_flag("--statsd", s).await?;
@@ -649,25 +721,10 @@ async fn udp_connect(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 mod tests {
     use std::time::UNIX_EPOCH;
 
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Parser, Debug)]
-    struct Cli {
-        #[command(flatten)]
-        sinks: SinkArgs,
-    }
-
-    fn parse(args: &[&str]) -> SinkArgs {
-        Cli::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
-            .unwrap()
-            .sinks
-    }
-
     #[test]
-    fn default_matches_the_command_line() {
-        assert_eq!(parse(&[]), SinkArgs::default());
+    fn missing_keys_take_the_defaults() {
         let a: SinkArgs = serde_json::from_str("{}").unwrap();
         assert_eq!(a, SinkArgs::default());
         let a: SinkArgs = serde_json::from_str(
@@ -680,30 +737,17 @@ mod tests {
     }
 
     #[test]
-    fn flags_parse_and_validate() {
-        let a = parse(&[
-            "--statsd",
-            "127.0.0.1:8125",
-            "--statsd",
-            "[::1]:9125",
-            "--riemann",
-            "tcp://riemann.example:5555",
-            "--riemann",
-            "localhost:5555",
-            "--tag",
-            "env=prod",
-            "--tag",
-            "dc=par 1",
-            "--statsd-tags",
-            "dogstatsd",
-            "--riemann-ttl",
-            "10s",
-            "--prefix",
-            "ebpf.prod",
-        ]);
-        assert_eq!(a.validate(), Ok(()));
-        assert_eq!(a.statsd_tags, StatsdTagStyle::Dogstatsd);
-        assert_eq!(a.riemann_ttl, Some(Duration::from_secs(10).into()));
+    fn good_values_pass() {
+        let a = SinkArgs {
+            statsd: vec!["127.0.0.1:8125".into(), "[::1]:9125".into()],
+            riemann: vec!["tcp://riemann.example:5555".into(), "localhost:5555".into()],
+            tags: vec!["env=prod".into(), "dc=par 1".into()],
+            statsd_tags: StatsdTagStyle::Dogstatsd,
+            riemann_ttl: Some(Duration::from_secs(10).into()),
+            prefix: "ebpf.prod".into(),
+            ..Default::default()
+        };
+        assert_eq!(a.check(), Ok(()));
         assert_eq!(
             a.parsed_tags().unwrap(),
             vec![("env".into(), "prod".into()), ("dc".into(), "par 1".into())]
@@ -711,28 +755,140 @@ mod tests {
     }
 
     #[test]
-    fn bad_values_name_their_flag() {
-        let cases: &[(&[&str], &str)] = &[
-            (&["--statsd", "localhost"], "--statsd"),
-            (&["--statsd", "localhost:0"], "--statsd"),
-            (&["--statsd", "localhost:99999"], "--statsd"),
-            (&["--statsd", ":8125"], "--statsd"),
-            (&["--statsd", "::1:8125"], "--statsd"),
-            (&["--riemann", "http://h:5555"], "--riemann"),
-            (&["--riemann", "tcp://h"], "--riemann"),
-            (&["--tag", "novalue"], "--tag"),
-            (&["--tag", "=v"], "--tag"),
-            (&["--tag", "k:x=v"], "--tag"),
-            (&["--tag", "k=a\nb"], "--tag"),
-            (&["--prefix", "a..b"], "--prefix"),
-            (&["--prefix", "a:b"], "--prefix"),
-            (&["--statsd-max-packet", "10"], "--statsd-max-packet"),
-            (&["--riemann-max-packet", "70000"], "--riemann-max-packet"),
-            (&["--sink-queue", "0"], "--sink-queue"),
+    fn bad_values_name_their_key() {
+        let d = SinkArgs::default;
+        let one = |v: &str| vec![v.to_string()];
+        let cases: Vec<(SinkArgs, &str)> = vec![
+            (
+                SinkArgs {
+                    statsd: one("localhost"),
+                    ..d()
+                },
+                "statsd",
+            ),
+            (
+                SinkArgs {
+                    statsd: one("localhost:0"),
+                    ..d()
+                },
+                "statsd",
+            ),
+            (
+                SinkArgs {
+                    statsd: one("localhost:99999"),
+                    ..d()
+                },
+                "statsd",
+            ),
+            (
+                SinkArgs {
+                    statsd: one(":8125"),
+                    ..d()
+                },
+                "statsd",
+            ),
+            (
+                SinkArgs {
+                    statsd: one("::1:8125"),
+                    ..d()
+                },
+                "statsd",
+            ),
+            (
+                SinkArgs {
+                    riemann: one("http://h:5555"),
+                    ..d()
+                },
+                "riemann",
+            ),
+            (
+                SinkArgs {
+                    riemann: one("tcp://h"),
+                    ..d()
+                },
+                "riemann",
+            ),
+            (
+                SinkArgs {
+                    tags: one("novalue"),
+                    ..d()
+                },
+                "tags",
+            ),
+            (
+                SinkArgs {
+                    tags: one("=v"),
+                    ..d()
+                },
+                "tags",
+            ),
+            (
+                SinkArgs {
+                    tags: one("k:x=v"),
+                    ..d()
+                },
+                "tags",
+            ),
+            (
+                SinkArgs {
+                    tags: one("k=a\nb"),
+                    ..d()
+                },
+                "tags",
+            ),
+            (
+                SinkArgs {
+                    prefix: "a..b".into(),
+                    ..d()
+                },
+                "prefix",
+            ),
+            (
+                SinkArgs {
+                    prefix: "a:b".into(),
+                    ..d()
+                },
+                "prefix",
+            ),
+            (
+                SinkArgs {
+                    statsd_max_packet: 10,
+                    ..d()
+                },
+                "statsd_max_packet",
+            ),
+            (
+                SinkArgs {
+                    riemann_max_packet: 70000,
+                    ..d()
+                },
+                "riemann_max_packet",
+            ),
+            (
+                SinkArgs {
+                    sink_queue: 0,
+                    ..d()
+                },
+                "sink_queue",
+            ),
+            (
+                SinkArgs {
+                    sink_queue: 100_000_000_000,
+                    ..d()
+                },
+                "sink_queue",
+            ),
+            (
+                SinkArgs {
+                    statsd: vec!["127.0.0.1:8125".into(); 17],
+                    ..d()
+                },
+                "statsd",
+            ),
         ];
-        for (args, flag) in cases {
-            let err = parse(args).validate().unwrap_err();
-            assert!(err.starts_with(flag), "{args:?}: {err}");
+        for (args, key) in cases {
+            let (k, err) = args.check().unwrap_err();
+            assert_eq!(k, key, "{args:?}: {err}");
             assert!(!err.contains('\n'), "{err}");
         }
     }

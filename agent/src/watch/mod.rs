@@ -96,9 +96,11 @@ fn anomaly_note(d: &Detection, v: &Verdicts, dir: &Path, warmup: u32) -> String 
 }
 
 pub async fn watch(args: WatchArgs, judge: Option<(PathBuf, DetectorConfig)>) -> Result<ExitCode> {
-    let mut common = args.common.clone();
-    let slow_threshold =
-        (!common.no_events).then(|| *common.slow_threshold.get_or_insert(DEFAULT_SLOW));
+    let mut common = args.common.settings();
+    let slow_threshold = common
+        .enable
+        .slow_events
+        .then(|| *common.slow_threshold.get_or_insert(DEFAULT_SLOW));
     let mut filters = vec![];
     if let Some(pid) = common.pid {
         filters.push(format!("pid {pid}"));
