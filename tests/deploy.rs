@@ -384,7 +384,7 @@ fn agent_runs_as_non_root_with_exactly_the_units_capabilities() {
     // tracefs (CAP_DAC_READ_SEARCH) serves only the classic tracepoints: on a kernel with BTF
     // every probe runs without it, and it is needed where the classic ones are (a kernel
     // without BTF, played by EBPF_AGENT_CLASSIC_TRACEPOINTS=1).
-    let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
     for missing in &caps {
         let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
         if missing == "dac_read_search" && btf {

@@ -767,6 +767,7 @@ fn values_at_the_bounds_run_and_a_reload_beyond_them_is_refused() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
     std::thread::sleep(Duration::from_millis(1000));
+    // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) };
     let (status, out, err) = agent.finish(FINISH);
     assert!(status.success(), "{status}: {err:#?}");
@@ -819,10 +820,12 @@ fn sighup_reloads_without_losing_counts() {
     std::thread::sleep(Duration::from_millis(1200));
     // A broken file is rejected: the agent keeps running with what it had.
     std::fs::write(&path, "output = \"json\"\ninterval = \"never\"\n").unwrap();
+    // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc::kill(pid, libc::SIGHUP) };
     std::thread::sleep(Duration::from_millis(1200));
     getppid_n(N);
     std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let (status, out, err) = agent.finish(FINISH);
     assert!(status.success(), "{status}");
@@ -1214,4 +1217,38 @@ fn record_then_compare_exits_0_on_the_same_load_and_1_on_a_changed_one() {
     // ~1.06 ms → ~4.06 ms.
     assert!(after / before > 3.0 && after / before < 4.5, "{slower}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The kernel programs' rare paths speak through aya-log at a load-time level taken from the
+/// agent's: a syscall number beyond the table is said at debug level, and not at the default
+/// level (where the verifier drops the call).
+#[test]
+fn kernel_programs_log_rare_paths_at_the_agents_level() {
+    const N: usize = 3;
+    const NR: libc::c_long = 600; // no such syscall: ENOSYS
+    let wanted = "syscall 600 is beyond the agent's table of 512: not timed";
+    for (level, expect) in [("debug", N), ("info", 0)] {
+        let mut agent = Agent::start_env(
+            &[
+                "run",
+                "--output",
+                "none",
+                "--probes",
+                "syscall",
+                "--duration",
+                "2s",
+            ],
+            &[("EBPF_AGENT_LOG", level)],
+        );
+        agent.wait_ready();
+        for _ in 0..N {
+            // SAFETY: an unknown syscall number only returns ENOSYS.
+            let r = unsafe { libc::syscall(NR) };
+            assert_eq!(r, -1);
+        }
+        let (status, _, err) = agent.finish(FINISH);
+        assert!(status.success(), "{err:#?}");
+        let said = err.iter().filter(|l| l.contains(wanted)).count();
+        assert_eq!(said, expect, "at {level}: {said} kernel lines; stderr: {err:#?}");
+    }
 }

@@ -17,7 +17,7 @@ pub struct RuntimeConfig {
     pub tcp_events_on: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<RuntimeConfig>() == 48);
+const _: () = assert!(size_of::<RuntimeConfig>() == 48);
 
 impl RuntimeConfig {
     pub const OFF: u64 = u64::MAX;

@@ -51,7 +51,7 @@ pub struct Event {
     pub _pad: u32,
 }
 pub const EVENT_SIZE: usize = 104;
-const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
+const _: () = assert!(size_of::<Event>() == EVENT_SIZE);
 
 #[cfg(feature = "user")]
 // SAFETY: #[repr(C)], integers and byte arrays with an explicit padding field.

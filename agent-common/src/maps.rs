@@ -22,11 +22,21 @@ pub struct MapSpec {
     pub max_entries: u32,
 }
 
+/// The kernel programs' log (aya-log's ring buffer, read by the agent).
+pub const LOGS: &str = "AYA_LOGS";
+/// Load-time global: the programs' log level (aya-log's; 0 = off).
+pub const GLOBAL_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+
 /// The shared maps.
 pub const SHARED: &[MapSpec] = &[
     MapSpec {
+        name: LOGS,
+        value_size: 0,
+        max_entries: 0,
+    },
+    MapSpec {
         name: HIST,
-        value_size: core::mem::size_of::<crate::layout::Row>(),
+        value_size: size_of::<crate::layout::Row>(),
         max_entries: 0,
     },
     MapSpec {
@@ -36,7 +46,7 @@ pub const SHARED: &[MapSpec] = &[
     },
     MapSpec {
         name: CONFIG,
-        value_size: core::mem::size_of::<crate::RuntimeConfig>(),
+        value_size: size_of::<crate::RuntimeConfig>(),
         max_entries: 1,
     },
 ];

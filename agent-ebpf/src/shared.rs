@@ -15,6 +15,7 @@ use aya_ebpf::{
     maps::{Array, RingBuf},
     programs::TracePointContext,
 };
+use aya_log_ebpf::warn;
 
 // ---- maps (names are agent_common::maps::*) ----
 
@@ -174,11 +175,22 @@ pub fn read<T>(ctx: &TracePointContext, off: u16, block: Block) -> Option<T> {
     // fails the read (counted), it cannot fault.
     match unsafe { ctx.read_at::<T>(off as usize) } {
         Ok(v) => Some(v),
-        Err(_) => {
-            count(block, layout::CTR_READ_ERRORS, 1);
+        Err(e) => {
+            read_failed(ctx, off, e, block);
             None
         }
     }
+}
+
+/// A record field could not be read: a layout the agent did not expect. Counted, and said
+/// (a warning: compiled in, but rare by nature; the log level is a load-time constant).
+#[inline(always)]
+fn read_failed(ctx: &TracePointContext, off: u16, err: i32, block: Block) {
+    count(block, layout::CTR_READ_ERRORS, 1);
+    warn!(
+        ctx,
+        "tracepoint record read at offset {} failed ({}): unexpected layout", off, err
+    );
 }
 
 /// The first `N` bytes of a classic tracepoint's record, in one helper call: reading fields one
@@ -188,8 +200,8 @@ pub fn record_head<const N: usize>(ctx: &TracePointContext, block: Block) -> Opt
     // SAFETY: as in `read`: a checked probe read of the record.
     match unsafe { ctx.read_at::<[u8; N]>(0) } {
         Ok(v) => Some(v),
-        Err(_) => {
-            count(block, layout::CTR_READ_ERRORS, 1);
+        Err(e) => {
+            read_failed(ctx, 0, e, block);
             None
         }
     }
@@ -205,7 +217,7 @@ pub fn field<T: Copy, const N: usize>(
     block: Block,
 ) -> Option<T> {
     let o = off as usize;
-    if off != MISSING && o + core::mem::size_of::<T>() <= N {
+    if off != MISSING && o + size_of::<T>() <= N {
         // SAFETY: inside `head` (checked above); T is plain data, read unaligned.
         Some(unsafe { core::ptr::read_unaligned(head.as_ptr().add(o) as *const T) })
     } else {

@@ -12,6 +12,7 @@ use aya_ebpf::{
     maps::Array,
     programs::RawTracePointContext,
 };
+use aya_log_ebpf::debug;
 
 use crate::shared::{config, count, emit, now_ns, record, selected};
 
@@ -51,8 +52,17 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Option<()> {
     }
     let regs: u64 = ctx.arg(0);
     let nr: i64 = ctx.arg(1);
+    if nr >= MAX_SYSCALLS as i64 {
+        // Not a syscall of this architecture's table (ENOSYS): said at debug level only, so at
+        // the default level the verifier drops this call (the level is a load-time constant).
+        debug!(
+            ctx,
+            "syscall {} is beyond the agent's table of {}: not timed", nr, MAX_SYSCALLS
+        );
+        return None;
+    }
     // exit/exit_group never reach sys_exit: their entries would only go stale.
-    if nr < 0 || nr >= MAX_SYSCALLS as i64 || nr == NR_EXIT.load() || nr == NR_EXIT_GROUP.load() {
+    if nr < 0 || nr == NR_EXIT.load() || nr == NR_EXIT_GROUP.load() {
         return None;
     }
     let slot = slot(regs)?;

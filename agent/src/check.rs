@@ -127,7 +127,7 @@ fn mib(b: u64) -> f64 {
 
 /// `ebpf-agent floor`: the benchmark's empty programs, attached until duration or a signal.
 pub async fn floor(duration: Option<std::time::Duration>, clock: bool) -> Result<ExitCode> {
-    let ebpf = crate::probes::attach_floor(clock)?;
+    let ebpf = probes::attach_floor(clock)?;
     eprintln!(
         "floor attached: {} sys_enter and sys_exit programs",
         if clock { "clock-reading" } else { "empty" }

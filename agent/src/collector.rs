@@ -16,6 +16,7 @@ use crate::{
     probes::{
         Kernel, Probe, ProbeError, ProbeOptions,
         events::{self, EventLog, EventView},
+        klog,
     },
     procfs::ProcfsCollector,
     settings::Settings,
@@ -207,15 +208,29 @@ fn load_kernel(
     }
     match Kernel::load(&probe_options(args, wanted)) {
         Ok(mut k) => {
-            let task = k.take_events().map(|rb| {
-                let log = events.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = events::consume(rb, log).await {
+            // One task reads the event ring buffer and the programs' log, each woken by the
+            // kernel (or the drain timer for events).
+            let rb = k.take_events();
+            let logger = k.take_logger();
+            let log = events.clone();
+            let task = tokio::spawn(async move {
+                let events = async {
+                    if let Some(rb) = rb
+                        && let Err(e) = events::consume(rb, log).await
+                    {
                         tracing::warn!("ring buffer reader stopped: {e}");
                     }
-                })
+                };
+                let kernel_log = async {
+                    if let Some(l) = logger
+                        && let Err(e) = klog::forward(l).await
+                    {
+                        tracing::warn!("kernel programs' log reader stopped: {e}");
+                    }
+                };
+                tokio::join!(events, kernel_log);
             });
-            (Some(k), task)
+            (Some(k), Some(task))
         }
         Err(e @ ProbeError::NoPrivilege(_)) => {
             tracing::warn!("{e}; running with procfs metrics only");

@@ -13,9 +13,9 @@ pub use agent_core::{
 
 pub mod check;
 pub mod cli;
-pub mod collector;
+mod collector;
 pub mod config;
-pub mod probes;
+mod probes;
 pub mod reference;
 pub mod run;
 pub mod watch;

@@ -49,7 +49,7 @@ pub const SLOTS_ENTRIES: u32 = 2 * SLOTS as u32;
 pub const MAPS: &[MapSpec] = &[
     MapSpec {
         name: MAP_INFLIGHT,
-        value_size: core::mem::size_of::<DiskInflight>(),
+        value_size: size_of::<DiskInflight>(),
         max_entries: INFLIGHT_ENTRIES,
     },
     MapSpec {
@@ -61,11 +61,11 @@ pub const MAPS: &[MapSpec] = &[
 pub const GLOBALS: &[GlobalSpec] = &[
     GlobalSpec {
         name: GLOBAL_TP,
-        size: core::mem::size_of::<DiskTpOffsets>(),
+        size: size_of::<DiskTpOffsets>(),
     },
     GlobalSpec {
         name: GLOBAL_BTF,
-        size: core::mem::size_of::<BlockBtf>(),
+        size: size_of::<BlockBtf>(),
     },
 ];
 
@@ -92,7 +92,7 @@ pub struct DiskInflight {
     pub _pad: u32,
     pub comm: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<DiskInflight>() == 56);
+const _: () = assert!(size_of::<DiskInflight>() == 56);
 
 /// Slots a request may take, from its hashed one on.
 pub const PROBES: u32 = 4;
@@ -124,7 +124,7 @@ pub struct DiskTpOffsets {
     pub complete_sector: u16,
     pub _pad: [u16; 2],
 }
-const _: () = assert!(core::mem::size_of::<DiskTpOffsets>() == 16);
+const _: () = assert!(size_of::<DiskTpOffsets>() == 16);
 
 /// A tracepoint field the kernel lacks.
 pub const MISSING: u16 = u16::MAX;
@@ -167,7 +167,7 @@ pub struct BlockBtf {
     pub op_write: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<BlockBtf>() == 40);
+const _: () = assert!(size_of::<BlockBtf>() == 40);
 
 impl BlockBtf {
     /// Nothing found: userspace loads the BTF programs only after setting real offsets.
@@ -177,9 +177,11 @@ impl BlockBtf {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY (all): #[repr(C)] structs of integers with explicit padding fields.
+    // SAFETY: #[repr(C)], integers with explicit padding fields.
     unsafe impl aya::Pod for super::DiskInflight {}
+    // SAFETY: #[repr(C)], integers with explicit padding fields.
     unsafe impl aya::Pod for super::DiskTpOffsets {}
+    // SAFETY: #[repr(C)], integers with explicit padding fields.
     unsafe impl aya::Pod for super::BlockBtf {}
 }
 

@@ -33,7 +33,7 @@ pub const INFLIGHT_ENTRIES: u32 = 1 << INFLIGHT_BITS;
 
 pub const MAPS: &[MapSpec] = &[MapSpec {
     name: MAP_INFLIGHT,
-    value_size: core::mem::size_of::<SysInflight>(),
+    value_size: size_of::<SysInflight>(),
     max_entries: INFLIGHT_ENTRIES,
 }];
 pub const GLOBALS: &[GlobalSpec] = &[
@@ -61,7 +61,7 @@ pub struct SysInflight {
     /// `bpf_ktime_get_ns` at entry; 0 = empty.
     pub start_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<SysInflight>() == 16);
+const _: () = assert!(size_of::<SysInflight>() == 16);
 
 /// Bits of [`SysInflight::owner`] that hold the syscall number.
 pub const OWNER_NR_MASK: u64 = 511;

@@ -47,17 +47,17 @@ pub const GLOBAL_BTF: &str = "TCP_BTF";
 
 pub const MAPS: &[MapSpec] = &[MapSpec {
     name: MAP_INFLIGHT,
-    value_size: core::mem::size_of::<TcpInflight>(),
+    value_size: size_of::<TcpInflight>(),
     max_entries: INFLIGHT_ENTRIES,
 }];
 pub const GLOBALS: &[GlobalSpec] = &[
     GlobalSpec {
         name: GLOBAL_TP,
-        size: core::mem::size_of::<TcpTpOffsets>(),
+        size: size_of::<TcpTpOffsets>(),
     },
     GlobalSpec {
         name: GLOBAL_BTF,
-        size: core::mem::size_of::<TcpBtf>(),
+        size: size_of::<TcpBtf>(),
     },
 ];
 
@@ -69,7 +69,7 @@ pub struct TcpInflight {
     pub tid: u32,
     pub comm: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<TcpInflight>() == 32);
+const _: () = assert!(size_of::<TcpInflight>() == 32);
 
 /// Byte offsets of the classic tracepoints' record fields, from tracefs `format` files at load
 /// time. An offset of [`MISSING`] marks a field the kernel lacks.
@@ -90,7 +90,7 @@ pub struct TcpTpOffsets {
     pub probe_srtt: u16,
     pub _pad: [u16; 2],
 }
-const _: () = assert!(core::mem::size_of::<TcpTpOffsets>() == 24);
+const _: () = assert!(size_of::<TcpTpOffsets>() == 24);
 
 /// A tracepoint field the kernel lacks.
 pub const MISSING: u16 = u16::MAX;
@@ -133,7 +133,7 @@ pub struct TcpBtf {
     pub tp_srtt_us: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<TcpBtf>() == 40);
+const _: () = assert!(size_of::<TcpBtf>() == 40);
 
 impl TcpBtf {
     /// Nothing found (see [`super::disk::BlockBtf::UNSET`]).
@@ -143,8 +143,10 @@ impl TcpBtf {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY (all): #[repr(C)] structs of integers with explicit padding fields.
+    // SAFETY: #[repr(C)], integers with explicit padding fields.
     unsafe impl aya::Pod for super::TcpInflight {}
+    // SAFETY: #[repr(C)], integers with explicit padding fields.
     unsafe impl aya::Pod for super::TcpTpOffsets {}
+    // SAFETY: #[repr(C)], integers with explicit padding fields.
     unsafe impl aya::Pod for super::TcpBtf {}
 }

@@ -403,7 +403,7 @@ impl Detector {
 
     /// Bytes of model state per key (the seasonal profiles included).
     pub fn state_bytes_per_key() -> usize {
-        std::mem::size_of::<Model>()
+        size_of::<Model>()
     }
 
     pub fn status(&self, name: &str, tags: &[(&'static str, String)]) -> Option<KeyStatus> {

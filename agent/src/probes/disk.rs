@@ -9,10 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[cfg(test)]
+use agent_common::maps::{GlobalSpec, MapSpec};
 use agent_common::{
     Event, EventKind,
     layout::{self, Block},
-    maps::{GlobalSpec, MapSpec},
     probes::disk::{self as contract, BlockBtf, DiskTpOffsets, SLOTS, progs},
 };
 use aya::{Ebpf, maps::HashMap as BpfHashMap};
@@ -66,10 +67,6 @@ impl ProbeDef for Disk {
         "disk"
     }
 
-    fn about(&self) -> &'static str {
-        "block I/O latency, operations and bytes per device and op"
-    }
-
     fn block(&self) -> Block {
         layout::DISK
     }
@@ -78,10 +75,12 @@ impl ProbeDef for Disk {
         &[PROGRAMS_BTF, PROGRAMS]
     }
 
+    #[cfg(test)]
     fn maps(&self) -> &'static [MapSpec] {
         contract::MAPS
     }
 
+    #[cfg(test)]
     fn globals(&self) -> &'static [GlobalSpec] {
         contract::GLOBALS
     }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use agent_common::{Event, event::EVENT_SIZE};
-pub use agent_core::events::{EventView, comm_str};
+pub use agent_core::events::EventView;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 

@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use super::{
     Attach, Globals, Probe, ProbeState, Program, Rows, btf, has_btf_variant, has_classic_variant,
+    klog,
     table::{HistTable, RowDiff},
     tracefs,
 };
@@ -78,6 +79,8 @@ pub struct Kernel {
     /// the kernel's BTF). aya's parse of the BTF, which attaching them needs, is made only
     /// while attaching: kept, it would double the agent's memory.
     btf_probes: Vec<Probe>,
+    /// The programs' log (aya-log), until taken by [`Kernel::take_logger`].
+    logger: Option<aya_log::EbpfLogger<klog::KernelLog>>,
     /// Keeps the kernel's BPF run-time statistics on while open (refcounted by the kernel, so
     /// closing it on exit restores the previous state, and other users are unaffected).
     stats_fd: Option<std::os::fd::OwnedFd>,
@@ -175,6 +178,8 @@ impl Kernel {
         for (name, bytes) in globals.iter() {
             loader.override_global(name, bytes, true);
         }
+        let log_level = klog::level();
+        loader.override_global(maps::GLOBAL_LOG_LEVEL, &log_level, true);
         let mut ebpf = loader
             .map_max_entries(maps::HIST, layout::hist_entries(ncpus) as u32)
             .map_max_entries(maps::EVENTS, opts.ring_bytes)
@@ -200,6 +205,16 @@ impl Kernel {
             HistTable::new(data, ncpus).map_err(ProbeError::Mmap)?
         };
 
+        let logger = match aya_log::EbpfLogger::init_with_logger(&mut ebpf, klog::KernelLog) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(
+                    "kernel programs' log unavailable ({e}): their rare-path messages are only counted"
+                );
+                None
+            }
+        };
+
         let mut diff = RowDiff::default();
         diff.prime(&table, 0..layout::ROWS);
         let mut kernel = Kernel {
@@ -209,6 +224,7 @@ impl Kernel {
             loaded: Vec::new(),
             classic_unavailable,
             btf_probes,
+            logger,
             stats_fd: None,
             stats_every: opts.bpf_stats_every,
             stats_tick: 0,
@@ -318,6 +334,11 @@ impl Kernel {
                 })?;
         let mut config: Array<_, RuntimeConfig> = Array::try_from(map)?;
         config.set(0, cfg, 0)
+    }
+
+    /// Takes the programs' log (once), for [`klog::forward`].
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<klog::KernelLog>> {
+        self.logger.take()
     }
 
     /// Takes the ring buffer (once), for [`super::events::consume`].

@@ -13,27 +13,25 @@
 //! classic tracepoints (field offsets from tracefs) when the BTF lacks a member or the BTF set
 //! does not load.
 
-pub mod btf;
-pub mod disk;
-pub mod events;
+mod btf;
+mod disk;
+pub(crate) mod events;
 mod kernel;
-pub mod syscall;
-pub mod table;
-pub mod tcp;
-pub mod tracefs;
+pub(crate) mod klog;
+mod syscall;
+mod table;
+mod tcp;
+pub(crate) mod tracefs;
 
 use std::{fmt, path::Path, str::FromStr};
 
-use agent_common::{
-    Event,
-    layout::Block,
-    maps::{GlobalSpec, MapSpec},
-};
+#[cfg(test)]
+use agent_common::maps::{GlobalSpec, MapSpec};
+use agent_common::{Event, layout::Block};
 use aya::Ebpf;
 
 pub use self::kernel::{
-    BREAK_PROBE_ENV, CLASSIC_ENV, Kernel, ProbeError, ProbeOptions, ProbeStatus, attach_floor,
-    classic_forced,
+    CLASSIC_ENV, Kernel, ProbeError, ProbeOptions, attach_floor, classic_forced,
 };
 use self::table::{HistTable, RowDiff};
 use crate::{
@@ -49,16 +47,17 @@ const REGISTRY: &[&dyn ProbeDef] = &[&syscall::Syscall, &disk::Disk, &tcp::Tcp];
 pub trait ProbeDef: Sync {
     /// Its name in `--probes`, the `[enable]` table, `probe` tags and `check`.
     fn name(&self) -> &'static str;
-    /// One line for `--help` and the README: what it measures.
-    fn about(&self) -> &'static str;
     /// Its rows of the histogram table (`agent_common::layout`).
     fn block(&self) -> Block;
     /// The program sets that can serve it, preferred first; each attaches whole or not at all.
     fn variants(&self) -> &'static [&'static [Program]];
-    /// Maps and load-time globals of its own, as the kernel object must declare them.
+    /// Maps and load-time globals of its own, as the kernel object must declare them (checked
+    /// against the built object by the contract test).
+    #[cfg(test)]
     fn maps(&self) -> &'static [MapSpec] {
         &[]
     }
+    #[cfg(test)]
     fn globals(&self) -> &'static [GlobalSpec] {
         &[]
     }

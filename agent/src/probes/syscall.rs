@@ -1,10 +1,11 @@
 //! The syscall probe: latency per syscall from raw tracepoints sys_enter / sys_exit (kernel
 //! side: `agent-ebpf/src/syscall.rs`; contract: `agent_common::probes::syscall`).
 
+#[cfg(test)]
+use agent_common::maps::{GlobalSpec, MapSpec};
 use agent_common::{
     Event, EventKind,
     layout::{self, Block},
-    maps::{GlobalSpec, MapSpec},
     probes::syscall::{self as contract, MAX_SYSCALLS, progs},
 };
 use aya::Ebpf;
@@ -43,10 +44,6 @@ impl ProbeDef for Syscall {
         "syscall"
     }
 
-    fn about(&self) -> &'static str {
-        "latency, count and errors of every syscall"
-    }
-
     fn block(&self) -> Block {
         layout::SYSCALL
     }
@@ -55,10 +52,12 @@ impl ProbeDef for Syscall {
         &[PROGRAMS]
     }
 
+    #[cfg(test)]
     fn maps(&self) -> &'static [MapSpec] {
         contract::MAPS
     }
 
+    #[cfg(test)]
     fn globals(&self) -> &'static [GlobalSpec] {
         contract::GLOBALS
     }

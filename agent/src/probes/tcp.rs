@@ -8,10 +8,11 @@ use std::{
     path::Path,
 };
 
+#[cfg(test)]
+use agent_common::maps::{GlobalSpec, MapSpec};
 use agent_common::{
     Event, EventKind,
     layout::{self, Block},
-    maps::{GlobalSpec, MapSpec},
     probes::tcp::{self as contract, TcpBtf, TcpTpOffsets, progs},
 };
 use aya::Ebpf;
@@ -76,10 +77,6 @@ impl ProbeDef for Tcp {
         "tcp"
     }
 
-    fn about(&self) -> &'static str {
-        "TCP round-trip and connect times, opens, retransmits and resets"
-    }
-
     fn block(&self) -> Block {
         layout::TCP
     }
@@ -88,10 +85,12 @@ impl ProbeDef for Tcp {
         &[PROGRAMS_BTF, PROGRAMS]
     }
 
+    #[cfg(test)]
     fn maps(&self) -> &'static [MapSpec] {
         contract::MAPS
     }
 
+    #[cfg(test)]
     fn globals(&self) -> &'static [GlobalSpec] {
         contract::GLOBALS
     }

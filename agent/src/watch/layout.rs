@@ -335,7 +335,7 @@ pub fn render_frame(
 mod tests {
     use super::super::testkit::{anomaly, sample_snapshot, snap, syscall, up, view};
     use super::*;
-    use crate::{anomaly::State, probes::events::EventView, snapshot::Metric};
+    use crate::{anomaly::State, probes::EventView, snapshot::Metric};
 
     #[test]
     fn anomalous_rows_stand_out_with_their_description() {

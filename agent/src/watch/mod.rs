@@ -12,10 +12,10 @@
 //! The session histograms are exact: the kernel's cumulative buckets at the end minus those at the
 //! start ([`Collector::cumulative_histograms`]), merged into power-of-two rows for display.
 
-pub mod layout;
-pub mod model;
-pub mod report;
-pub mod sections;
+mod layout;
+mod model;
+mod report;
+mod sections;
 mod terminal;
 #[cfg(test)]
 mod testkit;

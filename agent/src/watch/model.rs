@@ -12,7 +12,7 @@ use super::sections::{
 };
 use crate::{
     anomaly::State,
-    probes::events::EventView,
+    probes::EventView,
     snapshot::{Anomaly, Snapshot},
 };
 

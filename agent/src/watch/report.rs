@@ -246,7 +246,7 @@ pub fn render_report(
 mod tests {
     use super::super::DEFAULT_SLOW;
     use super::*;
-    use crate::probes::events::EventView;
+    use crate::probes::EventView;
     use std::time::UNIX_EPOCH;
 
     #[test]

@@ -634,7 +634,7 @@ mod tests {
 
     #[test]
     fn size() {
-        let size = std::mem::size_of::<Model>();
+        let size = size_of::<Model>();
         assert!(size <= 1024, "per-key model state is {size} bytes");
     }
 
