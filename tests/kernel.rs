@@ -1249,6 +1249,9 @@ fn kernel_programs_log_rare_paths_at_the_agents_level() {
         let (status, _, err) = agent.finish(FINISH);
         assert!(status.success(), "{err:#?}");
         let said = err.iter().filter(|l| l.contains(wanted)).count();
-        assert_eq!(said, expect, "at {level}: {said} kernel lines; stderr: {err:#?}");
+        assert_eq!(
+            said, expect,
+            "at {level}: {said} kernel lines; stderr: {err:#?}"
+        );
     }
 }
