@@ -19,7 +19,7 @@ use agent_common::{
 use aya::{Ebpf, maps::HashMap as BpfHashMap};
 
 use super::{
-    Globals, ProbeDef, ProbeState, Program, Rows,
+    Globals, ProbeDef, ProbeState, Program, Rows, Section,
     btf::{Btf, BtfError},
     table,
     tracefs::{self, TracefsError},
@@ -101,6 +101,10 @@ impl ProbeDef for Disk {
 
     fn state(&self) -> Box<dyn ProbeState> {
         Box::new(DiskState::default())
+    }
+
+    fn watch_section(&self) -> Option<(&'static str, Section)> {
+        Some(("disks", watch_section))
     }
 }
 
@@ -294,6 +298,80 @@ impl ProbeState for DiskState {
             ret: Some(e.ret),
         })
     }
+}
+
+// ---- its section of `watch` ----
+
+use crate::snapshot::tags_include;
+use crate::watch::{
+    layout::{Line, spark_width},
+    model::{Scale, disk_key, mark, named, sparkline, window},
+    sections::{
+        DISK_BYTES, DISK_FAMILY, DISK_LATENCY_P50, DISK_LATENCY_P99, DISK_OPS, SectionCtx, marked,
+        probe_down,
+    },
+};
+use agent_core::format::{self, Style::Column};
+
+/// Busy devices and ops: rates, throughput, p50/p99 and a sparkline of the last minute.
+fn watch_section(ctx: &SectionCtx) -> Vec<Line> {
+    let (snap, h, width) = (ctx.snap, ctx.history, ctx.width);
+    if let Some(lines) = probe_down(snap, Disk.name(), "DISKS") {
+        return lines;
+    }
+    let secs = snap.interval.as_secs_f64().max(1e-9);
+    let head = format!(
+        "{:<22}{:>10}{:>10}{:>10}{:>10}  ",
+        "device op", "ops/s", "MB/s", "p50 µs", "p99 µs"
+    );
+    let spark_w = spark_width(width, head.chars().count());
+    let mut out = vec![Line::plain("DISKS")];
+    let legend = if spark_w > 0 {
+        format!("ops/s, last {}", window(snap))
+    } else {
+        String::new()
+    };
+    out.push(Line::plain(format!("{head}{legend}")));
+    // Devices busy now or within the window.
+    let mut keys: Vec<(String, String)> = snap
+        .metrics
+        .iter()
+        .filter(|m| m.name == DISK_OPS)
+        .filter_map(|m| Some((m.tag("device")?.to_string(), m.tag("op")?.to_string())))
+        .collect();
+    for k in h.active_keys("disk ") {
+        let mut parts = k["disk ".len()..].rsplitn(2, ' ');
+        if let (Some(op), Some(dev)) = (parts.next(), parts.next()) {
+            keys.push((dev.to_string(), op.to_string()));
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    if keys.is_empty() {
+        out.push(Line::plain("  (no block I/O in the last minute)"));
+    }
+    let num = |v: Option<f64>| v.map_or("-".into(), |v| format::number(v, Column));
+    for (dev, op) in keys {
+        let tags = [("device", dev.as_str()), ("op", op.as_str())];
+        let ops = snap.value(DISK_OPS, &tags).unwrap_or(0.0);
+        let bytes = snap.value(DISK_BYTES, &tags).unwrap_or(0.0);
+        let m = mark(snap, |a| {
+            named(a, DISK_FAMILY) && tags_include(&a.tags, &tags)
+        });
+        out.push(Line::marked(
+            m,
+            format!(
+                "{:<22}{:>10}{:>10}{:>10}{:>10}  {}",
+                marked(m, &format!("{dev} {op}")),
+                format::count(ops / secs),
+                format::sig(bytes / secs / 1e6, Column),
+                num(snap.value(DISK_LATENCY_P50, &tags)),
+                num(snap.value(DISK_LATENCY_P99, &tags)),
+                sparkline(&h.points(&disk_key(&dev, &op)), spark_w, Scale::FromZero)
+            ),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -14,13 +14,13 @@
 //! does not load.
 
 mod btf;
-mod disk;
+pub(crate) mod disk;
 pub(crate) mod events;
 mod kernel;
 pub(crate) mod klog;
-mod syscall;
+pub(crate) mod syscall;
 mod table;
-mod tcp;
+pub(crate) mod tcp;
 pub(crate) mod tracefs;
 
 use std::{fmt, path::Path, str::FromStr};
@@ -34,6 +34,7 @@ pub use self::kernel::{
     CLASSIC_ENV, Kernel, ProbeError, ProbeOptions, attach_floor, classic_forced,
 };
 use self::table::{HistTable, RowDiff};
+pub(crate) use crate::watch::sections::Section;
 use crate::{
     catalogue::MetricDef,
     snapshot::{Metric, Tags},
@@ -80,6 +81,11 @@ pub trait ProbeDef: Sync {
     fn metrics(&self) -> &'static [MetricDef];
     /// Fresh state for one load of the programs.
     fn state(&self) -> Box<dyn ProbeState>;
+    /// Its section of a `watch` frame (name for "no room for: ...", and how to draw it), below
+    /// the syscall table, in registry order.
+    fn watch_section(&self) -> Option<(&'static str, Section)> {
+        None
+    }
 }
 
 /// A probe's userspace state while loaded: turns its rows into metrics and its ring-buffer

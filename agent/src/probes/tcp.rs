@@ -18,7 +18,7 @@ use agent_common::{
 use aya::Ebpf;
 
 use super::{
-    Globals, ProbeDef, ProbeState, Program, Rows,
+    Globals, ProbeDef, ProbeState, Program, Rows, Section,
     btf::{Btf, BtfError},
     table,
     tracefs::{self, TracefsError},
@@ -119,6 +119,10 @@ impl ProbeDef for Tcp {
 
     fn state(&self) -> Box<dyn ProbeState> {
         Box::new(TcpState)
+    }
+
+    fn watch_section(&self) -> Option<(&'static str, Section)> {
+        Some(("tcp", watch_section))
     }
 }
 
@@ -228,6 +232,61 @@ fn addr(family: u32, raw: &[u8; 16]) -> IpAddr {
         (AF_INET, None) => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
         _ => IpAddr::V6(v6),
     }
+}
+
+// ---- its section of `watch` ----
+
+use crate::watch::{
+    layout::{Line, kv_row},
+    model::{Scale, mark, named, tcp_key},
+    sections::{
+        SectionCtx, TCP_CONNECT_LATENCY_FAMILY, TCP_CONNECT_LATENCY_P99, TCP_COUNTERS,
+        TCP_RTT_FAMILY, TCP_RTT_P50, TCP_RTT_P99, probe_down,
+    },
+};
+use agent_core::format::{self, Style::Column};
+
+/// Opens, retransmits and resets per second, RTT and connect latency, with sparklines.
+fn watch_section(ctx: &SectionCtx) -> Vec<Line> {
+    let (snap, h, width) = (ctx.snap, ctx.history, ctx.width);
+    if let Some(lines) = probe_down(snap, Tcp.name(), "TCP") {
+        return lines;
+    }
+    let secs = snap.interval.as_secs_f64().max(1e-9);
+    let mut out = vec![Line::plain("TCP")];
+    for (key, name) in TCP_COUNTERS {
+        let v = snap.value(name, &[]).unwrap_or(0.0) / secs;
+        let m = mark(snap, |a| named(a, name));
+        out.push(kv_row(
+            m,
+            &format!("{key}/s"),
+            &format::count(v),
+            &h.points(&tcp_key(key)),
+            Scale::FromZero,
+            width,
+        ));
+    }
+    let q = |m: &str| {
+        snap.value(m, &[])
+            .map_or("-".into(), |v| format::number(v, Column))
+    };
+    out.push(kv_row(
+        mark(snap, |a| named(a, TCP_RTT_FAMILY)),
+        "rtt p50 / p99 µs",
+        &format!("{} / {}", q(TCP_RTT_P50), q(TCP_RTT_P99)),
+        &h.points("tcp.rtt.p99"),
+        Scale::FromZero,
+        width,
+    ));
+    out.push(kv_row(
+        mark(snap, |a| named(a, TCP_CONNECT_LATENCY_FAMILY)),
+        "connect p99 µs",
+        &q(TCP_CONNECT_LATENCY_P99),
+        &h.points("tcp.connect.p99"),
+        Scale::FromZero,
+        width,
+    ));
+    out
 }
 
 #[cfg(test)]

@@ -15,11 +15,10 @@ use super::{
     },
     sections::{
         AGENT_CPU_PCT, AGENT_EVENTS, AGENT_EVENTS_LOST, AGENT_PROBE_UP, PROBE_SYSCALL,
-        SYSCALL_COUNT, Section, SectionCtx, disk_section, events_section, memory_section,
-        syscall_section, tcp_section,
+        SYSCALL_COUNT, Section, SectionCtx, events_section, memory_section, syscall_section,
     },
 };
-use crate::snapshot::Snapshot;
+use crate::{probes::Probe, snapshot::Snapshot};
 
 /// Syscall rows of a frame when the height is not limited (a pipe).
 const TOP_SYSCALLS: usize = 20;
@@ -85,13 +84,13 @@ fn fmt_elapsed(d: Duration) -> String {
     }
 }
 
-pub(super) fn spark_width(width: usize, used: usize) -> usize {
+pub(crate) fn spark_width(width: usize, used: usize) -> usize {
     let w = width.saturating_sub(used).min(HISTORY);
     if w < 4 { 0 } else { w }
 }
 
 /// `label value  sparkline` rows of the disk/TCP/memory sections; a marked row stands out.
-pub(super) fn kv_row(
+pub(crate) fn kv_row(
     m: Option<Mark>,
     label: &str,
     value: &str,
@@ -222,13 +221,17 @@ fn header(snap: &Snapshot, view: &View) -> Vec<Line> {
     vec![Line::plain(title), Line::plain(line)]
 }
 
-/// The sections below the syscall table, in the order they get room.
-const SECTIONS: [(&str, Section); 4] = [
-    ("disks", disk_section),
-    ("tcp", tcp_section),
-    ("memory", memory_section),
-    ("slow events", events_section),
-];
+/// The sections below the syscall table, in the order they get room: the kernel probes' (in
+/// registry order), then memory and pressure, then the latest slow events.
+fn sections() -> Vec<(&'static str, Section)> {
+    let mut all: Vec<(&'static str, Section)> = Probe::ALL
+        .iter()
+        .filter_map(|p| p.def().watch_section())
+        .collect();
+    all.push(("memory", memory_section));
+    all.push(("slow events", events_section));
+    all
+}
 
 /// One frame: header, top syscalls, disks, TCP, memory, the latest slow events; at most
 /// `view.width` characters per line and `view.height` lines.
@@ -253,7 +256,10 @@ pub fn frame_lines(
         width,
         syscall_rows: TOP_SYSCALLS,
     };
-    let sections = SECTIONS.map(|(name, section)| (name, section(&ctx)));
+    let sections: Vec<(&str, Vec<Line>)> = sections()
+        .into_iter()
+        .map(|(name, section)| (name, section(&ctx)))
+        .collect();
 
     // On a terminal: header, then the syscall table with up to 10 rows, then the other sections
     // in order while they fit (one line stays for saying what did not); the syscall table takes

@@ -12,10 +12,10 @@
 //! The session histograms are exact: the kernel's cumulative buckets at the end minus those at the
 //! start ([`Collector::cumulative_histograms`]), merged into power-of-two rows for display.
 
-mod layout;
-mod model;
+pub(crate) mod layout;
+pub(crate) mod model;
 mod report;
-mod sections;
+pub(crate) mod sections;
 mod terminal;
 #[cfg(test)]
 mod testkit;

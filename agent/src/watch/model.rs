@@ -88,11 +88,11 @@ pub(super) fn syscall_key(name: &str) -> String {
     format!("syscall {name}")
 }
 
-pub(super) fn disk_key(device: &str, op: &str) -> String {
+pub(crate) fn disk_key(device: &str, op: &str) -> String {
     format!("disk {device} {op}")
 }
 
-pub(super) fn tcp_key(counter: &str) -> String {
+pub(crate) fn tcp_key(counter: &str) -> String {
     format!("tcp.{counter}")
 }
 
@@ -164,7 +164,7 @@ impl History {
     }
 
     /// Keys starting with `prefix` that were non-zero at least once in the window.
-    pub(super) fn active_keys(&self, prefix: &str) -> Vec<&str> {
+    pub(crate) fn active_keys(&self, prefix: &str) -> Vec<&str> {
         self.series
             .iter()
             .filter(|(k, s)| k.starts_with(prefix) && s.points.iter().any(|&v| v > 0.0))
@@ -189,7 +189,7 @@ fn push_bounded(q: &mut VecDeque<f64>, v: f64) {
 }
 
 /// The sparklines' span, e.g. `1m` at one-second intervals.
-pub(super) fn window(snap: &Snapshot) -> String {
+pub(crate) fn window(snap: &Snapshot) -> String {
     humantime::format_duration(snap.interval * HISTORY as u32).to_string()
 }
 
@@ -268,7 +268,7 @@ impl Mark {
 }
 
 /// The mark of a row whose metrics `pick` selects: the worst not-ok anomaly among them.
-pub(super) fn mark(snap: &Snapshot, pick: impl Fn(&Anomaly) -> bool) -> Option<Mark> {
+pub(crate) fn mark(snap: &Snapshot, pick: impl Fn(&Anomaly) -> bool) -> Option<Mark> {
     // Worst first: the detector sorts its verdicts.
     snap.annotations
         .anomalies
@@ -284,7 +284,7 @@ pub(super) fn mark(snap: &Snapshot, pick: impl Fn(&Anomaly) -> bool) -> Option<M
 }
 
 /// A metric name, or a family when it ends with `.`.
-pub(super) fn named(a: &Anomaly, name: &str) -> bool {
+pub(crate) fn named(a: &Anomaly, name: &str) -> bool {
     if name.ends_with('.') {
         a.name.starts_with(name)
     } else {

@@ -2,84 +2,89 @@
 //! each a [`Section`]: the same signature, nothing shared between them but [`SectionCtx`] and
 //! the helpers of [`super::layout`] and [`super::model`], so each can move next to its probe.
 //!
-//! The metric names `watch` reads are listed once, below, until the probes publish a typed
-//! catalogue to point them at.
+//! A kernel probe's section is its own (`ProbeDef::watch_section`, in its module); the syscall
+//! table (the frame's main table, sized by what room is left) and the /proc and events sections
+//! are here.
 
 use agent_core::format::{self, Style::Column};
 
 use super::{
     layout::{Line, event_header, event_row, kv_row, spark_width},
     model::{
-        History, Mark, Scale, TimedEvent, disk_key, mark, named, probe_state, sparkline,
-        syscall_key, syscall_rows, tcp_key, window,
+        History, Mark, Scale, TimedEvent, mark, named, probe_state, sparkline, syscall_key,
+        syscall_rows, window,
     },
 };
-use crate::snapshot::{Snapshot, tags_include};
+use crate::{
+    catalogue::agent as self_metrics,
+    probes::{disk, syscall, tcp},
+    procfs,
+    snapshot::{Snapshot, tags_include},
+};
 use std::collections::VecDeque;
 
 // ------------------------------------------------------------------------------------------------
-// Metric names read by `watch` (frames, history and the exit report)
+// Metric names read by `watch` (frames, history and the exit report), from the typed catalogue;
+// a quantile of a latency family is checked against it by a test.
 
-pub(super) const AGENT_PROBE_UP: &str = "agent.probe_up";
-pub(super) const AGENT_EVENTS: &str = "agent.events";
-pub(super) const AGENT_EVENTS_LOST: &str = "agent.events_lost";
-pub(super) const AGENT_CPU_PCT: &str = "agent.cpu_pct";
+pub(crate) const AGENT_PROBE_UP: &str = self_metrics::PROBE_UP.name;
+pub(crate) const AGENT_EVENTS: &str = self_metrics::EVENTS.name;
+pub(crate) const AGENT_EVENTS_LOST: &str = self_metrics::EVENTS_LOST.name;
+pub(crate) const AGENT_CPU_PCT: &str = self_metrics::CPU_PCT.name;
 
-pub(super) const SYSCALL_COUNT: &str = "syscall.count";
-pub(super) const SYSCALL_ERRORS: &str = "syscall.errors";
-pub(super) const SYSCALL_LATENCY: &str = "syscall.latency_us";
-pub(super) const SYSCALL_LATENCY_MEAN: &str = "syscall.latency_us.mean";
-pub(super) const SYSCALL_LATENCY_P99: &str = "syscall.latency_us.p99";
+pub(crate) const SYSCALL_COUNT: &str = syscall::COUNT.name;
+pub(crate) const SYSCALL_ERRORS: &str = syscall::ERRORS.name;
+pub(crate) const SYSCALL_LATENCY: &str = syscall::LATENCY.name;
+pub(crate) const SYSCALL_LATENCY_MEAN: &str = "syscall.latency_us.mean";
+pub(crate) const SYSCALL_LATENCY_P99: &str = "syscall.latency_us.p99";
 /// Every syscall metric, for the row's mark.
-const SYSCALL_FAMILY: &str = "syscall.";
+pub(crate) const SYSCALL_FAMILY: &str = "syscall.";
 
-pub(super) const DISK_OPS: &str = "disk.ops";
-pub(super) const DISK_BYTES: &str = "disk.bytes";
-pub(super) const DISK_LATENCY: &str = "disk.latency_us";
-pub(super) const DISK_LATENCY_P50: &str = "disk.latency_us.p50";
-pub(super) const DISK_LATENCY_P99: &str = "disk.latency_us.p99";
-const DISK_FAMILY: &str = "disk.";
+pub(crate) const DISK_OPS: &str = disk::OPS_DONE.name;
+pub(crate) const DISK_BYTES: &str = disk::BYTES.name;
+pub(crate) const DISK_LATENCY: &str = disk::LATENCY.name;
+pub(crate) const DISK_LATENCY_P50: &str = "disk.latency_us.p50";
+pub(crate) const DISK_LATENCY_P99: &str = "disk.latency_us.p99";
+pub(crate) const DISK_FAMILY: &str = "disk.";
 
-pub(super) const TCP_CONNECTS: &str = "tcp.connects";
-pub(super) const TCP_ACCEPTS: &str = "tcp.accepts";
-pub(super) const TCP_RETRANSMITS: &str = "tcp.retransmits";
-pub(super) const TCP_RESETS: &str = "tcp.resets";
-pub(super) const TCP_RTT: &str = "tcp.rtt_us";
-pub(super) const TCP_RTT_P50: &str = "tcp.rtt_us.p50";
-pub(super) const TCP_RTT_P99: &str = "tcp.rtt_us.p99";
-const TCP_RTT_FAMILY: &str = "tcp.rtt_us.";
-pub(super) const TCP_CONNECT_LATENCY: &str = "tcp.connect_latency_us";
-pub(super) const TCP_CONNECT_LATENCY_P99: &str = "tcp.connect_latency_us.p99";
-const TCP_CONNECT_LATENCY_FAMILY: &str = "tcp.connect_latency_us.";
+pub(crate) const TCP_CONNECTS: &str = tcp::CONNECTS.name;
+pub(crate) const TCP_ACCEPTS: &str = tcp::ACCEPTS.name;
+pub(crate) const TCP_RETRANSMITS: &str = tcp::RETRANSMITS.name;
+pub(crate) const TCP_RESETS: &str = tcp::RESETS.name;
+pub(crate) const TCP_RTT: &str = tcp::RTT.name;
+pub(crate) const TCP_RTT_P50: &str = "tcp.rtt_us.p50";
+pub(crate) const TCP_RTT_P99: &str = "tcp.rtt_us.p99";
+pub(crate) const TCP_RTT_FAMILY: &str = "tcp.rtt_us.";
+pub(crate) const TCP_CONNECT_LATENCY: &str = tcp::CONNECT_LATENCY.name;
+pub(crate) const TCP_CONNECT_LATENCY_P99: &str = "tcp.connect_latency_us.p99";
+pub(crate) const TCP_CONNECT_LATENCY_FAMILY: &str = "tcp.connect_latency_us.";
 
-pub(super) const MEM_TOTAL: &str = "mem.total_bytes";
-pub(super) const MEM_USED: &str = "mem.used_bytes";
-pub(super) const MEM_AVAILABLE: &str = "mem.available_bytes";
-pub(super) const SWAP_TOTAL: &str = "swap.total_bytes";
-pub(super) const SWAP_USED: &str = "swap.used_bytes";
-pub(super) const CPU_IOWAIT_PCT: &str = "cpu.iowait_pct";
+pub(crate) const MEM_TOTAL: &str = procfs::MEM_TOTAL.name;
+pub(crate) const MEM_USED: &str = procfs::MEM_USED.name;
+pub(crate) const MEM_AVAILABLE: &str = procfs::MEM_AVAILABLE.name;
+pub(crate) const SWAP_TOTAL: &str = procfs::SWAP_TOTAL.name;
+pub(crate) const SWAP_USED: &str = procfs::SWAP_USED.name;
+pub(crate) const CPU_IOWAIT_PCT: &str = procfs::CPU_IOWAIT.name;
 /// Pressure stall information: (resource, `some avg10` metric, family for the row's mark).
-pub(super) const PSI: [(&str, &str, &str); 3] = [
+pub(crate) const PSI: [(&str, &str, &str); 3] = [
     ("cpu", "psi.cpu.some_avg10", "psi.cpu."),
     ("io", "psi.io.some_avg10", "psi.io."),
     ("memory", "psi.memory.some_avg10", "psi.memory."),
 ];
 
 /// Probe names of `agent.probe_up`.
-pub(super) const PROBE_SYSCALL: &str = "syscall";
-pub(super) const PROBE_DISK: &str = "disk";
-pub(super) const PROBE_TCP: &str = "tcp";
-pub(super) const PROBE_PROCFS: &str = "procfs";
+pub(crate) const PROBE_SYSCALL: &str = "syscall";
+pub(crate) const PROBE_PROCFS: &str = "procfs";
 
 /// TCP counters shown per second: (row label, metric).
-pub(super) const TCP_COUNTERS: [(&str, &str); 4] = [
+pub(crate) const TCP_COUNTERS: [(&str, &str); 4] = [
     ("connects", TCP_CONNECTS),
     ("accepts", TCP_ACCEPTS),
     ("retransmits", TCP_RETRANSMITS),
     ("resets", TCP_RESETS),
 ];
 /// Levels kept in history besides the rates: `(key, metric)`.
-pub(super) const LEVELS: [(&str, &str); 9] = [
+pub(crate) const LEVELS: [(&str, &str); 9] = [
     ("mem.used", MEM_USED),
     ("mem.available", MEM_AVAILABLE),
     ("swap.used", SWAP_USED),
@@ -112,7 +117,7 @@ pub struct SectionCtx<'a> {
 pub type Section = fn(&SectionCtx) -> Vec<Line>;
 
 /// `TITLE: probe down ...` when `probe` is down, nothing when it was not asked for.
-fn probe_down(snap: &Snapshot, probe: &str, title: &str) -> Option<Vec<Line>> {
+pub(crate) fn probe_down(snap: &Snapshot, probe: &str, title: &str) -> Option<Vec<Line>> {
     match probe_state(snap, probe) {
         None => Some(vec![]),
         Some(false) => Some(vec![Line::plain(format!(
@@ -123,7 +128,7 @@ fn probe_down(snap: &Snapshot, probe: &str, title: &str) -> Option<Vec<Line>> {
 }
 
 /// `label` after its mark, as a toned line's start.
-fn marked(m: Option<Mark>, label: &str) -> String {
+pub(crate) fn marked(m: Option<Mark>, label: &str) -> String {
     format!("{}{label}", Mark::prefix(m))
 }
 
@@ -176,108 +181,6 @@ pub fn syscall_section(ctx: &SectionCtx) -> Vec<Line> {
             ),
         ));
     }
-    out
-}
-
-pub fn disk_section(ctx: &SectionCtx) -> Vec<Line> {
-    let (snap, h, width) = (ctx.snap, ctx.history, ctx.width);
-    if let Some(lines) = probe_down(snap, PROBE_DISK, "DISKS") {
-        return lines;
-    }
-    let secs = snap.interval.as_secs_f64().max(1e-9);
-    let head = format!(
-        "{:<22}{:>10}{:>10}{:>10}{:>10}  ",
-        "device op", "ops/s", "MB/s", "p50 µs", "p99 µs"
-    );
-    let spark_w = spark_width(width, head.chars().count());
-    let mut out = vec![Line::plain("DISKS")];
-    let legend = if spark_w > 0 {
-        format!("ops/s, last {}", window(snap))
-    } else {
-        String::new()
-    };
-    out.push(Line::plain(format!("{head}{legend}")));
-    // Devices busy now or within the window.
-    let mut keys: Vec<(String, String)> = snap
-        .metrics
-        .iter()
-        .filter(|m| m.name == DISK_OPS)
-        .filter_map(|m| Some((m.tag("device")?.to_string(), m.tag("op")?.to_string())))
-        .collect();
-    for k in h.active_keys("disk ") {
-        let mut parts = k["disk ".len()..].rsplitn(2, ' ');
-        if let (Some(op), Some(dev)) = (parts.next(), parts.next()) {
-            keys.push((dev.to_string(), op.to_string()));
-        }
-    }
-    keys.sort();
-    keys.dedup();
-    if keys.is_empty() {
-        out.push(Line::plain("  (no block I/O in the last minute)"));
-    }
-    let num = |v: Option<f64>| v.map_or("-".into(), |v| format::number(v, Column));
-    for (dev, op) in keys {
-        let tags = [("device", dev.as_str()), ("op", op.as_str())];
-        let ops = snap.value(DISK_OPS, &tags).unwrap_or(0.0);
-        let bytes = snap.value(DISK_BYTES, &tags).unwrap_or(0.0);
-        let m = mark(snap, |a| {
-            named(a, DISK_FAMILY) && tags_include(&a.tags, &tags)
-        });
-        out.push(Line::marked(
-            m,
-            format!(
-                "{:<22}{:>10}{:>10}{:>10}{:>10}  {}",
-                marked(m, &format!("{dev} {op}")),
-                format::count(ops / secs),
-                format::sig(bytes / secs / 1e6, Column),
-                num(snap.value(DISK_LATENCY_P50, &tags)),
-                num(snap.value(DISK_LATENCY_P99, &tags)),
-                sparkline(&h.points(&disk_key(&dev, &op)), spark_w, Scale::FromZero)
-            ),
-        ));
-    }
-    out
-}
-
-pub fn tcp_section(ctx: &SectionCtx) -> Vec<Line> {
-    let (snap, h, width) = (ctx.snap, ctx.history, ctx.width);
-    if let Some(lines) = probe_down(snap, PROBE_TCP, "TCP") {
-        return lines;
-    }
-    let secs = snap.interval.as_secs_f64().max(1e-9);
-    let mut out = vec![Line::plain("TCP")];
-    for (key, name) in TCP_COUNTERS {
-        let v = snap.value(name, &[]).unwrap_or(0.0) / secs;
-        let m = mark(snap, |a| named(a, name));
-        out.push(kv_row(
-            m,
-            &format!("{key}/s"),
-            &format::count(v),
-            &h.points(&tcp_key(key)),
-            Scale::FromZero,
-            width,
-        ));
-    }
-    let q = |m: &str| {
-        snap.value(m, &[])
-            .map_or("-".into(), |v| format::number(v, Column))
-    };
-    out.push(kv_row(
-        mark(snap, |a| named(a, TCP_RTT_FAMILY)),
-        "rtt p50 / p99 µs",
-        &format!("{} / {}", q(TCP_RTT_P50), q(TCP_RTT_P99)),
-        &h.points("tcp.rtt.p99"),
-        Scale::FromZero,
-        width,
-    ));
-    out.push(kv_row(
-        mark(snap, |a| named(a, TCP_CONNECT_LATENCY_FAMILY)),
-        "connect p99 µs",
-        &q(TCP_CONNECT_LATENCY_P99),
-        &h.points("tcp.connect.p99"),
-        Scale::FromZero,
-        width,
-    ));
     out
 }
 
@@ -356,4 +259,49 @@ pub fn events_section(ctx: &SectionCtx) -> Vec<Line> {
     let skip = events.len().saturating_sub(LIVE_EVENTS);
     out.extend(events.iter().skip(skip).map(|e| Line::plain(event_row(e))));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_watch_reads_is_in_the_catalogue() {
+        let catalogue = crate::metric_catalogue();
+        let names = [
+            AGENT_PROBE_UP,
+            AGENT_EVENTS,
+            AGENT_EVENTS_LOST,
+            AGENT_CPU_PCT,
+            SYSCALL_COUNT,
+            SYSCALL_ERRORS,
+            SYSCALL_LATENCY_MEAN,
+            SYSCALL_LATENCY_P99,
+            DISK_OPS,
+            DISK_BYTES,
+            DISK_LATENCY_P50,
+            DISK_LATENCY_P99,
+            TCP_RTT_P50,
+            TCP_RTT_P99,
+            TCP_CONNECT_LATENCY_P99,
+            MEM_TOTAL,
+            MEM_USED,
+            MEM_AVAILABLE,
+            SWAP_TOTAL,
+            SWAP_USED,
+            CPU_IOWAIT_PCT,
+        ];
+        let psi = PSI.map(|(_, name, _)| name);
+        let counters = TCP_COUNTERS.map(|(_, name)| name);
+        for name in names.iter().chain(&psi).chain(&counters) {
+            assert!(
+                catalogue.iter().any(|d| d.produces(name)),
+                "{name} is not in the catalogue"
+            );
+        }
+        // Families used as prefixes name real families.
+        for family in [SYSCALL_LATENCY, DISK_LATENCY, TCP_RTT, TCP_CONNECT_LATENCY] {
+            assert!(catalogue.iter().any(|d| d.name == family), "{family}");
+        }
+    }
 }
