@@ -174,17 +174,22 @@ impl Kernel {
             }
         }
 
-        let mut loader = EbpfLoader::new();
-        for (name, bytes) in globals.iter() {
-            loader.override_global(name, bytes, true);
-        }
         let log_level = klog::level();
-        loader.override_global(maps::GLOBAL_LOG_LEVEL, &log_level, true);
-        let mut ebpf = loader
-            .map_max_entries(maps::HIST, layout::hist_entries(ncpus) as u32)
-            .map_max_entries(maps::EVENTS, opts.ring_bytes)
-            .load(EBPF_OBJECT)
-            .map_err(load_error)?;
+        let mut ebpf = {
+            // The loader holds its own parse of the kernel's BTF (tens of MiB): dropped as soon
+            // as the object is loaded, before attaching parses it again.
+            let mut loader = EbpfLoader::new();
+            for (name, bytes) in globals.iter() {
+                loader.override_global(name, bytes, true);
+            }
+            loader
+                .override_global(maps::GLOBAL_LOG_LEVEL, &log_level, true)
+                .map_max_entries(maps::HIST, layout::hist_entries(ncpus) as u32)
+                .map_max_entries(maps::EVENTS, opts.ring_bytes)
+                .load(EBPF_OBJECT)
+                .map_err(load_error)?
+        };
+        release_freed_memory();
 
         let mut config: Array<_, RuntimeConfig> = Array::try_from(
             ebpf.map_mut(maps::CONFIG)
