@@ -5,7 +5,7 @@
 
 use crate::{
     histogram::LatencyStats,
-    snapshot::{Metric, Tags},
+    snapshot::{Kind, Metric, Tags},
 };
 
 /// How a family appears in a snapshot.
@@ -70,6 +70,14 @@ impl MetricDef {
             shape: Shape::Latency,
             tags,
             help,
+        }
+    }
+
+    /// The kind of every metric this family produces (a latency family's are gauges).
+    pub fn kind(&self) -> Kind {
+        match self.shape {
+            Shape::Counter => Kind::Counter,
+            Shape::Gauge | Shape::Latency => Kind::Gauge,
         }
     }
 

@@ -478,11 +478,7 @@ mod tests {
         for m in &out {
             let def = catalogue.iter().find(|d| d.produces(&m.name));
             let def = def.unwrap_or_else(|| panic!("{} is not in the catalogue", m.name));
-            let kind = match def.shape {
-                crate::catalogue::Shape::Counter => Kind::Counter,
-                _ => Kind::Gauge,
-            };
-            assert_eq!(m.kind, kind, "{}", m.name);
+            assert_eq!(m.kind, def.kind(), "{}", m.name);
         }
         // The fixture has every source, PSI `full` lines included: every family shows.
         for d in &catalogue {

@@ -18,6 +18,16 @@ pub enum Kind {
     Counter,
 }
 
+impl Kind {
+    /// As in the JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
+        }
+    }
+}
+
 /// Tags as (key, value) pairs, in a fixed order for stable output.
 pub type Tags = Vec<(&'static str, String)>;
 

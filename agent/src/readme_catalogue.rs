@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::catalogue::{LATENCY_SUFFIXES, Shape};
+use crate::catalogue::LATENCY_SUFFIXES;
 
 /// Expands `a.{x,y}_b` into `a.x_b`, `a.y_b`; `{...}` stands for the latency suffixes.
 fn expand(pattern: &str) -> Vec<String> {
@@ -53,12 +53,8 @@ fn the_readme_documents_exactly_the_catalogue() {
     assert!(readme.len() > 50, "parsed {} rows", readme.len());
     let mut code = BTreeMap::new();
     for def in crate::metric_catalogue() {
-        let kind = match def.shape {
-            Shape::Counter => "counter",
-            Shape::Gauge | Shape::Latency => "gauge",
-        };
         for n in def.names() {
-            code.insert(n, (kind.to_string(), def.tags.join(", ")));
+            code.insert(n, (def.kind().as_str().to_string(), def.tags.join(", ")));
         }
     }
     let undocumented: Vec<&String> = code.keys().filter(|n| !readme.contains_key(*n)).collect();

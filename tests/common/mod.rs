@@ -206,11 +206,7 @@ pub fn assert_in_catalogue(intervals: &[Value]) {
             .iter()
             .find(|d| d.produces(name))
             .unwrap_or_else(|| panic!("{name} is not in the metric catalogue"));
-        let kind = match def.shape {
-            ebpf_agent::catalogue::Shape::Counter => "counter",
-            _ => "gauge",
-        };
-        assert_eq!(m["kind"], kind, "kind of {name}");
+        assert_eq!(m["kind"], def.kind().as_str(), "kind of {name}");
         seen += 1;
     }
     assert!(seen > 0, "no metrics");
