@@ -140,24 +140,35 @@ pub fn emit(
 ) {
     send(
         Event {
-            kind: kind as u32,
-            pid,
-            tid,
-            cpu: cpu(),
-            latency_ns,
-            end_ns: now_ns(),
             key,
             op,
             ret,
-            comm,
-            saddr: [0; 16],
-            daddr: [0; 16],
-            sport: 0,
-            dport: 0,
-            _pad: 0,
+            ..event(kind, pid, tid, comm, latency_ns)
         },
         block,
     );
+}
+
+/// An event of `kind` ending now on this CPU; the kind's own fields zero.
+#[inline(always)]
+pub fn event(kind: EventKind, pid: u32, tid: u32, comm: [u8; 16], latency_ns: u64) -> Event {
+    Event {
+        kind: kind as u32,
+        pid,
+        tid,
+        cpu: cpu(),
+        latency_ns,
+        end_ns: now_ns(),
+        key: 0,
+        op: 0,
+        ret: 0,
+        comm,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        _pad: 0,
+    }
 }
 
 // ---- classic tracepoints: record fields at offsets from tracefs ----

@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 
 use crate::shared::{
-    config, count, cpu, field, kload, now_ns, pointer_key, read, record, record_head, send,
+    config, count, event, field, kload, now_ns, pointer_key, read, record, record_head, send,
 };
 
 #[map]
@@ -100,21 +100,12 @@ fn sock_state(
     let (family, sport, dport, saddr, daddr) = addrs()?;
     send(
         Event {
-            kind: kind as u32,
-            pid,
-            tid,
-            cpu: cpu(),
-            latency_ns,
-            end_ns: now_ns(),
-            key: 0,
             op: family as u32,
-            ret: 0,
-            comm,
             saddr,
             daddr,
             sport,
             dport,
-            _pad: 0,
+            ..event(kind, pid, tid, comm, latency_ns)
         },
         TCP,
     );
