@@ -20,13 +20,7 @@ pub async fn check() -> Result<ExitCode> {
     println!("{:<10} {:<4} {}", "kernel", "", release.trim());
     let has_btf = Path::new("/sys/kernel/btf/vmlinux").exists();
     let forced = probes::classic_forced();
-    // The probes with a BTF tracepoint variant, from the registry.
-    let btf_users = Probe::ALL
-        .into_iter()
-        .filter(|&p| probes::has_btf_variant(p))
-        .map(Probe::name)
-        .collect::<Vec<_>>()
-        .join(" and ");
+    let btf_users = probes::btf_capable_names();
     line(
         "btf",
         has_btf,

@@ -155,7 +155,7 @@ impl Collector {
             );
         }
         if self.procfs.is_some() {
-            metrics.push(self_metrics::PROBE_UP.level(vec![("probe", "procfs".into())], 1.0));
+            metrics.push(self_metrics::PROBE_UP.level(vec![("probe", PROCFS.into())], 1.0));
         }
         if self.kernel.is_some() {
             metrics.push(self_metrics::EVENTS.count(vec![], received));

@@ -12,8 +12,8 @@ use aya::{
 use thiserror::Error;
 
 use super::{
-    Attach, Globals, Probe, ProbeState, Program, Rows, btf, has_btf_variant, has_classic_variant,
-    klog,
+    Attach, Globals, Probe, ProbeState, Program, Rows, btf, btf_capable, btf_capable_names,
+    has_classic_variant, klog,
     table::{HistTable, RowDiff},
     tracefs,
 };
@@ -596,15 +596,11 @@ pub fn classic_forced() -> bool {
 /// Sets the BTF tracepoint programs' globals from the kernel's BTF, and returns the probes that
 /// can use them.
 fn prepare_btf(globals: &mut Globals) -> Vec<Probe> {
-    let candidates: Vec<Probe> = Probe::ALL
-        .into_iter()
-        .filter(|&p| has_btf_variant(p))
-        .collect();
+    let candidates = btf_capable();
     if candidates.is_empty() {
         return vec![];
     }
-    let names: Vec<&str> = candidates.iter().map(|p| p.name()).collect();
-    let classic = format!("{} use classic tracepoints", names.join(" and "));
+    let classic = format!("{} use classic tracepoints", btf_capable_names());
     if classic_forced() {
         tracing::info!("{CLASSIC_ENV}=1: {classic}");
         return vec![];

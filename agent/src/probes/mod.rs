@@ -262,8 +262,25 @@ fn has_variant(probe: Probe, f: impl Fn(&Attach) -> bool) -> bool {
         .any(|set| set.iter().any(|p| f(&p.attach)))
 }
 
-pub(crate) fn has_btf_variant(probe: Probe) -> bool {
+fn has_btf_variant(probe: Probe) -> bool {
     has_variant(probe, |a| matches!(a, Attach::Btf(_)))
+}
+
+/// The probes with a BTF tracepoint variant, in registry order.
+pub(crate) fn btf_capable() -> Vec<Probe> {
+    Probe::ALL
+        .into_iter()
+        .filter(|&p| has_btf_variant(p))
+        .collect()
+}
+
+/// Their names for people: "disk and tcp".
+pub(crate) fn btf_capable_names() -> String {
+    btf_capable()
+        .iter()
+        .map(|p| p.name())
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 pub(crate) fn has_classic_variant(probe: Probe) -> bool {
