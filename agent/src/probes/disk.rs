@@ -305,7 +305,7 @@ impl ProbeState for DiskState {
 use crate::snapshot::tags_include;
 use crate::watch::{
     layout::{Line, spark_width},
-    model::{Scale, disk_key, mark, named, sparkline, window},
+    model::{Scale, mark, named, sparkline, window},
     sections::{
         DISK_BYTES, DISK_FAMILY, DISK_LATENCY_P50, DISK_LATENCY_P99, DISK_OPS, SectionCtx, marked,
         probe_down,
@@ -339,10 +339,10 @@ fn watch_section(ctx: &SectionCtx) -> Vec<Line> {
         .filter(|m| m.name == DISK_OPS)
         .filter_map(|m| Some((m.tag("device")?.to_string(), m.tag("op")?.to_string())))
         .collect();
-    for k in h.active_keys("disk ") {
-        let mut parts = k["disk ".len()..].rsplitn(2, ' ');
-        if let (Some(op), Some(dev)) = (parts.next(), parts.next()) {
-            keys.push((dev.to_string(), op.to_string()));
+    for tags in h.active(DISK_OPS) {
+        let tag = |k: &str| tags.iter().find(|(t, _)| t == k).map(|(_, v)| v.clone());
+        if let (Some(dev), Some(op)) = (tag("device"), tag("op")) {
+            keys.push((dev, op));
         }
     }
     keys.sort();
@@ -367,7 +367,7 @@ fn watch_section(ctx: &SectionCtx) -> Vec<Line> {
                 format::sig(bytes / secs / 1e6, Column),
                 num(snap.value(DISK_LATENCY_P50, &tags)),
                 num(snap.value(DISK_LATENCY_P99, &tags)),
-                sparkline(&h.points(&disk_key(&dev, &op)), spark_w, Scale::FromZero)
+                sparkline(&h.points(DISK_OPS, &tags), spark_w, Scale::FromZero)
             ),
         ));
     }

@@ -238,7 +238,7 @@ fn addr(family: u32, raw: &[u8; 16]) -> IpAddr {
 
 use crate::watch::{
     layout::{Line, kv_row},
-    model::{Scale, mark, named, tcp_key},
+    model::{Scale, mark, named},
     sections::{
         SectionCtx, TCP_CONNECT_LATENCY_FAMILY, TCP_CONNECT_LATENCY_P99, TCP_COUNTERS,
         TCP_RTT_FAMILY, TCP_RTT_P50, TCP_RTT_P99, probe_down,
@@ -261,7 +261,7 @@ fn watch_section(ctx: &SectionCtx) -> Vec<Line> {
             m,
             &format!("{key}/s"),
             &format::count(v),
-            &h.points(&tcp_key(key)),
+            &h.points(name, &[]),
             Scale::FromZero,
             width,
         ));
@@ -274,7 +274,7 @@ fn watch_section(ctx: &SectionCtx) -> Vec<Line> {
         mark(snap, |a| named(a, TCP_RTT_FAMILY)),
         "rtt p50 / p99 µs",
         &format!("{} / {}", q(TCP_RTT_P50), q(TCP_RTT_P99)),
-        &h.points("tcp.rtt.p99"),
+        &h.points(TCP_RTT_P99, &[]),
         Scale::FromZero,
         width,
     ));
@@ -282,7 +282,7 @@ fn watch_section(ctx: &SectionCtx) -> Vec<Line> {
         mark(snap, |a| named(a, TCP_CONNECT_LATENCY_FAMILY)),
         "connect p99 µs",
         &q(TCP_CONNECT_LATENCY_P99),
-        &h.points("tcp.connect.p99"),
+        &h.points(TCP_CONNECT_LATENCY_P99, &[]),
         Scale::FromZero,
         width,
     ));

@@ -7,19 +7,17 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::sections::{
-    AGENT_PROBE_UP, DISK_OPS, LEVELS, SYSCALL_COUNT, SYSCALL_LATENCY_MEAN, TCP_COUNTERS,
-};
+use super::sections::{AGENT_PROBE_UP, SYSCALL_COUNT, SYSCALL_LATENCY_MEAN};
 use crate::{
     anomaly::State,
     probes::EventView,
-    snapshot::{Anomaly, Snapshot},
+    snapshot::{Anomaly, Kind, Snapshot},
 };
 
 /// Points of history per key (one per interval): a minute at the default interval.
 pub const HISTORY: usize = 60;
 /// Keys with history kept at most; the least recently active go first.
-pub const MAX_KEYS: usize = 256;
+pub const MAX_KEYS: usize = 2048;
 const SPARKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
 
 // ------------------------------------------------------------------------------------------------
@@ -75,100 +73,95 @@ struct Series {
     rate: bool,
     /// Last tick with a non-zero value (for eviction).
     active: u64,
+    name: String,
+    tags: Vec<(String, String)>,
 }
 
-/// The last [`HISTORY`] values of every row's sparkline, bounded to [`MAX_KEYS`] keys.
+/// The last [`HISTORY`] values of every metric the snapshots carry, bounded to [`MAX_KEYS`]
+/// series: counters as per-second rates, gauges as levels. Nothing here names a metric, so a
+/// new probe's rows get sparklines without touching this.
 #[derive(Default)]
 pub struct History {
     series: HashMap<String, Series>,
     tick: u64,
 }
 
-pub(super) fn syscall_key(name: &str) -> String {
-    format!("syscall {name}")
-}
-
-pub(crate) fn disk_key(device: &str, op: &str) -> String {
-    format!("disk {device} {op}")
-}
-
-pub(crate) fn tcp_key(counter: &str) -> String {
-    format!("tcp.{counter}")
+/// A series' key: the metric's name and its tags, sorted (callers need not know their order).
+fn series_key<'a>(name: &str, tags: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut tags: Vec<_> = tags.into_iter().collect();
+    tags.sort_unstable();
+    let mut k = name.to_string();
+    for (t, v) in tags {
+        k.push('\0');
+        k.push_str(t);
+        k.push('=');
+        k.push_str(v);
+    }
+    k
 }
 
 impl History {
-    /// Appends one interval: per-second rates of syscalls, disk ops and TCP counters, and levels.
+    /// Appends one interval.
     pub fn record(&mut self, snap: &Snapshot) {
         let secs = snap.interval.as_secs_f64().max(1e-9);
-        let mut now: Vec<(String, f64, bool)> = Vec::new();
-        for m in &snap.metrics {
-            match m.name.as_str() {
-                SYSCALL_COUNT => {
-                    if let Some(s) = m.tag("syscall") {
-                        now.push((syscall_key(s), m.value / secs, true));
-                    }
-                }
-                DISK_OPS => {
-                    if let (Some(d), Some(op)) = (m.tag("device"), m.tag("op")) {
-                        now.push((disk_key(d, op), m.value / secs, true));
-                    }
-                }
-                name => {
-                    if let Some((key, _)) = TCP_COUNTERS.iter().find(|(_, n)| *n == name) {
-                        now.push((tcp_key(key), m.value / secs, true));
-                    } else if let Some((key, _)) = LEVELS.iter().find(|(_, n)| *n == name) {
-                        now.push((key.to_string(), m.value, false));
-                    }
-                }
-            }
-        }
         self.tick += 1;
         let tick = self.tick;
         let mut seen = HashSet::new();
-        for (key, v, rate) in now {
-            let s = self.series.entry(key.clone()).or_insert_with(|| Series {
+        for m in &snap.metrics {
+            let rate = m.kind == Kind::Counter;
+            let v = if rate { m.value / secs } else { m.value };
+            let key = series_key(&m.name, m.tags.iter().map(|(t, v)| (*t, v.as_str())));
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            let s = self.series.entry(key).or_insert_with(|| Series {
                 points: VecDeque::with_capacity(HISTORY),
                 rate,
                 active: tick,
+                name: m.name.clone(),
+                tags: m
+                    .tags
+                    .iter()
+                    .map(|(t, v)| (t.to_string(), v.clone()))
+                    .collect(),
             });
             push_bounded(&mut s.points, v);
-            if v != 0.0 {
+            if v != 0.0 && v.is_finite() {
                 s.active = tick;
             }
-            seen.insert(key);
         }
         for (key, s) in &mut self.series {
             if !seen.contains(key) {
                 push_bounded(&mut s.points, if s.rate { 0.0 } else { f64::NAN });
             }
         }
-        while self.series.len() > MAX_KEYS {
-            let Some(oldest) = self
-                .series
-                .iter()
-                .min_by(|a, b| a.1.active.cmp(&b.1.active).then(a.0.cmp(b.0)))
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            self.series.remove(&oldest);
+        if self.series.len() > MAX_KEYS {
+            // Least recently active first; ties by key, so eviction is deterministic.
+            let excess = self.series.len() - MAX_KEYS;
+            let mut by_age: Vec<(u64, &String)> =
+                self.series.iter().map(|(k, s)| (s.active, k)).collect();
+            by_age.select_nth_unstable(excess - 1);
+            let gone: Vec<String> = by_age[..excess].iter().map(|(_, k)| (*k).clone()).collect();
+            for k in gone {
+                self.series.remove(&k);
+            }
         }
     }
 
-    /// The key's points, oldest first (empty when unknown).
-    pub fn points(&self, key: &str) -> Vec<f64> {
+    /// The points of metric `name` with exactly these tags, oldest first (empty when unknown).
+    pub fn points(&self, name: &str, tags: &[(&str, &str)]) -> Vec<f64> {
         self.series
-            .get(key)
+            .get(&series_key(name, tags.iter().copied()))
             .map(|s| s.points.iter().copied().collect())
             .unwrap_or_default()
     }
 
-    /// Keys starting with `prefix` that were non-zero at least once in the window.
-    pub(crate) fn active_keys(&self, prefix: &str) -> Vec<&str> {
+    /// The tag sets of metric `name` that were non-zero at least once in the window.
+    pub(crate) fn active(&self, name: &str) -> Vec<&[(String, String)]> {
         self.series
-            .iter()
-            .filter(|(k, s)| k.starts_with(prefix) && s.points.iter().any(|&v| v > 0.0))
-            .map(|(k, _)| k.as_str())
+            .values()
+            .filter(|s| s.name == name && s.points.iter().any(|&v| v > 0.0))
+            .map(|s| s.tags.as_slice())
             .collect()
     }
 
@@ -396,12 +389,15 @@ mod tests {
             }
             h.record(&snap(m));
         }
-        let read = h.points("syscall read");
+        let read = h.points(SYSCALL_COUNT, &[("syscall", "read")]);
         assert_eq!(read.len(), HISTORY);
         // Absent rates are 0, present ones per second.
         assert!(read.iter().all(|&v| v == 0.0 || v == 10.0));
         assert_eq!(read.iter().filter(|&&v| v == 0.0).count(), HISTORY / 2);
-        assert_eq!(h.points("mem.used").last(), Some(&((HISTORY + 9) as f64)));
+        assert_eq!(
+            h.points("mem.used_bytes", &[]).last(),
+            Some(&((HISTORY + 9) as f64))
+        );
 
         // Many distinct keys: only MAX_KEYS stay, the most recently active ones.
         let mut h = History::default();
@@ -409,11 +405,42 @@ mod tests {
             h.record(&snap(syscall(&format!("sys_{i}"), 1, 1.0, 1.0, 0)));
         }
         assert_eq!(h.len(), MAX_KEYS);
-        assert!(h.points(&syscall_key("sys_0")).is_empty());
+        assert!(h.points(SYSCALL_COUNT, &[("syscall", "sys_0")]).is_empty());
         assert!(
-            !h.points(&syscall_key(&format!("sys_{}", MAX_KEYS + 49)))
-                .is_empty()
+            !h.points(
+                SYSCALL_COUNT,
+                &[("syscall", &format!("sys_{}", MAX_KEYS + 49))]
+            )
+            .is_empty()
         );
+    }
+
+    #[test]
+    fn every_metric_gets_a_series_without_being_named_here() {
+        // A family watch has never heard of: counters become per-second rates (0 when absent),
+        // gauges levels (unknown when absent), each tag set its own series.
+        let counter = |cg: &str, v: f64| Metric {
+            name: "some.new.count".into(),
+            tags: vec![("cgroup", cg.to_string())],
+            kind: Kind::Counter,
+            value: v,
+        };
+        let mut h = History::default();
+        h.record(&snap(vec![
+            counter("a", 4.0),
+            counter("b", 0.0),
+            Metric::gauge("some.new.level_us", vec![], 7.0),
+        ]));
+        h.record(&snap(vec![counter("a", 2.0)]));
+        assert_eq!(h.points("some.new.count", &[("cgroup", "a")]), [4.0, 2.0]);
+        assert_eq!(h.points("some.new.count", &[("cgroup", "b")]), [0.0, 0.0]);
+        let level = h.points("some.new.level_us", &[]);
+        assert_eq!(level[0], 7.0);
+        assert!(level[1].is_nan());
+        // Only tag sets that were non-zero in the window count as active.
+        let active = h.active("some.new.count");
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0], [("cgroup".to_string(), "a".to_string())]);
     }
 
     #[test]

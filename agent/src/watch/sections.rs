@@ -11,8 +11,7 @@ use agent_core::format::{self, Style::Column};
 use super::{
     layout::{Line, event_header, event_row, kv_row, spark_width},
     model::{
-        History, Mark, Scale, TimedEvent, mark, named, probe_state, sparkline, syscall_key,
-        syscall_rows, window,
+        History, Mark, Scale, TimedEvent, mark, named, probe_state, sparkline, syscall_rows, window,
     },
 };
 use crate::{
@@ -82,18 +81,6 @@ pub(crate) const TCP_COUNTERS: [(&str, &str); 4] = [
     ("accepts", TCP_ACCEPTS),
     ("retransmits", TCP_RETRANSMITS),
     ("resets", TCP_RESETS),
-];
-/// Levels kept in history besides the rates: `(key, metric)`.
-pub(crate) const LEVELS: [(&str, &str); 9] = [
-    ("mem.used", MEM_USED),
-    ("mem.available", MEM_AVAILABLE),
-    ("swap.used", SWAP_USED),
-    ("cpu.iowait", CPU_IOWAIT_PCT),
-    ("psi.cpu", PSI[0].1),
-    ("psi.io", PSI[1].1),
-    ("psi.memory", PSI[2].1),
-    ("tcp.rtt.p99", TCP_RTT_P99),
-    ("tcp.connect.p99", TCP_CONNECT_LATENCY_P99),
 ];
 
 // ------------------------------------------------------------------------------------------------
@@ -177,7 +164,11 @@ pub fn syscall_section(ctx: &SectionCtx) -> Vec<Line> {
                 num(p99),
                 format::count(errors / secs),
                 format::number(r.total_us / 1000.0 / secs, Column),
-                sparkline(&h.points(&syscall_key(r.name)), spark_w, Scale::FromZero)
+                sparkline(
+                    &h.points(SYSCALL_COUNT, &[("syscall", r.name)]),
+                    spark_w,
+                    Scale::FromZero
+                )
             ),
         ));
     }
@@ -201,7 +192,7 @@ pub fn memory_section(ctx: &SectionCtx) -> Vec<Line> {
         mark(snap, |a| named(a, MEM_USED)),
         "mem used",
         &of(v(MEM_USED), v(MEM_TOTAL)),
-        &h.points("mem.used"),
+        &h.points(MEM_USED, &[]),
         Scale::Range,
         width,
     ));
@@ -209,7 +200,7 @@ pub fn memory_section(ctx: &SectionCtx) -> Vec<Line> {
         mark(snap, |a| named(a, MEM_AVAILABLE)),
         "mem available",
         &v(MEM_AVAILABLE).map_or("-".into(), bytes),
-        &h.points("mem.available"),
+        &h.points(MEM_AVAILABLE, &[]),
         Scale::Range,
         width,
     ));
@@ -217,7 +208,7 @@ pub fn memory_section(ctx: &SectionCtx) -> Vec<Line> {
         mark(snap, |a| named(a, SWAP_USED)),
         "swap used",
         &of(v(SWAP_USED), v(SWAP_TOTAL)),
-        &h.points("swap.used"),
+        &h.points(SWAP_USED, &[]),
         Scale::Range,
         width,
     ));
@@ -225,7 +216,7 @@ pub fn memory_section(ctx: &SectionCtx) -> Vec<Line> {
         mark(snap, |a| named(a, CPU_IOWAIT_PCT)),
         "cpu iowait %",
         &v(CPU_IOWAIT_PCT).map_or("-".into(), |p| format::sig(p, Column)),
-        &h.points("cpu.iowait"),
+        &h.points(CPU_IOWAIT_PCT, &[]),
         Scale::FromZero,
         width,
     ));
@@ -235,7 +226,7 @@ pub fn memory_section(ctx: &SectionCtx) -> Vec<Line> {
                 mark(snap, |a| named(a, family)),
                 &format!("psi {res} some avg10 %"),
                 &format::sig(p, Column),
-                &h.points(&format!("psi.{res}")),
+                &h.points(metric, &[]),
                 Scale::FromZero,
                 width,
             ));
