@@ -86,8 +86,9 @@ impl Block {
 pub const SYSCALL: Block = Block::first(probes::syscall::ROWS);
 pub const DISK: Block = SYSCALL.then(probes::disk::ROWS);
 pub const TCP: Block = DISK.then(probes::tcp::ROWS);
+pub const RUNQ: Block = TCP.then(probes::runq::ROWS);
 /// Rows per CPU slice.
-pub const ROWS: usize = TCP.end();
+pub const ROWS: usize = RUNQ.end();
 
 /// u64 cells per CPU slice.
 pub const CPU_STRIDE: usize = ROWS * ROW_LEN;
@@ -131,7 +132,8 @@ mod tests {
         assert_eq!(SYSCALL.start, 0);
         assert_eq!(DISK.start, SYSCALL.end());
         assert_eq!(TCP.start, DISK.end());
-        assert_eq!(ROWS, TCP.end());
+        assert_eq!(RUNQ.start, TCP.end());
+        assert_eq!(ROWS, RUNQ.end());
         assert_eq!(SYSCALL.counters(), DISK.start - 1);
     }
 }

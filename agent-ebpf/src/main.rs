@@ -10,6 +10,7 @@
 
 mod disk;
 mod floor;
+mod runq;
 mod shared;
 mod syscall;
 mod tcp;

@@ -190,7 +190,7 @@ tags = ["env=prod"]
             .into_iter()
             .filter(|s| r.source_on(s))
             .collect();
-        assert_eq!(on, ["syscall", "tcp", "procfs"]);
+        assert_eq!(on, ["syscall", "tcp", "runq", "procfs"]);
         assert!(!r.enable.slow_events);
         assert_eq!(r.sinks.statsd, vec!["127.0.0.1:8125"]);
         assert_eq!(r.sinks.prefix, "filepfx");
@@ -345,9 +345,9 @@ tags = ["env=prod"]
                 "{new}: {e}"
             );
         }
-        // The lines the defects were measured at.
-        assert_eq!(example_line("statsd = ["), 42);
-        assert_eq!(example_line("max_keys"), 74);
+        // The lines the defects were measured at (42 and 74 then; `runq = true` came since).
+        assert_eq!(example_line("statsd = ["), 43);
+        assert_eq!(example_line("max_keys"), 75);
     }
 
     #[test]

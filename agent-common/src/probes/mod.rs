@@ -4,5 +4,6 @@
 
 pub mod disk;
 pub mod floor;
+pub mod runq;
 pub mod syscall;
 pub mod tcp;

@@ -8,7 +8,7 @@
 //! down with one warning, and the others run. Without BPF privilege nothing loads and the agent
 //! runs procfs-only.
 //!
-//! A probe may have several program sets: disk and tcp prefer BTF tracepoints (kernel structs
+//! A probe may have several program sets: disk, tcp and runq prefer BTF tracepoints (kernel structs
 //! read at offsets from the kernel's BTF, no per-event record, no tracefs) and fall back to the
 //! classic tracepoints (field offsets from tracefs) when the BTF lacks a member or the BTF set
 //! does not load.
@@ -18,6 +18,7 @@ pub(crate) mod disk;
 pub(crate) mod events;
 mod kernel;
 pub(crate) mod klog;
+pub(crate) mod runq;
 pub(crate) mod syscall;
 mod table;
 pub(crate) mod tcp;
@@ -42,7 +43,7 @@ use crate::{
 pub use agent_core::events::EventView;
 
 /// Every probe, in table order (`agent_common::layout` allocates their rows in the same order).
-const REGISTRY: &[&dyn ProbeDef] = &[&syscall::Syscall, &disk::Disk, &tcp::Tcp];
+const REGISTRY: &[&dyn ProbeDef] = &[&syscall::Syscall, &disk::Disk, &tcp::Tcp, &runq::Runq];
 
 /// What a probe is, to the rest of the agent. Implemented once per probe module.
 pub trait ProbeDef: Sync {
@@ -274,13 +275,13 @@ pub(crate) fn btf_capable() -> Vec<Probe> {
         .collect()
 }
 
-/// Their names for people: "disk and tcp".
+/// Their names for people: "disk, tcp and runq".
 pub(crate) fn btf_capable_names() -> String {
-    btf_capable()
-        .iter()
-        .map(|p| p.name())
-        .collect::<Vec<_>>()
-        .join(" and ")
+    let names: Vec<&str> = btf_capable().iter().map(|p| p.name()).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => names.join(""),
+    }
 }
 
 pub(crate) fn has_classic_variant(probe: Probe) -> bool {
