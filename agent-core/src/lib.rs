@@ -7,6 +7,7 @@
 
 pub mod anomaly;
 pub mod catalogue;
+pub mod cgroup;
 pub mod detection;
 pub mod events;
 pub mod format;

@@ -59,7 +59,7 @@ enum Cmd {
         /// Where to write the JSON results (relative to the workspace root).
         #[arg(long, default_value = "bench-results/bench.json")]
         out: PathBuf,
-        /// Only these sections (comma-separated): syscalls, disk, disk_loop, tcp,
+        /// Only these sections (comma-separated): syscalls, disk, disk_loop, tcp, runq,
         /// agent_itself, ring_buffer, accuracy_sleep, accuracy_disk, kernel_costs,
         /// kernel_costs_peers.
         #[arg(long, value_delimiter = ',')]

@@ -37,6 +37,8 @@ pub(super) enum Cfg {
     Syscount,
     Bpftrace,
     Biolatency(Vec<&'static str>),
+    /// libbpf-tools `runqlat` (one histogram of run-queue latency, as the agent's runq probe).
+    Runqlat,
 }
 
 /// The bpftrace one-liner: a latency histogram per syscall from raw_syscalls enter/exit.
@@ -149,6 +151,16 @@ impl Bench {
                     Ready::Stdout("Tracing block device"),
                     secs(30),
                 )?;
+                (Some(h), 300, None)
+            }
+            Cfg::Runqlat => {
+                // It finds the sched tracepoints through tracefs, which is not mounted at boot.
+                let _ = Command::new("mount")
+                    .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+                let c = line_buffered(tool(&self.tools.runqlat, "runqlat")?);
+                let h = Helper::start("runqlat", c, Ready::Stdout("Tracing run queue"), secs(30))?;
                 (Some(h), 300, None)
             }
         };

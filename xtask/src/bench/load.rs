@@ -264,6 +264,45 @@ pub fn tcp_ping_pong(d: Duration) -> Result<f64> {
     result
 }
 
+/// Two threads pinned to `cpu` passing a byte back and forth through pipes for `d`: every
+/// round trip is two context switches, each ending a run-queue wait. Round trips per second.
+pub fn pipe_ping_pong(cpu: usize, d: Duration) -> Result<f64> {
+    fn pipe() -> Result<(fs::File, fs::File)> {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for the two descriptors pipe writes.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("pipe");
+        }
+        // SAFETY: two fresh descriptors, each owned by one File from here on.
+        Ok(unsafe { (fs::File::from_raw_fd(fds[1]), fs::File::from_raw_fd(fds[0])) })
+    }
+    let (mut to_b, mut from_a) = pipe()?;
+    let (mut to_a, mut from_b) = pipe()?;
+    let echo = thread::spawn(move || {
+        pinned(cpu, move || {
+            let mut byte = [0u8];
+            // Ends when the other side closes its end.
+            while from_a.read_exact(&mut byte).is_ok() && to_a.write_all(&byte).is_ok() {}
+        })
+    });
+    let rate = pinned(cpu, move || -> Result<f64> {
+        let mut byte = [7u8];
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < d {
+            for _ in 0..256 {
+                to_b.write_all(&byte)?;
+                from_b.read_exact(&mut byte)?;
+            }
+            n += 256;
+        }
+        Ok(n as f64 / start.elapsed().as_secs_f64())
+    });
+    echo.join().expect("echo thread panicked");
+    rate
+}
+
 /// One fio run's figures.
 pub struct Fio {
     pub iops: f64,

@@ -18,6 +18,7 @@ mod load;
 pub(crate) mod proc;
 mod report;
 mod ring_buffer;
+mod runq;
 mod stats;
 mod syscalls;
 mod tcp;
@@ -130,11 +131,12 @@ pub struct Options {
 }
 
 /// The sections, in the order they run.
-pub const SECTIONS: [&str; 10] = [
+pub const SECTIONS: [&str; 11] = [
     "syscalls",
     "disk",
     "disk_loop",
     "tcp",
+    "runq",
     "agent_itself",
     "ring_buffer",
     "accuracy_sleep",
@@ -184,6 +186,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         Bench::disk,
         Bench::disk_loop,
         Bench::tcp,
+        Bench::runq,
         Bench::agent_itself,
         Bench::ring_buffer,
         Bench::accuracy_sleep,

@@ -11,14 +11,16 @@ use std::{
 pub(super) struct Tools {
     pub(super) syscount: Option<PathBuf>,
     pub(super) biolatency: Option<PathBuf>,
+    pub(super) runqlat: Option<PathBuf>,
     pub(super) bpftrace: Option<PathBuf>,
     pub(super) bpftool: Option<PathBuf>,
     pub(super) fio: Option<PathBuf>,
 }
 
 /// Debian packages and the command each provides.
-const PEERS: [(&str, &str); 5] = [
+const PEERS: [(&str, &str); 6] = [
     ("syscount", "libbpf-tools"),
+    ("runqlat", "libbpf-tools"),
     ("biolatency", "libbpf-tools"),
     ("bpftrace", "bpftrace"),
     ("fio", "fio"),
@@ -30,6 +32,7 @@ impl Tools {
         Tools {
             syscount: find_tool("syscount", "libbpf-tools"),
             biolatency: find_tool("biolatency", "libbpf-tools"),
+            runqlat: find_tool("runqlat", "libbpf-tools"),
             bpftrace: find_tool("bpftrace", "bpftrace"),
             fio: find_tool("fio", "fio"),
             bpftool: find_tool("bpftool", "bpftool"),

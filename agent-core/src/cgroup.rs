@@ -1,0 +1,406 @@
+//! Readable names for cgroups, for per-container attribution: the kernel tags work with the
+//! task's cgroup v2 id (`bpf_get_current_cgroup_id`, the inode number of the cgroup's
+//! directory in the unified hierarchy); this module turns an id into a path below the
+//! hierarchy's root and a path into what a person calls it:
+//!
+//! - Kubernetes pods, with either kubelet cgroup driver (systemd:
+//!   `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/cri-containerd-<id>.scope`;
+//!   cgroupfs: `kubepods/burstable/pod<uid>/<id>`): `namespace/pod/container`, the pod found by
+//!   its UID in the node's pod log directory (`/var/log/pods/<namespace>_<pod>_<uid>/<container>/`)
+//!   and the container by its id in `/var/log/containers/<pod>_<namespace>_<container>-<id>.log`
+//!   (no API server needed). A pod-level cgroup is `namespace/pod`.
+//! - Other containers: `docker-<id12>`, `cri-containerd-<id12>`, `crio-<id12>`, `libpod-<id12>`.
+//! - Anything else: the path below the root (`system.slice/nginx.service`, `batch/app`); the
+//!   root itself is `/`.
+
+use std::{
+    collections::HashMap,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+/// Directories visited at most when indexing a hierarchy (a node with thousands of pods has
+/// tens of thousands of cgroups; beyond this the rest stays unnamed and is counted).
+pub const MAX_CGROUPS: usize = 65_536;
+
+/// Where the cgroup v2 hierarchy is mounted below `sys_fs_cgroup` (usually `/sys/fs/cgroup`):
+/// the mount itself on a pure v2 host, `unified/` on a hybrid one; `None` on v1 alone.
+pub fn v2_root(sys_fs_cgroup: &Path) -> Option<PathBuf> {
+    [sys_fs_cgroup.to_path_buf(), sys_fs_cgroup.join("unified")]
+        .into_iter()
+        .find(|p| p.join("cgroup.controllers").is_file())
+}
+
+/// cgroup id → path below the root, from one walk of the hierarchy.
+#[derive(Debug, Default)]
+pub struct Index {
+    by_id: HashMap<u64, String>,
+    /// Directories left out beyond [`MAX_CGROUPS`].
+    pub truncated: usize,
+}
+
+impl Index {
+    /// Walks the hierarchy at `root` (a cgroup id is its directory's inode number).
+    pub fn scan(root: &Path) -> Index {
+        let mut ix = Index::default();
+        let mut todo = vec![(root.to_path_buf(), String::new())];
+        while let Some((dir, rel)) = todo.pop() {
+            let Ok(meta) = fs::metadata(&dir) else {
+                continue;
+            };
+            if ix.by_id.len() >= MAX_CGROUPS {
+                ix.truncated += 1;
+                continue;
+            }
+            ix.by_id.insert(meta.ino(), rel.clone());
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let child = if rel.is_empty() {
+                        name
+                    } else {
+                        format!("{rel}/{name}")
+                    };
+                    todo.push((e.path(), child));
+                }
+            }
+        }
+        ix
+    }
+
+    /// The path below the root of cgroup `id` ("" for the root), if it existed at the scan.
+    pub fn path(&self, id: u64) -> Option<&str> {
+        self.by_id.get(&id).map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+/// A pod known from the node's log directories.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Pod {
+    namespace: String,
+    name: String,
+    containers: Vec<String>,
+}
+
+/// Pods and containers of this node, from `/var/log/pods` and `/var/log/containers`.
+#[derive(Clone, Debug, Default)]
+pub struct Pods {
+    /// Pod UID (with dashes) → pod.
+    by_uid: HashMap<String, Pod>,
+    /// Container id (full) → container name.
+    containers: HashMap<String, String>,
+}
+
+impl Pods {
+    /// Reads `pods_dir` (`<namespace>_<pod>_<uid>/<container>/`) and, when given,
+    /// `containers_dir` (`<pod>_<namespace>_<container>-<id>.log`). Missing directories give
+    /// an empty set: names then fall back to container ids.
+    pub fn load(pods_dir: &Path, containers_dir: Option<&Path>) -> Pods {
+        let mut pods = Pods::default();
+        for e in fs::read_dir(pods_dir).into_iter().flatten().flatten() {
+            let dir = e.file_name().to_string_lossy().into_owned();
+            // Namespaces and pod names cannot hold '_': the split is unambiguous.
+            let mut parts = dir.splitn(3, '_');
+            let (Some(ns), Some(pod), Some(uid)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let mut containers: Vec<String> = fs::read_dir(e.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|c| c.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|c| c.file_name().to_string_lossy().into_owned())
+                .collect();
+            containers.sort();
+            pods.by_uid.insert(
+                uid.to_string(),
+                Pod {
+                    namespace: ns.to_string(),
+                    name: pod.to_string(),
+                    containers,
+                },
+            );
+        }
+        for e in containers_dir
+            .and_then(|d| fs::read_dir(d).ok())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let Some(stem) = file.strip_suffix(".log") else {
+                continue;
+            };
+            let Some((head, id)) = stem.rsplit_once('-') else {
+                continue;
+            };
+            let Some(container) = head.splitn(3, '_').nth(2) else {
+                continue;
+            };
+            pods.containers
+                .insert(id.to_string(), container.to_string());
+        }
+        pods
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_uid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_uid.is_empty()
+    }
+}
+
+/// Container runtimes' scope prefixes (systemd driver) and the name kept for them.
+const RUNTIMES: [&str; 4] = ["cri-containerd-", "docker-", "crio-", "libpod-"];
+
+fn is_hex_id(s: &str) -> bool {
+    s.len() >= 12 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A container cgroup's (runtime, full id): `cri-containerd-<id>.scope` (systemd driver),
+/// or a bare id (cgroupfs driver; Docker's `docker/<id>`).
+fn container_of(segment: &str, parent: Option<&str>) -> Option<(&'static str, String)> {
+    let seg = segment.strip_suffix(".scope").unwrap_or(segment);
+    for rt in RUNTIMES {
+        if let Some(id) = seg.strip_prefix(rt).filter(|id| is_hex_id(id)) {
+            return Some((rt, id.to_string()));
+        }
+    }
+    if is_hex_id(seg) && seg.len() == 64 {
+        let rt = if parent == Some("docker") {
+            "docker-"
+        } else {
+            ""
+        };
+        return Some((rt, seg.to_string()));
+    }
+    None
+}
+
+/// A pod cgroup's UID: `kubepods-<qos>-pod<uid_with_underscores>.slice` (systemd driver) or
+/// `pod<uid>` (cgroupfs driver).
+fn pod_uid_of(segment: &str) -> Option<String> {
+    let s = segment.strip_suffix(".slice").unwrap_or(segment);
+    let uid = &s[s.rfind("pod")? + 3..];
+    (uid.len() == 36 || uid.len() == 32).then(|| uid.replace('_', "-"))
+}
+
+/// What a person calls the cgroup at `path` below the root (see the module's rules).
+pub fn readable(path: &str, pods: &Pods) -> String {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if segs.is_empty() {
+        return "/".into();
+    }
+    let kube = segs.first().is_some_and(|s| s.starts_with("kubepods"));
+    let pod = kube
+        .then(|| {
+            segs.iter()
+                .enumerate()
+                .find_map(|(i, s)| Some((i, pod_uid_of(s)?)))
+        })
+        .flatten();
+    let last = segs.len() - 1;
+    let parent = last.checked_sub(1).map(|i| segs[i]);
+    let container = container_of(segs[last], parent);
+    if let Some((at, uid)) = &pod
+        && let Some(p) = pods.by_uid.get(uid)
+    {
+        let base = format!("{}/{}", p.namespace, p.name);
+        return match &container {
+            Some((_, id)) if *at < last => {
+                let name = pods.containers.get(id).cloned().or_else(|| {
+                    // A pod with one container: its only log directory names it.
+                    (p.containers.len() == 1).then(|| p.containers[0].clone())
+                });
+                format!("{base}/{}", name.unwrap_or_else(|| id[..12].to_string()))
+            }
+            _ => base,
+        };
+    }
+    match container {
+        Some((rt, id)) => format!("{rt}{}", &id[..12]),
+        None => segs.join("/"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "0d4b2c2e-5f3a-4b8e-9c1d-2e3f4a5b6c7d";
+    const CID: &str = "4f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
+
+    fn fixture() -> (tempdir::Dir, Pods) {
+        let d = tempdir::Dir::new("pods");
+        let pod = d.path().join(format!("shop_checkout-7d9f_{UID}"));
+        fs::create_dir_all(pod.join("app")).unwrap();
+        fs::create_dir_all(pod.join("istio-proxy")).unwrap();
+        let single = d
+            .path()
+            .join("kube-system_coredns-abc_11111111-2222-3333-4444-555555555555");
+        fs::create_dir_all(single.join("coredns")).unwrap();
+        fs::create_dir_all(d.path().join("not-a-pod-dir")).unwrap();
+        let logs = d.path().join("containers");
+        fs::create_dir_all(&logs).unwrap();
+        fs::write(logs.join(format!("checkout-7d9f_shop_app-{CID}.log")), "").unwrap();
+        let pods = Pods::load(d.path(), Some(&logs));
+        (d, pods)
+    }
+
+    #[test]
+    fn kubernetes_pods_by_either_cgroup_driver() {
+        let (_d, pods) = fixture();
+        let uid_ = UID.replace('-', "_");
+        let systemd = format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{CID}.scope"
+        );
+        assert_eq!(readable(&systemd, &pods), "shop/checkout-7d9f/app");
+        let cgroupfs = format!("kubepods/burstable/pod{UID}/{CID}");
+        assert_eq!(readable(&cgroupfs, &pods), "shop/checkout-7d9f/app");
+        // Guaranteed QoS pods sit right under kubepods.
+        let guaranteed =
+            format!("kubepods.slice/kubepods-pod{uid_}.slice/cri-containerd-{CID}.scope");
+        assert_eq!(readable(&guaranteed, &pods), "shop/checkout-7d9f/app");
+        // The pod's own cgroup.
+        assert_eq!(
+            readable(&format!("kubepods/burstable/pod{UID}"), &pods),
+            "shop/checkout-7d9f"
+        );
+        // A container id /var/log/containers does not list: its pod's only container, else
+        // the short id.
+        let other = "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789";
+        assert_eq!(
+            readable(
+                &format!("kubepods/besteffort/pod11111111-2222-3333-4444-555555555555/{other}"),
+                &pods
+            ),
+            "kube-system/coredns-abc/coredns"
+        );
+        assert_eq!(
+            readable(&format!("kubepods/burstable/pod{UID}/{other}"), &pods),
+            "shop/checkout-7d9f/abcdef012345"
+        );
+    }
+
+    #[test]
+    fn unknown_pods_and_other_containers_by_short_id() {
+        let pods = Pods::default();
+        let uid_ = UID.replace('-', "_");
+        assert_eq!(
+            readable(
+                &format!(
+                    "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{CID}.scope"
+                ),
+                &pods
+            ),
+            "cri-containerd-4f1e2d3c4b5a"
+        );
+        assert_eq!(
+            readable(&format!("system.slice/docker-{CID}.scope"), &pods),
+            "docker-4f1e2d3c4b5a"
+        );
+        assert_eq!(
+            readable(&format!("docker/{CID}"), &pods),
+            "docker-4f1e2d3c4b5a"
+        );
+        assert_eq!(
+            readable(&format!("machine.slice/libpod-{CID}.scope"), &pods),
+            "libpod-4f1e2d3c4b5a"
+        );
+    }
+
+    #[test]
+    fn plain_paths_and_the_root() {
+        let pods = Pods::default();
+        assert_eq!(readable("", &pods), "/");
+        assert_eq!(readable("/", &pods), "/");
+        assert_eq!(
+            readable("system.slice/nginx.service", &pods),
+            "system.slice/nginx.service"
+        );
+        assert_eq!(readable("batch/app", &pods), "batch/app");
+        // Names that only look like ids stay paths.
+        assert_eq!(readable("docker-cafe.scope", &pods), "docker-cafe.scope");
+    }
+
+    #[test]
+    fn missing_log_directories_give_an_empty_set() {
+        let pods = Pods::load(Path::new("/nonexistent/pods"), None);
+        assert!(pods.is_empty());
+    }
+
+    #[test]
+    fn an_index_maps_directory_inodes_to_paths() {
+        let d = tempdir::Dir::new("cg");
+        fs::create_dir_all(d.path().join("system.slice/nginx.service")).unwrap();
+        fs::create_dir_all(d.path().join("batch/app")).unwrap();
+        let ix = Index::scan(d.path());
+        let ino = |p: &str| fs::metadata(d.path().join(p)).unwrap().ino();
+        assert_eq!(ix.path(fs::metadata(d.path()).unwrap().ino()), Some(""));
+        assert_eq!(
+            ix.path(ino("system.slice/nginx.service")),
+            Some("system.slice/nginx.service")
+        );
+        assert_eq!(ix.path(ino("batch/app")), Some("batch/app"));
+        assert_eq!(ix.len(), 5);
+        assert_eq!(ix.truncated, 0);
+    }
+
+    #[test]
+    fn v2_root_on_pure_and_hybrid_hosts() {
+        let d = tempdir::Dir::new("sysfs");
+        assert_eq!(v2_root(d.path()), None);
+        fs::create_dir_all(d.path().join("unified")).unwrap();
+        fs::write(d.path().join("unified/cgroup.controllers"), "").unwrap();
+        assert_eq!(v2_root(d.path()), Some(d.path().join("unified")));
+        fs::write(d.path().join("cgroup.controllers"), "cpu io memory").unwrap();
+        assert_eq!(v2_root(d.path()), Some(d.path().to_path_buf()));
+    }
+
+    /// A temporary directory removed on drop (no crate needed for this much).
+    mod tempdir {
+        use std::path::{Path, PathBuf};
+
+        pub struct Dir(PathBuf);
+
+        impl Dir {
+            pub fn new(name: &str) -> Dir {
+                use std::sync::atomic::{AtomicU32, Ordering};
+                static N: AtomicU32 = AtomicU32::new(0);
+                let p = std::env::temp_dir().join(format!(
+                    "ebpf-agent-cgroup-{name}-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                let _ = std::fs::remove_dir_all(&p);
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+
+            pub fn path(&self) -> &Path {
+                &self.0
+            }
+        }
+
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+}
