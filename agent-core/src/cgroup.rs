@@ -238,9 +238,84 @@ pub fn readable(path: &str, pods: &Pods) -> String {
     }
 }
 
+/// The name of the entry that gathers every cgroup beyond the top K.
+pub const OTHER: &str = "other";
+
+/// Per-cgroup rows of one interval, named, bounded to the `k` largest by `rank` plus one
+/// [`OTHER`] entry: rows with the same name are merged first (cells added), the rest beyond `k`
+/// merged into `other`, so every cell's total over the result equals its total over the input
+/// (per-cgroup counts add up exactly to the host's). Largest first; ties by name.
+pub fn top_k(
+    rows: impl IntoIterator<Item = (String, Vec<u64>)>,
+    k: usize,
+    rank: impl Fn(&[u64]) -> u64,
+) -> Vec<(String, Vec<u64>)> {
+    fn add(into: &mut Vec<u64>, cells: &[u64]) {
+        if into.len() < cells.len() {
+            into.resize(cells.len(), 0);
+        }
+        for (a, b) in into.iter_mut().zip(cells) {
+            *a = a.wrapping_add(*b);
+        }
+    }
+    let mut by_name: HashMap<String, Vec<u64>> = HashMap::new();
+    for (name, cells) in rows {
+        add(by_name.entry(name).or_default(), &cells);
+    }
+    let mut all: Vec<(String, Vec<u64>)> = by_name.into_iter().collect();
+    all.sort_by(|a, b| rank(&b.1).cmp(&rank(&a.1)).then_with(|| a.0.cmp(&b.0)));
+    // A cgroup literally named "other" joins the rest rather than shadowing it.
+    let (mut kept, mut rest): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
+    for row in all {
+        if kept.len() < k && row.0 != OTHER {
+            kept.push(row);
+        } else {
+            rest.push(row);
+        }
+    }
+    if !rest.is_empty() {
+        let mut other = Vec::new();
+        for (_, cells) in &rest {
+            add(&mut other, cells);
+        }
+        kept.push((OTHER.to_string(), other));
+    }
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_k_keeps_the_largest_and_the_rest_adds_up_in_other() {
+        let rows = vec![
+            ("a".to_string(), vec![10, 100]),
+            ("b".to_string(), vec![1, 500]),
+            ("c".to_string(), vec![5, 50]),
+            // Two ids with one name (a restarted unit) merge first.
+            ("a".to_string(), vec![2, 20]),
+            ("other".to_string(), vec![1, 1]),
+        ];
+        let out = top_k(rows.clone(), 1, |c| c[1]);
+        assert_eq!(
+            out,
+            vec![
+                ("b".to_string(), vec![1, 500]),
+                ("other".to_string(), vec![18, 171]),
+            ]
+        );
+        for cell in 0..2 {
+            let total: u64 = rows.iter().map(|r| r.1[cell]).sum();
+            assert_eq!(out.iter().map(|r| r.1[cell]).sum::<u64>(), total);
+        }
+        let all = top_k(rows, 10, |c| c[1]);
+        assert_eq!(
+            all.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+            ["b", "a", "c", "other"]
+        );
+        assert!(top_k(Vec::new(), 3, |c: &[u64]| c[0]).is_empty());
+    }
 
     const UID: &str = "0d4b2c2e-5f3a-4b8e-9c1d-2e3f4a5b6c7d";
     const CID: &str = "4f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
