@@ -1255,3 +1255,103 @@ fn kernel_programs_log_rare_paths_at_the_agents_level() {
         );
     }
 }
+
+/// Runs `run --probes procfs --duration 2s --output json --procfs-root ROOT`: (intervals, stderr).
+fn run_procfs_root(root: &str) -> (Vec<serde_json::Value>, String) {
+    let out = Command::new(common::bin())
+        .args([
+            "run",
+            "--output",
+            "json",
+            "--probes",
+            "procfs",
+            "--duration",
+            "2s",
+        ])
+        .args(["--procfs-root", root])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    let intervals = common::parse_lines(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(intervals.len(), 2, "{err}");
+    assert_in_catalogue(&intervals);
+    (intervals, err)
+}
+
+#[test]
+fn procfs_root_missing_is_down_and_says_which_source() {
+    let (intervals, err) = run_procfs_root("/nonexistent/proc");
+    assert_eq!(
+        values(&intervals, "agent.probe_up", &[("probe", "procfs")]),
+        vec![0.0; 2]
+    );
+    for s in ["meminfo", "vmstat", "stat", "loadavg"] {
+        assert_eq!(
+            values(&intervals, "agent.procfs_up", &[("source", s)]),
+            vec![0.0; 2],
+            "{s}"
+        );
+    }
+    assert!(err.contains("/nonexistent/proc/meminfo"), "{err}");
+}
+
+#[test]
+fn procfs_root_malformed_files_are_skipped_counted_and_never_crash() {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/proc/t0");
+    let root = format!(
+        "{}/proc-malformed-{}",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    );
+    std::fs::create_dir_all(format!("{root}/pressure")).unwrap();
+    for f in [
+        "stat",
+        "vmstat",
+        "pressure/cpu",
+        "pressure/io",
+        "pressure/memory",
+    ] {
+        std::fs::copy(format!("{src}/{f}"), format!("{root}/{f}")).unwrap();
+    }
+    // The procfs crate panics on this line ("end byte index 10 is not a char boundary").
+    let meminfo = std::fs::read_to_string(format!("{src}/meminfo")).unwrap();
+    std::fs::write(
+        format!("{root}/meminfo"),
+        meminfo.replacen("MemTotal:       24684092 kB", "MemTotal\u{20ac} 5 kB", 1),
+    )
+    .unwrap();
+    std::fs::write(format!("{root}/loadavg"), "nan inf 0.50 1/123 4567\n").unwrap();
+    let (intervals, err) = run_procfs_root(&root);
+    std::fs::remove_dir_all(&root).unwrap();
+    assert_eq!(
+        values(&intervals, "agent.probe_up", &[("probe", "procfs")]),
+        vec![1.0; 2]
+    );
+    assert_eq!(
+        values(&intervals, "agent.procfs_up", &[("source", "meminfo")]),
+        vec![0.0; 2]
+    );
+    assert_eq!(
+        values(&intervals, "agent.procfs_up", &[("source", "loadavg")]),
+        vec![1.0; 2]
+    );
+    assert_eq!(
+        values(&intervals, "agent.procfs_dropped", &[("source", "loadavg")]),
+        vec![2.0; 2]
+    );
+    assert!(values(&intervals, "mem.total_bytes", &[]).is_empty());
+    assert_eq!(values(&intervals, "load.15", &[]), vec![0.5; 2]);
+    assert_eq!(values(&intervals, "psi.io.some_avg10", &[]).len(), 2);
+    // Said once, with the file, blaming the file.
+    let said: Vec<&str> = err.lines().filter(|l| l.contains("meminfo")).collect();
+    assert_eq!(said.len(), 1, "{err}");
+    assert!(
+        said[0].contains(&format!("{root}/meminfo is malformed")),
+        "{err}"
+    );
+    assert!(
+        !err.contains("please report") && !err.contains("panicked"),
+        "{err}"
+    );
+}
