@@ -36,6 +36,16 @@ impl Detection {
     /// ignored with one warning).
     pub fn start(cfg: DetectorConfig, state_dir: Option<&Path>) -> Detection {
         let state = state_dir.map(|d| d.join(STATE_FILE));
+        if let Some(p) = &state {
+            let n = crate::anomaly::clean_stale_temporaries(p);
+            if n > 0 {
+                tracing::info!("removed {n} unfinished anomaly state file(s) of stopped agents");
+            }
+        }
+        Detection::open(cfg, state)
+    }
+
+    fn open(cfg: DetectorConfig, state: Option<PathBuf>) -> Detection {
         let detector = match &state {
             Some(p) if p.exists() => match Detector::load(cfg.clone(), p) {
                 Ok(d) => {
@@ -65,7 +75,7 @@ impl Detection {
     /// Judges with the baseline in `state_dir` but never writes it (`watch`: a short session
     /// must not disturb what the daemon learnt).
     pub fn read_only(cfg: DetectorConfig, state_dir: &Path) -> Detection {
-        let mut d = Detection::start(cfg, Some(state_dir));
+        let mut d = Detection::open(cfg, Some(state_dir.join(STATE_FILE)));
         d.state = None;
         d
     }
@@ -164,5 +174,43 @@ impl Detection {
             }
             Err(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_survives_a_fifo_state_and_cleans_stale_temporaries_read_only_does_not() {
+        let dir = std::env::temp_dir().join(format!("ebpf-agent-detection-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = dir.join(STATE_FILE);
+        let c = std::ffi::CString::new(state.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // A pid above the kernel's pid_max (at most 2^22): its writer is gone.
+        let stale = dir.join(format!("{STATE_FILE}.tmp.99999999"));
+        std::fs::write(&stale, b"partial").unwrap();
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.clone();
+        std::thread::spawn(move || {
+            let ro = Detection::read_only(DetectorConfig::default(), &d);
+            let stale_after_ro = d.join(format!("{STATE_FILE}.tmp.99999999")).exists();
+            let rw = Detection::start(DetectorConfig::default(), Some(&d));
+            let _ = tx.send((ro.loaded_keys, stale_after_ro, rw.loaded_keys));
+        });
+        let (ro_keys, stale_after_ro, rw_keys) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("start hung on a FIFO state file");
+        assert_eq!((ro_keys, rw_keys), (0, 0));
+        assert!(
+            stale_after_ro,
+            "watch (read-only) must not touch the state directory"
+        );
+        assert!(!stale.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
