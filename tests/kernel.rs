@@ -430,6 +430,7 @@ fn bad_flags_exit_2_with_one_line() {
         &["run", "--statsd", "host.invalid:8125"],
         &["run", "--riemann", "ftp://127.0.0.1:5555"],
         &["run", "--tag", "novalue"],
+        &["run", "--riemann", "127.0.0.1:5555", "--tag", "service=web"],
     ] {
         let out = Command::new(common::bin()).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -211,7 +211,7 @@ pub mod anomaly {
 
     pub const SCORE: MetricDef = MetricDef::gauge(
         "anomaly.score",
-        &["metric"],
+        &["key"],
         "anomaly score of a key in [0, 1] (sent while ≥ 0.5 or not ok, then once 0)",
     );
     pub const ACTIVE: MetricDef = MetricDef::gauge("anomaly.active", &[], "keys not ok");

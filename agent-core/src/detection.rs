@@ -17,6 +17,9 @@ use crate::{
 pub const STATE_FILE: &str = "detector.state";
 /// How often the baseline is saved (and on exit).
 const SAVE_EVERY: Duration = Duration::from_secs(60);
+/// The tag of `anomaly.score` naming the key it scores. Not `metric`: Riemann merges attributes
+/// into the event, and `metric` is the event's value.
+const SCORE_KEY_TAG: &str = "key";
 /// A key's score is sent while at least this high (or while its state is not ok), then once as 0.
 const SCORE_REPORTED_FROM: f64 = 0.5;
 
@@ -94,7 +97,7 @@ impl Detection {
             if *score >= SCORE_REPORTED_FROM || not_ok.contains(key) {
                 snap.metrics.push(Metric::gauge(
                     "anomaly.score",
-                    vec![("metric", key.clone())],
+                    vec![(SCORE_KEY_TAG, key.clone())],
                     *score,
                 ));
                 now_reported.insert(key.clone());
@@ -102,7 +105,7 @@ impl Detection {
                 // Back to calm: say so once, so a stored gauge does not stay high.
                 snap.metrics.push(Metric::gauge(
                     "anomaly.score",
-                    vec![("metric", key.clone())],
+                    vec![(SCORE_KEY_TAG, key.clone())],
                     0.0,
                 ));
             }
