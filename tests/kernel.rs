@@ -431,6 +431,9 @@ fn bad_flags_exit_2_with_one_line() {
         &["run", "--riemann", "ftp://127.0.0.1:5555"],
         &["run", "--tag", "novalue"],
         &["run", "--riemann", "127.0.0.1:5555", "--tag", "service=web"],
+        // Above any pid_max (at most 2^22): no such process.
+        &["run", "--pid", "99999999"],
+        &["watch", "--pid", "99999999"],
     ] {
         let out = Command::new(common::bin()).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -1355,4 +1358,104 @@ fn procfs_root_malformed_files_are_skipped_counted_and_never_crash() {
         !err.contains("please report") && !err.contains("panicked"),
         "{err}"
     );
+}
+
+#[test]
+fn a_duration_below_one_interval_runs_one_whole_interval() {
+    let out = Command::new(common::bin())
+        .args([
+            "run",
+            "--output",
+            "json",
+            "--probes",
+            "procfs",
+            "--duration",
+            "1ns",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let intervals = common::parse_lines(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(intervals.len(), 1);
+    assert_eq!(intervals[0]["interval_s"], 1.0);
+    // Not a multiple of the interval: rounded up to whole intervals too.
+    let out = Command::new(common::bin())
+        .args(["run", "--output", "json", "--probes", "procfs"])
+        .args(["--interval", "500ms", "--duration", "700ms"])
+        .output()
+        .unwrap();
+    let intervals = common::parse_lines(&String::from_utf8_lossy(&out.stdout));
+    let lens: Vec<f64> = intervals
+        .iter()
+        .map(|i| i["interval_s"].as_f64().unwrap())
+        .collect();
+    assert_eq!(lens, [0.5, 0.5]);
+}
+
+/// Runs the agent with its stdout already closed by the reader (`| head` that has had enough).
+fn with_closed_stdout(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(common::bin())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_ends_every_command_quietly_with_0() {
+    let csv = format!(
+        "{}/closed-{}.csv",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    );
+    let rows: String = (0..20_000)
+        .map(|i| format!("{},{}\n", 1_700_000_000 + 60 * i, i % 7))
+        .collect();
+    std::fs::write(&csv, format!("timestamp,value\n{rows}")).unwrap();
+    for args in [
+        &["detect", csv.as_str()][..],
+        &["check"],
+        &[
+            "run",
+            "--output",
+            "json",
+            "--probes",
+            "procfs",
+            "--duration",
+            "3s",
+        ],
+        &[
+            "run",
+            "--output",
+            "text",
+            "--probes",
+            "syscall",
+            "--duration",
+            "3s",
+        ],
+        &[
+            "config",
+            "check",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../packaging/config.example.toml"
+            ),
+        ],
+    ] {
+        let (code, err) = with_closed_stdout(args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(
+            !err.contains("Broken pipe") && !err.contains("panicked") && !err.contains("closed"),
+            "{args:?}: {err}"
+        );
+    }
+    std::fs::remove_file(&csv).unwrap();
 }

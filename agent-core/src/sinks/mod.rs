@@ -492,25 +492,34 @@ impl Sinks {
     }
 
     /// Lets every sink deliver what it holds, for at most `timeout` in all, then stops them.
-    pub async fn shutdown(mut self, timeout: Duration) {
+    /// Returns the metric values left undelivered (queued, or sent and not acknowledged), which
+    /// are also counted in the sink's `sink_dropped` and logged with their count: the agent's
+    /// last interval was already sent, so the log line is where they show.
+    pub async fn shutdown(mut self, timeout: Duration) -> u64 {
         for s in &self.sinks {
             s.shared.closing.store(true, Ordering::Release);
             s.shared.notify.notify_one();
         }
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut undelivered = 0;
         for mut s in std::mem::take(&mut self.sinks) {
             if tokio::time::timeout_at(deadline, &mut s.task)
                 .await
                 .is_err()
             {
                 s.task.abort();
-                let left: usize = lock(&s.shared.queue).iter().map(|q| q.metrics.len()).sum();
+                let queued: usize = lock(&s.shared.queue).iter().map(|q| q.metrics.len()).sum();
+                let left = queued as u64 + s.shared.in_flight.load(Ordering::Relaxed);
+                s.shared.dropped(left);
+                undelivered += left;
                 tracing::warn!(
                     sink = %s.shared.name,
-                    "stopped before delivering everything ({left} queued metric values left)"
+                    "stopped before delivering everything: {left} metric values not delivered \
+                     (counted in agent.sink_dropped)"
                 );
             }
         }
+        undelivered
     }
 
     pub fn is_empty(&self) -> bool {
@@ -541,6 +550,8 @@ pub(crate) struct Shared {
     closing: AtomicBool,
     errors: AtomicU64,
     dropped: AtomicU64,
+    /// Metric values taken from the queue and not yet delivered (TCP: awaiting the ack).
+    in_flight: AtomicU64,
     log: Mutex<LogLimiter>,
 }
 
@@ -568,6 +579,7 @@ impl Shared {
             closing: AtomicBool::new(false),
             errors: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
             log: Mutex::new(LogLimiter::default()),
         })
     }
@@ -1111,5 +1123,28 @@ mod tests {
         let t = Instant::now();
         sinks.shutdown(Duration::from_millis(300)).await;
         assert!(t.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn values_left_at_shutdown_are_counted_as_dropped() {
+        // A Riemann server that accepts and never acknowledges: every interval stays queued.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let args = SinkArgs {
+            riemann: vec![format!("tcp://127.0.0.1:{port}")],
+            riemann_timeout: Duration::from_secs(60).into(),
+            riemann_keepalive: Duration::ZERO.into(),
+            ..Default::default()
+        };
+        let sinks = Sinks::start(&args, Duration::from_secs(1)).await.unwrap();
+        for _ in 0..3 {
+            sinks.send(snap(5));
+        }
+        // Let the task take the first interval and send it (it then waits for the ack).
+        let (_conn, _) = silent.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let shared = sinks.sinks[0].shared.clone();
+        assert_eq!(sinks.shutdown(Duration::from_millis(200)).await, 15);
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 15);
     }
 }

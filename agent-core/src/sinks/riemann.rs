@@ -415,6 +415,9 @@ pub(super) async fn run_tcp(
     let mut pending: Option<Pending> = None;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
+        shared
+            .in_flight
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         let p = match pending.take() {
             Some(p) => p,
             None => match shared.next().await {
@@ -436,6 +439,9 @@ pub(super) async fn run_tcp(
             },
         };
 
+        shared
+            .in_flight
+            .store(p.metrics, std::sync::atomic::Ordering::Relaxed);
         let stream = match conn.as_mut() {
             Some(s) => s,
             None => match connect(&endpoint, timeout).await {
