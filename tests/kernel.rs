@@ -432,8 +432,8 @@ fn bad_flags_exit_2_with_one_line() {
         &["run", "--tag", "novalue"],
         &["run", "--riemann", "127.0.0.1:5555", "--tag", "service=web"],
         // Above any pid_max (at most 2^22): no such process.
-        &["run", "--pid", "99999999"],
-        &["watch", "--pid", "99999999"],
+        &["run", "--pid", "99999999", "--duration", "1s"],
+        &["watch", "--pid", "99999999", "--duration", "1s"],
     ] {
         let out = Command::new(common::bin()).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -201,7 +201,7 @@ pub fn event(snap: &Snapshot, m: &Metric, cfg: &Config) -> Option<Event> {
         attributes,
         metric_sint64: (m.kind == Kind::Counter).then(|| m.value.round() as i64),
         metric_d: Some(metric_d),
-        // Older consumers (riemann-dash, some clients) read only the float.
+        // Older consumers read only the float (the server itself prefers sint64, then d).
         metric_f: Some(metric_d as f32),
     })
 }
