@@ -430,6 +430,10 @@ fn bad_flags_exit_2_with_one_line() {
         &["run", "--statsd", "host.invalid:8125"],
         &["run", "--riemann", "ftp://127.0.0.1:5555"],
         &["run", "--tag", "novalue"],
+        &["run", "--riemann", "127.0.0.1:5555", "--tag", "service=web"],
+        // Above any pid_max (at most 2^22): no such process.
+        &["run", "--pid", "99999999", "--duration", "1s"],
+        &["watch", "--pid", "99999999", "--duration", "1s"],
     ] {
         let out = Command::new(common::bin()).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -1260,6 +1264,206 @@ fn kernel_programs_log_rare_paths_at_the_agents_level() {
             "at {level}: {said} kernel lines; stderr: {err:#?}"
         );
     }
+}
+
+/// Runs `run --probes procfs --duration 2s --output json --procfs-root ROOT`: (intervals, stderr).
+fn run_procfs_root(root: &str) -> (Vec<serde_json::Value>, String) {
+    let out = Command::new(common::bin())
+        .args([
+            "run",
+            "--output",
+            "json",
+            "--probes",
+            "procfs",
+            "--duration",
+            "2s",
+        ])
+        .args(["--procfs-root", root])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    let intervals = common::parse_lines(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(intervals.len(), 2, "{err}");
+    assert_in_catalogue(&intervals);
+    (intervals, err)
+}
+
+#[test]
+fn procfs_root_missing_is_down_and_says_which_source() {
+    let (intervals, err) = run_procfs_root("/nonexistent/proc");
+    assert_eq!(
+        values(&intervals, "agent.probe_up", &[("probe", "procfs")]),
+        vec![0.0; 2]
+    );
+    for s in ["meminfo", "vmstat", "stat", "loadavg"] {
+        assert_eq!(
+            values(&intervals, "agent.procfs_up", &[("source", s)]),
+            vec![0.0; 2],
+            "{s}"
+        );
+    }
+    assert!(err.contains("/nonexistent/proc/meminfo"), "{err}");
+}
+
+#[test]
+fn procfs_root_malformed_files_are_skipped_counted_and_never_crash() {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/proc/t0");
+    let root = format!(
+        "{}/proc-malformed-{}",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    );
+    std::fs::create_dir_all(format!("{root}/pressure")).unwrap();
+    for f in [
+        "stat",
+        "vmstat",
+        "pressure/cpu",
+        "pressure/io",
+        "pressure/memory",
+    ] {
+        std::fs::copy(format!("{src}/{f}"), format!("{root}/{f}")).unwrap();
+    }
+    // The procfs crate panics on this line ("end byte index 10 is not a char boundary").
+    let meminfo = std::fs::read_to_string(format!("{src}/meminfo")).unwrap();
+    std::fs::write(
+        format!("{root}/meminfo"),
+        meminfo.replacen("MemTotal:       24684092 kB", "MemTotal\u{20ac} 5 kB", 1),
+    )
+    .unwrap();
+    std::fs::write(format!("{root}/loadavg"), "nan inf 0.50 1/123 4567\n").unwrap();
+    let (intervals, err) = run_procfs_root(&root);
+    std::fs::remove_dir_all(&root).unwrap();
+    assert_eq!(
+        values(&intervals, "agent.probe_up", &[("probe", "procfs")]),
+        vec![1.0; 2]
+    );
+    assert_eq!(
+        values(&intervals, "agent.procfs_up", &[("source", "meminfo")]),
+        vec![0.0; 2]
+    );
+    assert_eq!(
+        values(&intervals, "agent.procfs_up", &[("source", "loadavg")]),
+        vec![1.0; 2]
+    );
+    assert_eq!(
+        values(&intervals, "agent.procfs_dropped", &[("source", "loadavg")]),
+        vec![2.0; 2]
+    );
+    assert!(values(&intervals, "mem.total_bytes", &[]).is_empty());
+    assert_eq!(values(&intervals, "load.15", &[]), vec![0.5; 2]);
+    assert_eq!(values(&intervals, "psi.io.some_avg10", &[]).len(), 2);
+    // Said once, with the file, blaming the file.
+    let said: Vec<&str> = err.lines().filter(|l| l.contains("meminfo")).collect();
+    assert_eq!(said.len(), 1, "{err}");
+    assert!(
+        said[0].contains(&format!("{root}/meminfo is malformed")),
+        "{err}"
+    );
+    assert!(
+        !err.contains("please report") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_duration_below_one_interval_runs_one_whole_interval() {
+    let out = Command::new(common::bin())
+        .args([
+            "run",
+            "--output",
+            "json",
+            "--probes",
+            "procfs",
+            "--duration",
+            "1ns",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let intervals = common::parse_lines(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(intervals.len(), 1);
+    assert_eq!(intervals[0]["interval_s"], 1.0);
+    // Not a multiple of the interval: rounded up to whole intervals too.
+    let out = Command::new(common::bin())
+        .args(["run", "--output", "json", "--probes", "procfs"])
+        .args(["--interval", "500ms", "--duration", "700ms"])
+        .output()
+        .unwrap();
+    let intervals = common::parse_lines(&String::from_utf8_lossy(&out.stdout));
+    let lens: Vec<f64> = intervals
+        .iter()
+        .map(|i| i["interval_s"].as_f64().unwrap())
+        .collect();
+    assert_eq!(lens, [0.5, 0.5]);
+}
+
+/// Runs the agent with its stdout already closed by the reader (`| head` that has had enough).
+fn with_closed_stdout(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(common::bin())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_ends_every_command_quietly_with_0() {
+    let csv = format!(
+        "{}/closed-{}.csv",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    );
+    let rows: String = (0..20_000)
+        .map(|i| format!("{},{}\n", 1_700_000_000 + 60 * i, i % 7))
+        .collect();
+    std::fs::write(&csv, format!("timestamp,value\n{rows}")).unwrap();
+    for args in [
+        &["detect", csv.as_str()][..],
+        &["check"],
+        &[
+            "run",
+            "--output",
+            "json",
+            "--probes",
+            "procfs",
+            "--duration",
+            "3s",
+        ],
+        &[
+            "run",
+            "--output",
+            "text",
+            "--probes",
+            "syscall",
+            "--duration",
+            "3s",
+        ],
+        &[
+            "config",
+            "check",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../packaging/config.example.toml"
+            ),
+        ],
+    ] {
+        let (code, err) = with_closed_stdout(args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(
+            !err.contains("Broken pipe") && !err.contains("panicked") && !err.contains("closed"),
+            "{args:?}: {err}"
+        );
+    }
+    std::fs::remove_file(&csv).unwrap();
 }
 
 /// Two threads pinned to one CPU passing a byte back and forth through pipes `n` times: each

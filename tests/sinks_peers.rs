@@ -530,7 +530,8 @@ fn assert_riemann_fields(events: &[Value], secs: i64, ttl: f64, transport: &str)
         assert_eq!(e["ttl"], ttl);
         assert_eq!(e["state"], "ok");
         assert_eq!(e["tags"], json!(["ebpf-agent", "env"]));
-        assert_eq!(e["metric_f"], Value::Null);
+        // metric_f alongside metric_d, for consumers that read only the float.
+        assert_eq!(e["metric_f"], e["metric_d"]);
         assert_eq!(e["description"], Value::Null);
     };
     let e = find("ebpf syscall.latency_us.p99 read");
@@ -558,6 +559,8 @@ async fn riemann_udp_events_decode_field_by_field_and_split_at_16k() {
     let args = SinkArgs {
         riemann: vec![format!("127.0.0.1:{}", rx.port)], // bare: UDP
         tags: vec!["env=ci".into()],
+        // The largest datagram Riemann reads (the default fits a 1500-byte MTU).
+        riemann_max_packet: 16384,
         ..Default::default()
     };
     let sinks = Sinks::start(&args, Duration::from_secs(1)).await.unwrap();
@@ -610,6 +613,8 @@ async fn riemann_tcp_is_acked_in_order_with_every_field() {
         riemann: vec![format!("tcp://127.0.0.1:{}", rx.port)],
         tags: vec!["env=ci".into()],
         riemann_ttl: Some(Duration::from_secs(7).into()),
+        // Each metric exactly once: no zero counters kept alive in the later intervals.
+        riemann_keepalive: Duration::ZERO.into(),
         ..Default::default()
     };
     let sinks = Sinks::start(&args, Duration::from_secs(1)).await.unwrap();
@@ -965,6 +970,53 @@ async fn agent_to_riemann_udp_and_tcp_carry_what_the_agent_printed() {
             assert_eq!(e["transport"], transport);
         }
     }
+    // By default a UDP datagram fits a 1500-byte MTU.
+    let largest = udp
+        .events
+        .iter()
+        .map(|e| e["msg_bytes"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(largest <= 1432, "a datagram of {largest} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn riemann_quiet_counters_are_kept_alive_as_zero() {
+    let mut rx = Riemann::start("udp", 0, &[]);
+    let args = SinkArgs {
+        riemann: vec![format!("127.0.0.1:{}", rx.port)],
+        riemann_keepalive: Duration::from_secs(2).into(),
+        ..Default::default()
+    };
+    let sinks = Sinks::start(&args, Duration::from_secs(1)).await.unwrap();
+    let (t, secs) = test_time();
+    sinks.send(snapshot(t, riemann_metrics()));
+    // Three intervals without the counter (and the latency gauge): 0 twice, then nothing.
+    for i in 1..=3 {
+        let load = vec![Metric::gauge("load.1", vec![], 0.5)];
+        sinks.send(snapshot(t + Duration::from_secs(i), load));
+    }
+    rx.wait("every load.1", |ev| {
+        ev.iter().filter(|e| e["service"] == "ebpf load.1").count() == 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rx.drain();
+    let ops: Vec<(i64, i64)> = rx
+        .with_service("ebpf disk.ops vda write")
+        .map(|e| {
+            (
+                e["time"].as_i64().unwrap(),
+                e["metric_sint64"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ops, [(secs, 42), (secs + 1, 0), (secs + 2, 0)]);
+    assert_eq!(
+        rx.with_service("ebpf syscall.latency_us.p99 read").count(),
+        1
+    );
+    sinks.shutdown(Duration::from_secs(2)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -159,6 +159,16 @@ pub mod agent {
         &["sink"],
         "metric values a sink could not deliver",
     );
+    pub const PROCFS_UP: MetricDef = MetricDef::gauge(
+        "agent.procfs_up",
+        &["source"],
+        "1 when the /proc file (meminfo, vmstat, stat, loadavg, pressure_cpu|io|memory) was read this interval, 0 when missing or malformed (logged once)",
+    );
+    pub const PROCFS_DROPPED: MetricDef = MetricDef::counter(
+        "agent.procfs_dropped",
+        &["source"],
+        "values of a /proc file dropped as NaN, infinite or negative; sent only when not 0",
+    );
     pub const CPU_PCT: MetricDef = MetricDef::gauge(
         "agent.cpu_pct",
         &[],
@@ -186,6 +196,8 @@ pub mod agent {
         HEARTBEAT,
         SINK_ERRORS,
         SINK_DROPPED,
+        PROCFS_UP,
+        PROCFS_DROPPED,
         CPU_PCT,
         RSS_BYTES,
         BPF_NS_PER_EVENT,
@@ -199,7 +211,7 @@ pub mod anomaly {
 
     pub const SCORE: MetricDef = MetricDef::gauge(
         "anomaly.score",
-        &["metric"],
+        &["key"],
         "anomaly score of a key in [0, 1] (sent while ≥ 0.5 or not ok, then once 0)",
     );
     pub const ACTIVE: MetricDef = MetricDef::gauge("anomaly.active", &[], "keys not ok");

@@ -17,6 +17,9 @@ use crate::{
 pub const STATE_FILE: &str = "detector.state";
 /// How often the baseline is saved (and on exit).
 const SAVE_EVERY: Duration = Duration::from_secs(60);
+/// The tag of `anomaly.score` naming the key it scores. Not `metric`: Riemann merges attributes
+/// into the event, and `metric` is the event's value.
+const SCORE_KEY_TAG: &str = "key";
 /// A key's score is sent while at least this high (or while its state is not ok), then once as 0.
 const SCORE_REPORTED_FROM: f64 = 0.5;
 
@@ -36,6 +39,16 @@ impl Detection {
     /// ignored with one warning).
     pub fn start(cfg: DetectorConfig, state_dir: Option<&Path>) -> Detection {
         let state = state_dir.map(|d| d.join(STATE_FILE));
+        if let Some(p) = &state {
+            let n = crate::anomaly::clean_stale_temporaries(p);
+            if n > 0 {
+                tracing::info!("removed {n} unfinished anomaly state file(s) of stopped agents");
+            }
+        }
+        Detection::open(cfg, state)
+    }
+
+    fn open(cfg: DetectorConfig, state: Option<PathBuf>) -> Detection {
         let detector = match &state {
             Some(p) if p.exists() => match Detector::load(cfg.clone(), p) {
                 Ok(d) => {
@@ -65,7 +78,7 @@ impl Detection {
     /// Judges with the baseline in `state_dir` but never writes it (`watch`: a short session
     /// must not disturb what the daemon learnt).
     pub fn read_only(cfg: DetectorConfig, state_dir: &Path) -> Detection {
-        let mut d = Detection::start(cfg, Some(state_dir));
+        let mut d = Detection::open(cfg, Some(state_dir.join(STATE_FILE)));
         d.state = None;
         d
     }
@@ -84,7 +97,7 @@ impl Detection {
             if *score >= SCORE_REPORTED_FROM || not_ok.contains(key) {
                 snap.metrics.push(Metric::gauge(
                     "anomaly.score",
-                    vec![("metric", key.clone())],
+                    vec![(SCORE_KEY_TAG, key.clone())],
                     *score,
                 ));
                 now_reported.insert(key.clone());
@@ -92,7 +105,7 @@ impl Detection {
                 // Back to calm: say so once, so a stored gauge does not stay high.
                 snap.metrics.push(Metric::gauge(
                     "anomaly.score",
-                    vec![("metric", key.clone())],
+                    vec![(SCORE_KEY_TAG, key.clone())],
                     0.0,
                 ));
             }
@@ -164,5 +177,43 @@ impl Detection {
             }
             Err(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_survives_a_fifo_state_and_cleans_stale_temporaries_read_only_does_not() {
+        let dir = std::env::temp_dir().join(format!("ebpf-agent-detection-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = dir.join(STATE_FILE);
+        let c = std::ffi::CString::new(state.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // A pid above the kernel's pid_max (at most 2^22): its writer is gone.
+        let stale = dir.join(format!("{STATE_FILE}.tmp.99999999"));
+        std::fs::write(&stale, b"partial").unwrap();
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.clone();
+        std::thread::spawn(move || {
+            let ro = Detection::read_only(DetectorConfig::default(), &d);
+            let stale_after_ro = d.join(format!("{STATE_FILE}.tmp.99999999")).exists();
+            let rw = Detection::start(DetectorConfig::default(), Some(&d));
+            let _ = tx.send((ro.loaded_keys, stale_after_ro, rw.loaded_keys));
+        });
+        let (ro_keys, stale_after_ro, rw_keys) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("start hung on a FIFO state file");
+        assert_eq!((ro_keys, rw_keys), (0, 0));
+        assert!(
+            stale_after_ro,
+            "watch (read-only) must not touch the state directory"
+        );
+        assert!(!stale.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

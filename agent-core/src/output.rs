@@ -9,6 +9,22 @@ use crate::{
     snapshot::{Kind, Snapshot},
 };
 
+/// Whether `e`, or an error it wraps, is a write to a closed stdout (`ebpf-agent ... | head`).
+/// Every command ends quietly with exit 0 on it, as if it had finished: the reader has what it
+/// wanted.
+pub fn stdout_closed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
 /// The JSON line: the snapshot's fields plus the interval's slow events.
 #[derive(Serialize)]
 struct JsonLine<'a> {

@@ -7,7 +7,17 @@
 //! Each file is a group: a group whose file is missing or unparsable is skipped for that interval
 //! and logged once (the first time only). Counters are per-interval deltas: the first call (or the
 //! first after a failed read) only primes them, and a counter that goes backwards counts 0.
+//!
+//! Health: [`ProcfsCollector::health`] reports, per source file, whether it was read this interval
+//! (`agent.procfs_up{source}`) and how many values were dropped as NaN, infinite or negative
+//! (`agent.procfs_dropped{source}`); [`ProcfsCollector::any_read`] is the probe's `probe_up`.
+//!
+//! The files are read here (bounded, ASCII only, as the kernel writes them) and only then handed
+//! to the crate's parsers, each run under `catch_unwind`: a malformed file is reported as such
+//! (with its path) and skipped, never a crash of the agent.
 
+use std::io::Read as _;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use procfs::{
@@ -16,7 +26,10 @@ use procfs::{
 };
 use tracing::{debug, warn};
 
-use crate::{catalogue::MetricDef, snapshot::Metric};
+use crate::{
+    catalogue::{MetricDef, agent as self_metrics},
+    snapshot::Metric,
+};
 
 // ---- the metric families read from /proc (the typed catalogue) ----
 
@@ -118,6 +131,109 @@ pub const DEFAULT_ROOT: &str = "/proc";
 /// The PSI resources read from `<root>/pressure/`, in emission order.
 const PSI_RESOURCES: [&str; 3] = ["cpu", "io", "memory"];
 
+/// The files read, as the `source` tag of the health metrics names them.
+const SOURCES: [&str; 7] = [
+    "meminfo",
+    "vmstat",
+    "stat",
+    "loadavg",
+    "pressure_cpu",
+    "pressure_io",
+    "pressure_memory",
+];
+const MEMINFO: usize = 0;
+const VMSTAT: usize = 1;
+const STAT: usize = 2;
+const LOADAVG: usize = 3;
+/// `PSI_SOURCE + i` for [`PSI_RESOURCES`]`[i]`.
+const PSI_SOURCE: usize = 4;
+
+/// Largest /proc file read (the kernel's are a few KiB; a fixture or a wrong root could be
+/// anything).
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Why a source gave no values this interval.
+#[derive(Debug, thiserror::Error)]
+enum SourceError {
+    #[error("cannot read it: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed ({0})")]
+    Malformed(String),
+}
+
+impl From<ProcError> for SourceError {
+    fn from(e: ProcError) -> Self {
+        match e {
+            ProcError::Io(e, _) => SourceError::Io(e),
+            ProcError::NotFound(_) => {
+                SourceError::Io(std::io::Error::from(std::io::ErrorKind::NotFound))
+            }
+            // The crate calls any unexpected input its own bug ("please report this procfs
+            // bug"): here it is the file that is wrong.
+            ProcError::InternalError(e) => SourceError::Malformed(e.msg),
+            ProcError::Other(m) => SourceError::Malformed(m),
+            other => SourceError::Malformed(other.to_string()),
+        }
+    }
+}
+
+/// The text of a /proc file: at most [`MAX_FILE_BYTES`], ASCII only (the kernel writes nothing
+/// else in these files, and the crate's parsers slice by byte offsets).
+fn read_source(path: &Path) -> Result<String, SourceError> {
+    let mut f = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    f.by_ref()
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(SourceError::Malformed(format!(
+            "larger than {MAX_FILE_BYTES} bytes"
+        )));
+    }
+    if let Some(at) = bytes.iter().position(|b| !b.is_ascii()) {
+        return Err(SourceError::Malformed(format!(
+            "a byte that is not ASCII at offset {at}"
+        )));
+    }
+    Ok(String::from_utf8(bytes).expect("ASCII is UTF-8"))
+}
+
+/// Runs one of the crate's parsers; a panic inside it becomes a malformed-file error.
+fn contained<T>(parse: impl FnOnce() -> ProcResult<T>) -> Result<T, SourceError> {
+    match catch_unwind(AssertUnwindSafe(parse)) {
+        Ok(r) => r.map_err(SourceError::from),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Err(SourceError::Malformed(format!(
+                "the parser panicked: {msg}"
+            )))
+        }
+    }
+}
+
+/// Reads and parses one source.
+fn parse_file<T>(
+    path: &Path,
+    parse: impl FnOnce(&[u8]) -> ProcResult<T>,
+) -> Result<T, SourceError> {
+    let text = read_source(path)?;
+    contained(|| parse(text.as_bytes()))
+}
+
+/// A value the kernel cannot have written (NaN, infinite, negative) is dropped and counted.
+fn plausible(x: f32, dropped: &mut u64) -> Option<f32> {
+    if x.is_finite() && x >= 0.0 {
+        Some(x)
+    } else {
+        *dropped += 1;
+        None
+    }
+}
+
 /// Per-interval collector of system metrics from a proc tree.
 #[derive(Debug)]
 pub struct ProcfsCollector {
@@ -131,6 +247,11 @@ pub struct ProcfsCollector {
     warned: Warned,
     /// `<root>/pressure` is absent (kernel without PSI, or booted with `psi=0`): said once at debug.
     psi_absent_logged: bool,
+    /// Per source, in the last interval: read (`Some(true)`), failed (`Some(false)`), or not
+    /// expected (`None`: PSI on a kernel without it).
+    up: [Option<bool>; SOURCES.len()],
+    /// Per source, values dropped in the last interval (NaN, infinite, negative).
+    dropped: [u64; SOURCES.len()],
 }
 
 /// One flag per group: a failing file is logged at the first failure only.
@@ -186,6 +307,31 @@ impl ProcfsCollector {
             prev_psi: [[None; 2]; 3],
             warned: Warned::default(),
             psi_absent_logged: false,
+            up: [None; SOURCES.len()],
+            dropped: [0; SOURCES.len()],
+        }
+    }
+
+    /// Whether the last [`collect`](Self::collect) read any source: the probe's `probe_up`.
+    pub fn any_read(&self) -> bool {
+        self.up.contains(&Some(true))
+    }
+
+    /// The last interval's health: `agent.procfs_up{source}` for every source expected, and
+    /// `agent.procfs_dropped{source}` where values were dropped.
+    pub fn health(&self, out: &mut Vec<Metric>) {
+        for (i, source) in SOURCES.into_iter().enumerate() {
+            if let Some(up) = self.up[i] {
+                out.push(
+                    self_metrics::PROCFS_UP.level(vec![("source", source.into())], up as u8 as f64),
+                );
+            }
+            if self.dropped[i] > 0 {
+                out.push(
+                    self_metrics::PROCFS_DROPPED
+                        .count(vec![("source", source.into())], self.dropped[i]),
+                );
+            }
         }
     }
 
@@ -197,6 +343,8 @@ impl ProcfsCollector {
     /// Appends this interval's metrics. The first call primes the deltas (counters are emitted only
     /// from the second call on; gauges always).
     pub fn collect(&mut self, out: &mut Vec<Metric>) {
+        self.up = [None; SOURCES.len()];
+        self.dropped = [0; SOURCES.len()];
         self.collect_meminfo(out);
         self.collect_vmstat(out);
         self.collect_cpu(out);
@@ -207,10 +355,14 @@ impl ProcfsCollector {
     fn collect_meminfo(&mut self, out: &mut Vec<Metric>) {
         let path = self.root.join("meminfo");
         // The crate converts the kB (KiB) of the file to bytes.
-        let m = match Meminfo::from_file(&path) {
+        let m = match parse_file(&path, |t| Meminfo::from_read(t)) {
             Ok(m) => m,
-            Err(e) => return warn_once(&mut self.warned.meminfo, "memory and swap", &path, &e),
+            Err(e) => {
+                self.up[MEMINFO] = Some(false);
+                return warn_once(&mut self.warned.meminfo, "memory and swap", &path, &e);
+            }
         };
+        self.up[MEMINFO] = Some(true);
         let gauge = |def: MetricDef, bytes: u64| def.level(vec![], bytes as f64);
         // Classic `free` (procps-ng up to 4.0.0): used = MemTotal - MemFree - Buffers - Cached.
         // (procps-ng 4.0.1+ prints total - available instead; mem.available_bytes carries that.)
@@ -237,21 +389,23 @@ impl ProcfsCollector {
 
     fn collect_vmstat(&mut self, out: &mut Vec<Metric>) {
         let path = self.root.join("vmstat");
-        let read = VmStat::from_file(&path).and_then(|v| {
+        let read = parse_file(&path, |t| VmStat::from_read(t)).and_then(|v| {
             let get = |key: &str| match v.0.get(key) {
                 // The values are i64 in the crate; page counters are never negative.
                 Some(&n) => Ok(u64::try_from(n).unwrap_or(0)),
-                None => Err(ProcError::Other(format!("no `{key}` line"))),
+                None => Err(SourceError::Malformed(format!("no `{key}` line"))),
             };
             Ok((get("pswpin")?, get("pswpout")?))
         });
         let (pswpin, pswpout) = match read {
             Ok(pages) => pages,
             Err(e) => {
+                self.up[VMSTAT] = Some(false);
                 self.prev_swap_pages = None;
                 return warn_once(&mut self.warned.vmstat, "swap paging", &path, &e);
             }
         };
+        self.up[VMSTAT] = Some(true);
         if let Some((prev_in, prev_out)) = self.prev_swap_pages {
             out.push(SWAP_IN.count(vec![], pswpin.saturating_sub(prev_in)));
             out.push(SWAP_OUT.count(vec![], pswpout.saturating_sub(prev_out)));
@@ -262,13 +416,18 @@ impl ProcfsCollector {
     fn collect_cpu(&mut self, out: &mut Vec<Metric>) {
         let path = self.root.join("stat");
         // The system info only serves the crate's tick-to-ms helpers; ratios of ticks need none.
-        let stats = match KernelStats::from_file(&path, procfs::current_system_info()) {
+        let read = parse_file(&path, |text| {
+            KernelStats::from_read(text, procfs::current_system_info())
+        });
+        let stats = match read {
             Ok(s) => s,
             Err(e) => {
+                self.up[STAT] = Some(false);
                 self.prev_cpu = None;
                 return warn_once(&mut self.warned.stat, "CPU", &path, &e);
             }
         };
+        self.up[STAT] = Some(true);
         let now = CpuTicks::from(&stats.total);
         let Some(prev) = self.prev_cpu else {
             self.prev_cpu = Some(now);
@@ -314,24 +473,26 @@ impl ProcfsCollector {
         }
         for (i, resource) in PSI_RESOURCES.into_iter().enumerate() {
             let path = dir.join(resource);
-            let records = std::fs::read_to_string(&path)
-                .map_err(ProcError::from)
-                .and_then(|text| parse_pressure(&text));
+            let records = read_source(&path).and_then(|text| contained(|| parse_pressure(&text)));
             let (some, full) = match records {
                 Ok(r) => r,
                 Err(e) => {
+                    self.up[PSI_SOURCE + i] = Some(false);
                     self.prev_psi[i] = [None; 2];
                     warn_once(&mut self.warned.psi[i], "PSI", &path, &e);
                     continue;
                 }
             };
+            self.up[PSI_SOURCE + i] = Some(true);
             for (j, record) in [Some(some), full].into_iter().enumerate() {
                 let prev = &mut self.prev_psi[i][j];
                 let Some(record) = record else {
                     *prev = None;
                     continue;
                 };
-                out.push(PSI_AVG10[i][j].level(vec![], two_decimals(record.avg10)));
+                if let Some(avg10) = plausible(record.avg10, &mut self.dropped[PSI_SOURCE + i]) {
+                    out.push(PSI_AVG10[i][j].level(vec![], two_decimals(avg10)));
+                }
                 if let Some(p) = *prev {
                     out.push(PSI_STALL[i][j].count(vec![], record.total.saturating_sub(p)));
                 }
@@ -342,13 +503,23 @@ impl ProcfsCollector {
 
     fn collect_loadavg(&mut self, out: &mut Vec<Metric>) {
         let path = self.root.join("loadavg");
-        let load = match LoadAverage::from_file(&path) {
+        let load = match parse_file(&path, |t| LoadAverage::from_read(t)) {
             Ok(l) => l,
-            Err(e) => return warn_once(&mut self.warned.loadavg, "load", &path, &e),
+            Err(e) => {
+                self.up[LOADAVG] = Some(false);
+                return warn_once(&mut self.warned.loadavg, "load", &path, &e);
+            }
         };
-        out.push(LOAD_1.level(vec![], two_decimals(load.one)));
-        out.push(LOAD_5.level(vec![], two_decimals(load.five)));
-        out.push(LOAD_15.level(vec![], two_decimals(load.fifteen)));
+        self.up[LOADAVG] = Some(true);
+        for (def, x) in [
+            (LOAD_1, load.one),
+            (LOAD_5, load.five),
+            (LOAD_15, load.fifteen),
+        ] {
+            if let Some(x) = plausible(x, &mut self.dropped[LOADAVG]) {
+                out.push(def.level(vec![], two_decimals(x)));
+            }
+        }
     }
 }
 
@@ -378,14 +549,20 @@ fn two_decimals(x: f32) -> f64 {
     (f64::from(x) * 100.0).round() / 100.0
 }
 
-fn warn_once(flag: &mut bool, group: &str, path: &Path, err: &ProcError) {
+fn warn_once(flag: &mut bool, group: &str, path: &Path, err: &SourceError) {
     if !*flag {
         *flag = true;
-        warn!(
-            "cannot read {}: {err}; {group} metrics are skipped while it stays unreadable \
-             (check that the proc root points at a mounted procfs)",
-            path.display()
-        );
+        match err {
+            SourceError::Io(_) => warn!(
+                "{}: {err}; {group} metrics are skipped while it stays unreadable \
+                 (check that the proc root points at a mounted procfs)",
+                path.display()
+            ),
+            SourceError::Malformed(_) => warn!(
+                "{} is {err}; {group} metrics are skipped while it stays so",
+                path.display()
+            ),
+        }
     }
 }
 
@@ -628,6 +805,154 @@ mod tests {
         ] {
             assert!(parse_pressure(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// A temporary copy of a fixture tree, removed on drop.
+    struct TempTree(PathBuf);
+
+    impl TempTree {
+        fn copy_of(name: &str, tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "ebpf-agent-procfs-unit-{tag}-{}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            copy_dir(&fixture(name), &dir);
+            TempTree(dir)
+        }
+    }
+
+    impl Drop for TempTree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    fn health(c: &ProcfsCollector) -> Vec<(String, String, f64)> {
+        let mut out = Vec::new();
+        c.health(&mut out);
+        out.iter()
+            .map(|m| (m.name.to_string(), m.tags[0].1.clone(), m.value))
+            .collect()
+    }
+
+    fn up_of(c: &ProcfsCollector, source: &str) -> f64 {
+        health(c)
+            .into_iter()
+            .find(|(n, s, _)| n == "agent.procfs_up" && s == source)
+            .unwrap_or_else(|| panic!("no procfs_up for {source}: {:?}", health(c)))
+            .2
+    }
+
+    #[test]
+    fn procfs_health_every_source_up_on_a_good_tree() {
+        let mut c = ProcfsCollector::new(fixture("t0"));
+        collect(&mut c);
+        assert!(c.any_read());
+        let h = health(&c);
+        assert_eq!(h.len(), 7, "{h:?}");
+        assert!(
+            h.iter()
+                .all(|(n, _, v)| n == "agent.procfs_up" && *v == 1.0)
+        );
+        // Without a pressure/ directory the PSI sources are not expected: not reported.
+        let mut c = ProcfsCollector::new(fixture("nopsi"));
+        collect(&mut c);
+        assert_eq!(health(&c).len(), 4);
+    }
+
+    #[test]
+    fn procfs_missing_root_is_down_per_source() {
+        let mut c = ProcfsCollector::new("/nonexistent/proc");
+        collect(&mut c);
+        assert!(!c.any_read());
+        for s in ["meminfo", "vmstat", "stat", "loadavg"] {
+            assert_eq!(up_of(&c, s), 0.0, "{s}");
+        }
+    }
+
+    #[test]
+    fn procfs_non_ascii_meminfo_is_malformed_not_a_panic() {
+        // The procfs crate panics on this line (it slices off the key's last byte, assuming `:`).
+        let t = TempTree::copy_of("t0", "euro");
+        let meminfo = std::fs::read_to_string(t.0.join("meminfo")).unwrap();
+        let bad = meminfo.replacen("MemTotal:", "MemTotal\u{20ac}", 1);
+        std::fs::write(t.0.join("meminfo"), bad).unwrap();
+        let mut c = ProcfsCollector::new(&t.0);
+        let out = collect(&mut c);
+        assert!(
+            !names(&out).iter().any(|n| n.starts_with("mem.")),
+            "{out:#?}"
+        );
+        assert!(c.warned.meminfo);
+        assert_eq!(up_of(&c, "meminfo"), 0.0);
+        // The others keep going.
+        assert_eq!(up_of(&c, "loadavg"), 1.0);
+        assert_eq!(gauge(&out, "load.1"), 0.92);
+        assert!(c.any_read());
+    }
+
+    #[test]
+    fn procfs_internal_errors_and_panics_are_malformed_files() {
+        // "no value": the crate's own "please report this procfs bug" error.
+        let t = TempTree::copy_of("t0", "novalue");
+        std::fs::write(t.0.join("meminfo"), "MemTotal:\n").unwrap();
+        let e = parse_file(&t.0.join("meminfo"), |t| Meminfo::from_read(t)).unwrap_err();
+        assert!(matches!(e, SourceError::Malformed(_)), "{e}");
+        assert!(!e.to_string().contains("please report"), "{e}");
+        let e = contained::<()>(|| panic!("end byte index 10 is not a char boundary")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "malformed (the parser panicked: end byte index 10 is not a char boundary)"
+        );
+        // A file too large to be the kernel's is not read whole.
+        std::fs::write(t.0.join("loadavg"), vec![b'1'; MAX_FILE_BYTES as usize + 1]).unwrap();
+        let e = read_source(&t.0.join("loadavg")).unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
+    }
+
+    #[test]
+    fn procfs_nan_inf_negative_values_are_dropped_and_counted() {
+        let t = TempTree::copy_of("t0", "nan");
+        std::fs::write(t.0.join("loadavg"), "nan -1.5 0.30 1/100 4242\n").unwrap();
+        std::fs::write(
+            t.0.join("pressure/io"),
+            "some avg10=inf avg60=0.52 avg300=0.42 total=3297094\n\
+             full avg10=0.22 avg60=0.42 avg300=0.35 total=2841129\n",
+        )
+        .unwrap();
+        let mut c = ProcfsCollector::new(&t.0);
+        let out = collect(&mut c);
+        assert!(!names(&out).contains(&"load.1"));
+        assert!(!names(&out).contains(&"load.5"));
+        assert_eq!(gauge(&out, "load.15"), 0.3);
+        assert!(!names(&out).contains(&"psi.io.some_avg10"));
+        assert_eq!(gauge(&out, "psi.io.full_avg10"), 0.22);
+        let dropped: Vec<(String, f64)> = health(&c)
+            .into_iter()
+            .filter(|(n, _, _)| n == "agent.procfs_dropped")
+            .map(|(_, s, v)| (s, v))
+            .collect();
+        assert_eq!(
+            dropped,
+            [
+                ("loadavg".to_string(), 2.0),
+                ("pressure_io".to_string(), 1.0)
+            ]
+        );
+        assert_eq!(up_of(&c, "loadavg"), 1.0);
     }
 
     #[test]

@@ -727,6 +727,14 @@ mod tests {
             &|s| s.sinks.riemann_ttl = Some(Duration::from_secs(86401).into()),
             "sinks.riemann_ttl",
         );
+        bad(
+            &|s| s.sinks.riemann_keepalive = Duration::from_secs(86401).into(),
+            "sinks.riemann_keepalive",
+        );
+        bad(
+            &|s| s.sinks.riemann_max_packet = 16385,
+            "sinks.riemann_max_packet",
+        );
         bad(&|s| s.sinks.prefix = "p".repeat(129), "sinks.prefix");
         bad(
             &|s| s.anomaly.sensitivity = f64::INFINITY,

@@ -22,6 +22,14 @@ pub fn next_boundary(now: SystemTime, interval: Duration) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(next as u64)
 }
 
+/// `duration` rounded up to a whole number of intervals, at least one: `--duration` counts
+/// whole intervals (`1ns` is one interval, `1500ms` at 1 s intervals two).
+pub fn whole_intervals(duration: Duration, interval: Duration) -> Duration {
+    let step = interval.as_nanos().max(1);
+    let n = duration.as_nanos().div_ceil(step).max(1);
+    Duration::from_nanos(u64::try_from(n * step).unwrap_or(u64::MAX))
+}
+
 /// Tokio instant at which the wall clock reads `t` (sleeping on the monotonic clock).
 fn instant_at(t: SystemTime) -> Instant {
     Instant::now()
@@ -79,7 +87,7 @@ impl Ticker {
         }
         self.boundary = b;
         self.start = b;
-        self.deadline = duration.map(|d| b + d);
+        self.deadline = duration.map(|d| b + whole_intervals(d, self.interval));
         Some(b)
     }
 
@@ -127,6 +135,22 @@ impl Ticker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_round_up_to_whole_intervals() {
+        let s = Duration::from_secs;
+        assert_eq!(whole_intervals(Duration::from_nanos(1), s(1)), s(1));
+        assert_eq!(whole_intervals(Duration::ZERO, s(1)), s(1));
+        assert_eq!(whole_intervals(Duration::from_millis(1500), s(1)), s(2));
+        assert_eq!(whole_intervals(s(3), s(1)), s(3));
+        assert_eq!(
+            whole_intervals(s(1), Duration::from_millis(300)),
+            Duration::from_millis(1200)
+        );
+        // The longest accepted duration at the shortest interval does not overflow.
+        let year = s(366 * 24 * 3600);
+        assert_eq!(whole_intervals(year, Duration::from_millis(100)), year);
+    }
 
     #[test]
     fn boundaries_align_to_the_wall_clock() {

@@ -1,23 +1,36 @@
 //! `ebpf-agent check`: what this kernel and these privileges allow, one line per probe.
 
-use std::{path::Path, process::ExitCode};
+use std::{
+    io::{self, Write},
+    path::Path,
+    process::ExitCode,
+};
 
 use agent_common::{RuntimeConfig, layout, maps};
 use anyhow::Result;
 
 use crate::probes::{self, Kernel, Probe, ProbeOptions, tracefs};
 
-fn line(what: &str, ok: bool, detail: &str) {
-    println!(
+/// One line on stdout; a closed stdout is an error the caller ends quietly on
+/// ([`crate::output::stdout_closed`]).
+fn line(what: &str, ok: bool, detail: &str) -> io::Result<()> {
+    writeln!(
+        io::stdout(),
         "{:<10} {:<4} {detail}",
         what,
         if ok { "ok" } else { "FAIL" }
-    );
+    )
 }
 
 pub async fn check() -> Result<ExitCode> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!("{:<10} {:<4} {}", "kernel", "", release.trim());
+    writeln!(
+        io::stdout(),
+        "{:<10} {:<4} {}",
+        "kernel",
+        "",
+        release.trim()
+    )?;
     let has_btf = Path::new("/sys/kernel/btf/vmlinux").exists();
     let forced = probes::classic_forced();
     let btf_users = probes::btf_capable_names();
@@ -34,20 +47,20 @@ pub async fn check() -> Result<ExitCode> {
             ),
             _ => format!("no kernel BTF: {btf_users} use classic tracepoints (tracefs)"),
         },
-    );
+    )?;
     let btf = has_btf && !forced;
     // With BTF, tracefs only serves the classic fallback: not having it is no failure.
     let not_needed = "not needed with BTF (only the classic fallback would use it)";
     if btf {
         match tracefs::find() {
-            Ok(Some(p)) => line("tracefs", true, &p.display().to_string()),
-            Ok(None) => line("tracefs", true, &format!("not mounted; {not_needed}")),
-            Err(e) => line("tracefs", true, &format!("{not_needed}: {e}")),
+            Ok(Some(p)) => line("tracefs", true, &p.display().to_string())?,
+            Ok(None) => line("tracefs", true, &format!("not mounted; {not_needed}"))?,
+            Err(e) => line("tracefs", true, &format!("{not_needed}: {e}"))?,
         }
     } else {
         match tracefs::ensure_mounted() {
-            Ok(p) => line("tracefs", true, &p.display().to_string()),
-            Err(e) => line("tracefs", false, &e.to_string()),
+            Ok(p) => line("tracefs", true, &p.display().to_string())?,
+            Err(e) => line("tracefs", false, &e.to_string())?,
         }
     }
     let psi = Path::new("/proc/pressure").is_dir();
@@ -59,7 +72,7 @@ pub async fn check() -> Result<ExitCode> {
         } else {
             "no /proc/pressure: psi.* metrics absent"
         },
-    );
+    )?;
 
     let opts = ProbeOptions {
         probes: Probe::ALL.to_vec(),
@@ -70,9 +83,9 @@ pub async fn check() -> Result<ExitCode> {
     let kernel = match Kernel::load(&opts) {
         Ok(k) => k,
         Err(e) => {
-            line("bpf", false, &e.to_string());
+            line("bpf", false, &e.to_string())?;
             for p in Probe::ALL {
-                line(p.name(), false, "not loaded");
+                line(p.name(), false, "not loaded")?;
             }
             return Ok(ExitCode::from(1));
         }
@@ -81,17 +94,17 @@ pub async fn check() -> Result<ExitCode> {
         "bpf",
         true,
         "programs load; ring buffer and mmapable arrays available",
-    );
+    )?;
     let mut all_ok = true;
     for s in kernel.status() {
         match &s.result {
             Ok(()) => {
                 let hooks: Vec<String> = s.programs.iter().map(|p| p.attach.to_string()).collect();
-                line(s.probe.name(), true, &hooks.join(", "));
+                line(s.probe.name(), true, &hooks.join(", "))?;
             }
             Err(e) => {
                 all_ok = false;
-                line(s.probe.name(), false, e);
+                line(s.probe.name(), false, e)?;
             }
         }
     }
@@ -106,7 +119,7 @@ pub async fn check() -> Result<ExitCode> {
             mib(bytes) / ncpus as f64,
             mib(layout::CPU_BYTES as u64)
         ),
-    );
+    )?;
     drop(kernel);
     Ok(if all_ok {
         ExitCode::SUCCESS

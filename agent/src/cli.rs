@@ -262,6 +262,7 @@ impl RunArgs {
             "sinks.riemann_max_packet": k.riemann_max_packet => f.riemann_max_packet,
             "sinks.riemann_ttl": k.riemann_ttl => f.riemann_ttl,
             "sinks.riemann_timeout": k.riemann_timeout => f.riemann_timeout,
+            "sinks.riemann_keepalive": k.riemann_keepalive => f.riemann_keepalive,
             "sinks.sink_queue": k.sink_queue => f.sink_queue,
         );
         // A sink given here runs whatever the file's `[enable]` says.
@@ -293,13 +294,18 @@ pub struct SinkFlags {
     /// Largest StatsD datagram payload, in bytes [default: 1432].
     #[arg(long = "statsd-max-packet", value_name = "BYTES")]
     pub statsd_max_packet: Option<usize>,
-    /// Largest Riemann UDP datagram, in bytes (the server's default receive limit is 16384)
-    /// [default: 16384].
+    /// Largest Riemann UDP datagram, in bytes: the default fits a 1500-byte MTU over IPv4 and
+    /// IPv6; at most 16384, the server's receive limit [default: 1432].
     #[arg(long = "riemann-max-packet", value_name = "BYTES")]
     pub riemann_max_packet: Option<usize>,
     /// How long Riemann keeps each event [default: twice the interval].
     #[arg(long = "riemann-ttl", value_name = "DUR")]
     pub riemann_ttl: Option<humantime::Duration>,
+    /// How long a counter that stopped being reported is still sent to Riemann, as 0, so that
+    /// the server's index does not expire it while it is merely quiet; 0 turns it off
+    /// [default: 5m].
+    #[arg(long = "riemann-keepalive", value_name = "DUR")]
+    pub riemann_keepalive: Option<humantime::Duration>,
     /// Riemann over TCP: how long to wait for a connection, and for the server's ack
     /// [default: 5s].
     #[arg(long = "riemann-timeout", value_name = "DUR")]
@@ -470,6 +476,7 @@ mod tests {
             format!("[default: {}]", d.sinks.statsd_max_packet),
             format!("[default: {}]", d.sinks.riemann_max_packet),
             format!("[default: {}]", d.sinks.riemann_timeout),
+            format!("[default: {}]", d.sinks.riemann_keepalive),
             format!("[default: {}]", d.sinks.sink_queue),
         ] {
             assert!(help.contains(&default), "{default} not in\n{help}");

@@ -154,8 +154,11 @@ impl Collector {
                 self_metrics::PROBE_UP.level(vec![("probe", p.name().into())], up as u8 as f64),
             );
         }
-        if self.procfs.is_some() {
-            metrics.push(self_metrics::PROBE_UP.level(vec![("probe", PROCFS.into())], 1.0));
+        if let Some(p) = &self.procfs {
+            // Up only when it read something: a wrong or missing proc root is a blind probe.
+            let up = p.any_read() as u8 as f64;
+            metrics.push(self_metrics::PROBE_UP.level(vec![("probe", PROCFS.into())], up));
+            p.health(&mut metrics);
         }
         if self.kernel.is_some() {
             metrics.push(self_metrics::EVENTS.count(vec![], received));

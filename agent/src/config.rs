@@ -309,6 +309,22 @@ tags = ["env=prod"]
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("test.toml:2:"), "{e}");
+        // A tag that would overwrite a Riemann event's own field, only with a Riemann sink.
+        let e = merged(
+            &[],
+            "[sinks]\nriemann = [\"127.0.0.1:5555\"]\ntags = [\"service=web\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("test.toml:3: sinks.tags:") && e.contains("Riemann event"),
+            "{e}"
+        );
+        merged(
+            &[],
+            "[sinks]\nstatsd = [\"127.0.0.1:8125\"]\ntags = [\"service=web\"]\n",
+        )
+        .unwrap();
     }
 
     fn example_line(old: &str) -> usize {

@@ -1,3 +1,4 @@
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -25,9 +26,9 @@ fn main() -> ExitCode {
             let reload = config::Reload::new(args.clone());
             reload.settings().map(|s| Setup::Run(s, reload))
         }
-        Command::Watch(args) => config::from_flags(&args.common)
-            .and_then(|_| ebpf_agent::watch::anomaly_settings(args))
-            .map(Setup::Watch),
+        Command::Watch(args) => config::from_flags(&args.common).and_then(|s| {
+            ebpf_agent::watch::anomaly_settings(args).map(|judge| Setup::Watch(judge, s))
+        }),
         Command::Record(args) if args.common.duration.is_none() => {
             Cli::command()
                 .error(
@@ -55,6 +56,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A filter on a process that does not exist would watch nothing, silently.
+    if let Setup::Run(s, _) | Setup::Watch(_, s) | Setup::Settings(s) = &setup
+        && let Some(pid) = s.pid
+        && !process_exists(pid, &s.procfs_root)
+    {
+        eprintln!(
+            "ebpf-agent: --pid {pid}: no such process (give the pid of a running process, e.g. --pid $(pidof nginx))"
+        );
+        return ExitCode::from(2);
+    }
 
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -70,7 +81,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match (cli.command, setup) {
             (Command::Run(_), Setup::Run(settings, reload)) => run::run(settings, reload).await,
-            (Command::Watch(args), Setup::Watch(judge)) => {
+            (Command::Watch(args), Setup::Watch(judge, _)) => {
                 ebpf_agent::watch::watch(args, judge).await
             }
             (Command::Check(_), _) => ebpf_agent::check::check().await,
@@ -88,6 +99,8 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        // `| head` and the like: the reader has what it wanted.
+        Err(e) if ebpf_agent::output::stdout_closed(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ebpf-agent: {e:#}");
             ExitCode::from(1)
@@ -99,9 +112,22 @@ fn main() -> ExitCode {
 #[allow(clippy::large_enum_variant)]
 enum Setup {
     Run(Settings, config::Reload),
-    Watch(Option<(std::path::PathBuf, DetectorConfig)>),
+    Watch(Option<(std::path::PathBuf, DetectorConfig)>, Settings),
     Settings(Settings),
     None,
+}
+
+/// Whether `pid` is a running process: in this PID namespace (signal 0 sends nothing; EPERM
+/// means it exists under another user), or in the proc root (`/host/proc`: the host's PIDs,
+/// which the kernel programs filter on, seen from a container without the host's namespace).
+fn process_exists(pid: u32, procfs_root: &std::path::Path) -> bool {
+    let Ok(p) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the pid exists.
+    let here = unsafe { libc::kill(p, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    here || procfs_root.join(pid.to_string()).is_dir()
 }
 
 /// `ebpf-agent config check [PATH]`: prints the effective settings, or the line and reason.
@@ -118,9 +144,17 @@ fn config_check(path: Option<&std::path::Path>) -> ExitCode {
         .and_then(|s| config::render(&s));
     match checked {
         Ok(rendered) => {
-            println!("# {}: valid; effective settings:", path.display());
-            print!("{rendered}");
-            ExitCode::SUCCESS
+            let mut out = std::io::stdout().lock();
+            let written = writeln!(out, "# {}: valid; effective settings:", path.display())
+                .and_then(|()| out.write_all(rendered.as_bytes()))
+                .and_then(|()| out.flush());
+            match written {
+                Err(e) if !ebpf_agent::output::stdout_closed(&e) => {
+                    eprintln!("ebpf-agent: writing to stdout: {e}");
+                    ExitCode::from(1)
+                }
+                _ => ExitCode::SUCCESS,
+            }
         }
         Err(e) => {
             eprintln!("ebpf-agent: {e}");

@@ -67,3 +67,17 @@ fn the_readme_documents_exactly_the_catalogue() {
         assert_eq!(&code[name], doc, "kind and tags of {name}");
     }
 }
+
+#[test]
+fn no_metric_tag_is_a_riemann_event_field() {
+    // Riemann merges attributes into the event: a tag named like a field would overwrite it.
+    for def in crate::metric_catalogue() {
+        for tag in def.tags {
+            assert!(
+                !agent_core::sinks::riemann::RESERVED_KEYS.contains(tag),
+                "{}: tag {tag:?} would overwrite a Riemann event field",
+                def.name
+            );
+        }
+    }
+}

@@ -105,6 +105,7 @@ pub fn detect(file: &Path, sensitivity: f64) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if crate::output::stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ebpf-agent: {}: {e}", file.display());
             ExitCode::from(2)

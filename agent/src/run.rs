@@ -161,9 +161,6 @@ fn emit(
         Output::Text => output::write_text(w, snap, &c.last_events),
         Output::None => Ok(()),
     };
-    match r {
-        // A closed stdout (e.g. `| head`) ends the agent quietly.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(anyhow::anyhow!("stdout closed")),
-        r => Ok(r?),
-    }
+    // A closed stdout (e.g. `| head`) ends the agent, quietly (`output::stdout_closed` in main).
+    Ok(r?)
 }

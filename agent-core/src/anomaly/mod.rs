@@ -41,6 +41,7 @@ use model::{Assessment, Model, Params};
 pub use csv::{CsvError, detect_csv};
 pub use describe::{format_value, metric_label};
 pub use persist::LoadError;
+pub(crate) use persist::clean_stale_temporaries;
 pub use sheet::{
     Deviation, Sheet, SheetBuilder, SheetEntry, compare, compare_with, render_json, render_text,
 };

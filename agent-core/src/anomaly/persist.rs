@@ -7,7 +7,8 @@
 //! fsynced, renamed over the old one, and the directory fsynced: a crash leaves the old or the
 //! new file, never a torn one.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
@@ -36,6 +37,8 @@ pub enum LoadError {
     Version(u32),
     #[error("anomaly state file is corrupt: {0}")]
     Corrupt(String),
+    #[error("the anomaly state path is {0}, not a regular file (remove it)")]
+    NotAFile(&'static str),
 }
 
 pub(crate) struct KeyRef<'a> {
@@ -401,11 +404,98 @@ pub(crate) fn decode(buf: &[u8], max_keys: usize) -> Result<Vec<LoadedKey>, Load
 /// Reads and decodes a state file, refusing anything larger than `MAX_KEYS` keys could be.
 pub(crate) fn read(path: &Path, max_keys: usize) -> Result<Vec<LoadedKey>, LoadError> {
     let limit = (20 + MAX_KEYS * MAX_ENTRY) as u64;
-    let len = std::fs::metadata(path)?.len();
-    if len > limit {
+    decode(&read_state_file(path, limit)?, max_keys)
+}
+
+/// The bytes of a regular file of at most `limit` bytes that starts with [`MAGIC`]. Opened
+/// without blocking (a FIFO at the path would block the open until a writer came) and checked
+/// through the opened descriptor (no race with a swap of the path): a FIFO, a device (a
+/// symlink to `/dev/zero` would read forever) or a directory is refused, and a foreign file is
+/// refused after its first bytes, before reading the rest.
+fn read_state_file(path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        return Err(LoadError::NotAFile(if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_dir() {
+            "a directory"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "something else"
+        }));
+    }
+    if meta.len() > limit {
         return Err(corrupt("file too large"));
     }
-    decode(&std::fs::read(path)?, max_keys)
+    let mut magic = [0u8; MAGIC.len()];
+    if f.read_exact(&mut magic).is_err() || &magic != MAGIC {
+        return Err(LoadError::Foreign);
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    buf.extend_from_slice(&magic);
+    // Bounded even if the file grows while being read.
+    f.take(limit - MAGIC.len() as u64 + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(corrupt("file too large"));
+    }
+    Ok(buf)
+}
+
+/// Suffix of the temporary files of [`write_atomic`]: `<file>.tmp.<pid>`.
+const TMP_SUFFIX: &str = ".tmp.";
+
+/// Removes `<path>.tmp.<pid>` files left by a writer that died before its rename (a kill during a
+/// save): those whose pid is not a running process, or is this one (it has not saved yet).
+/// Returns how many were removed.
+pub(crate) fn clean_stale_temporaries(path: &Path) -> usize {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return 0;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let prefix = format!("{name}{TMP_SUFFIX}");
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let file_name = e.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<i32>().ok())
+            .filter(|&p| p > 0)
+        else {
+            continue;
+        };
+        if (pid as u32 == std::process::id() || !process_alive(pid))
+            && e.file_type().is_ok_and(|t| t.is_file())
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Whether a process with this pid exists (signal 0 checks without sending anything; EPERM
+/// means it exists under another user).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the pid exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Writes `bytes` to `path` atomically: temporary file in the same directory, fsync, rename,
@@ -420,7 +510,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .file_name()
         .ok_or_else(|| std::io::Error::other(format!("{} is not a file path", path.display())))?
         .to_os_string();
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    tmp_name.push(format!("{TMP_SUFFIX}{}", std::process::id()));
     let tmp = dir.join(tmp_name);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -516,5 +606,79 @@ mod tests {
         let mut v2 = buf.clone();
         v2[8] = 2;
         assert!(matches!(decode(&v2, 10), Err(LoadError::Version(2))));
+    }
+
+    fn temp_dir(tag: &str) -> std::path::PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("ebpf-agent-persist-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_fifo_at_the_state_path_is_refused_without_blocking() {
+        let dir = temp_dir("fifo");
+        let path = dir.join("detector.state");
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // A blocking open would wait for a writer forever: run it on a thread and bound the wait.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(read(&p, 10).map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a FIFO state path hung");
+        assert_eq!(
+            r.unwrap_err(),
+            "the anomaly state path is a FIFO, not a regular file (remove it)"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_to_dev_zero_is_refused_and_junk_is_not_read_whole() {
+        let dir = temp_dir("zero");
+        let path = dir.join("detector.state");
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        assert!(matches!(
+            read(&path, 10),
+            Err(LoadError::NotAFile("a device"))
+        ));
+        std::fs::remove_file(&path).unwrap();
+        // A large foreign file: refused on its magic, not read to its end.
+        std::fs::write(&path, vec![b'x'; 4 << 20]).unwrap();
+        assert!(matches!(
+            read_state_file(&path, 8 << 20),
+            Err(LoadError::Foreign)
+        ));
+        std::fs::write(&path, vec![b'x'; 4 << 20]).unwrap();
+        assert!(matches!(
+            read_state_file(&path, 1 << 20),
+            Err(LoadError::Corrupt(_))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_writers_are_removed() {
+        let dir = temp_dir("tmp");
+        let path = dir.join("detector.state");
+        // A pid above the kernel's pid_max (at most 2^22) is never running.
+        let dead = dir.join("detector.state.tmp.99999999");
+        let mine = dir.join(format!("detector.state.tmp.{}", std::process::id()));
+        // pid 1 is always running: its file is someone's save in progress.
+        let alive = dir.join("detector.state.tmp.1");
+        let other = dir.join("other.tmp.99999999");
+        for f in [&dead, &mine, &alive, &other] {
+            std::fs::write(f, b"partial").unwrap();
+        }
+        assert_eq!(clean_stale_temporaries(&path), 2);
+        assert!(!dead.exists() && !mine.exists());
+        assert!(alive.exists() && other.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

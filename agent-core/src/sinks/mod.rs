@@ -71,7 +71,8 @@ pub struct SinkArgs {
     pub statsd_tags: StatsdTagStyle,
     /// Largest StatsD datagram payload, in bytes.
     pub statsd_max_packet: usize,
-    /// Largest Riemann UDP datagram, in bytes (the server's default receive limit is 16384).
+    /// Largest Riemann UDP datagram, in bytes: by default one that fits a 1500-byte MTU
+    /// ([`RIEMANN_DEFAULT_PACKET`]); at most the server's receive limit, 16384.
     pub riemann_max_packet: usize,
     /// How long Riemann keeps each event; `None`: twice the interval.
     #[serde(
@@ -83,6 +84,10 @@ pub struct SinkArgs {
     /// Riemann over TCP: how long to wait for a connection, and for the server's ack.
     #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
     pub riemann_timeout: humantime::Duration,
+    /// How long a counter that stopped being reported is still sent to Riemann as 0 (so the
+    /// index does not expire a key that is merely quiet); zero: off.
+    #[serde(deserialize_with = "de::duration", serialize_with = "de::ser_duration")]
+    pub riemann_keepalive: humantime::Duration,
     /// Intervals each sink holds while its endpoint is slow or away; the oldest go first.
     pub sink_queue: usize,
 }
@@ -97,9 +102,10 @@ impl Default for SinkArgs {
             tags: vec![],
             statsd_tags: StatsdTagStyle::Name,
             statsd_max_packet: 1432,
-            riemann_max_packet: 16384,
+            riemann_max_packet: RIEMANN_DEFAULT_PACKET,
             riemann_ttl: None,
             riemann_timeout: Duration::from_secs(5).into(),
+            riemann_keepalive: Duration::from_secs(300).into(),
             sink_queue: 60,
         }
     }
@@ -107,6 +113,14 @@ impl Default for SinkArgs {
 
 /// Largest UDP payload over IPv4.
 const MAX_UDP: usize = 65507;
+/// Riemann UDP datagrams by default: a 1500-byte Ethernet MTU less the IPv6 (40) and UDP (8)
+/// headers is 1452; 20 bytes more are left for IP options or a tunnel's header, as StatsD's
+/// 1432. A larger datagram is fragmented, and one lost fragment loses all its events.
+pub const RIEMANN_DEFAULT_PACKET: usize = 1432;
+/// Riemann's UDP server reads at most this many bytes of a datagram.
+pub const RIEMANN_MAX_PACKET: usize = 16384;
+/// Riemann keep-alive, at most a day.
+pub const MAX_RIEMANN_KEEPALIVE: Duration = Duration::from_secs(24 * 3600);
 /// Endpoints of each kind (each has its own task and queue).
 pub const MAX_ENDPOINTS: usize = 16;
 /// Intervals a sink may hold: an hour of one-second intervals (each queued interval is a whole
@@ -145,7 +159,20 @@ impl SinkArgs {
                 format!("{} tags: at most {MAX_TAGS}", self.tags.len()),
             ));
         }
-        self.parsed_tags().map_err(|e| ("tags", e))?;
+        let tags = self.parsed_tags().map_err(|e| ("tags", e))?;
+        if !self.riemann.is_empty()
+            && let Some((k, v)) = tags
+                .iter()
+                .find(|(k, _)| riemann::RESERVED_KEYS.contains(&k.as_str()))
+        {
+            return Err((
+                "tags",
+                format!(
+                    "\"{k}={v}\": `{k}` is a field of every Riemann event, which this tag would overwrite; use another key (Riemann reserves {})",
+                    riemann::RESERVED_KEYS.join(", ")
+                ),
+            ));
+        }
         if !valid_prefix(&self.prefix) || self.prefix.len() > MAX_TAG_BYTES {
             return Err((
                 "prefix",
@@ -164,11 +191,28 @@ impl SinkArgs {
                 ),
             ));
         }
-        if !(256..=MAX_UDP).contains(&self.riemann_max_packet) {
+        if !(256..=RIEMANN_MAX_PACKET).contains(&self.riemann_max_packet) {
             return Err((
                 "riemann_max_packet",
                 format!(
-                    "{}: must be between 256 and {MAX_UDP} bytes",
+                    "{}: must be between 256 and {RIEMANN_MAX_PACKET} bytes (Riemann's receive limit)",
+                    self.riemann_max_packet
+                ),
+            ));
+        }
+        // Every event repeats the tags (keys twice: in `tags` and `attributes`): over UDP they
+        // must leave room for the event itself, or every event would be too large to send.
+        let tag_bytes: usize = tags.iter().map(|(k, v)| 2 * k.len() + v.len() + 8).sum();
+        let udp_riemann = self
+            .riemann
+            .iter()
+            .any(|r| parse_riemann(r).is_ok_and(|(t, _)| t == Transport::Udp));
+        if udp_riemann && tag_bytes + 512 > self.riemann_max_packet {
+            return Err((
+                "tags",
+                format!(
+                    "{} tags take {tag_bytes} bytes of every Riemann event: more than a {}-byte UDP datagram holds with the event; raise riemann_max_packet (at most {RIEMANN_MAX_PACKET}), use Riemann over tcp://, or shorten the tags",
+                    tags.len(),
                     self.riemann_max_packet
                 ),
             ));
@@ -179,6 +223,15 @@ impl SinkArgs {
             return Err((
                 "riemann_ttl",
                 format!("{ttl}: must be longer than 0s and at most 1day"),
+            ));
+        }
+        if *self.riemann_keepalive > MAX_RIEMANN_KEEPALIVE {
+            return Err((
+                "riemann_keepalive",
+                format!(
+                    "{}: must be at most 1day (0s turns it off)",
+                    self.riemann_keepalive
+                ),
             ));
         }
         let timeout = self.riemann_timeout;
@@ -382,15 +435,25 @@ impl Sinks {
             let (shared, task) = match transport {
                 Transport::Udp => {
                     let shared = Shared::new(format!("riemann-udp:{hostport}"), args.sink_queue);
-                    let task =
-                        tokio::spawn(run_udp(shared.clone(), endpoint, UdpEncoder::Riemann(cfg)));
+                    let keep = riemann::KeepAlive::new(*args.riemann_keepalive);
+                    let task = tokio::spawn(run_udp(
+                        shared.clone(),
+                        endpoint,
+                        UdpEncoder::Riemann(cfg, keep),
+                    ));
                     (shared, task)
                 }
                 Transport::Tcp => {
                     let shared = Shared::new(format!("riemann-tcp:{hostport}"), args.sink_queue);
                     let timeout = *args.riemann_timeout;
-                    let task =
-                        tokio::spawn(riemann::run_tcp(shared.clone(), endpoint, cfg, timeout));
+                    let keep = riemann::KeepAlive::new(*args.riemann_keepalive);
+                    let task = tokio::spawn(riemann::run_tcp(
+                        shared.clone(),
+                        endpoint,
+                        cfg,
+                        timeout,
+                        keep,
+                    ));
                     (shared, task)
                 }
             };
@@ -429,25 +492,34 @@ impl Sinks {
     }
 
     /// Lets every sink deliver what it holds, for at most `timeout` in all, then stops them.
-    pub async fn shutdown(mut self, timeout: Duration) {
+    /// Returns the metric values left undelivered (queued, or sent and not acknowledged), which
+    /// are also counted in the sink's `sink_dropped` and logged with their count: the agent's
+    /// last interval was already sent, so the log line is where they show.
+    pub async fn shutdown(mut self, timeout: Duration) -> u64 {
         for s in &self.sinks {
             s.shared.closing.store(true, Ordering::Release);
             s.shared.notify.notify_one();
         }
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut undelivered = 0;
         for mut s in std::mem::take(&mut self.sinks) {
             if tokio::time::timeout_at(deadline, &mut s.task)
                 .await
                 .is_err()
             {
                 s.task.abort();
-                let left: usize = lock(&s.shared.queue).iter().map(|q| q.metrics.len()).sum();
+                let queued: usize = lock(&s.shared.queue).iter().map(|q| q.metrics.len()).sum();
+                let left = queued as u64 + s.shared.in_flight.load(Ordering::Relaxed);
+                s.shared.dropped(left);
+                undelivered += left;
                 tracing::warn!(
                     sink = %s.shared.name,
-                    "stopped before delivering everything ({left} queued metric values left)"
+                    "stopped before delivering everything: {left} metric values not delivered \
+                     (counted in agent.sink_dropped)"
                 );
             }
         }
+        undelivered
     }
 
     pub fn is_empty(&self) -> bool {
@@ -478,6 +550,8 @@ pub(crate) struct Shared {
     closing: AtomicBool,
     errors: AtomicU64,
     dropped: AtomicU64,
+    /// Metric values taken from the queue and not yet delivered (TCP: awaiting the ack).
+    in_flight: AtomicU64,
     log: Mutex<LogLimiter>,
 }
 
@@ -505,6 +579,7 @@ impl Shared {
             closing: AtomicBool::new(false),
             errors: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
             log: Mutex::new(LogLimiter::default()),
         })
     }
@@ -646,21 +721,21 @@ async fn lookup(host: &str, port: u16) -> std::io::Result<SocketAddr> {
 
 enum UdpEncoder {
     Statsd(statsd::Config),
-    Riemann(riemann::Config),
+    Riemann(riemann::Config, riemann::KeepAlive),
 }
 
 impl UdpEncoder {
-    fn encode(&self, snap: &Snapshot) -> Encoded {
+    fn encode(&mut self, snap: &Snapshot) -> Encoded {
         match self {
             UdpEncoder::Statsd(c) => statsd::encode(snap, c),
-            UdpEncoder::Riemann(c) => riemann::encode_udp(snap, c),
+            UdpEncoder::Riemann(c, keep) => riemann::encode_udp_kept(snap, c, keep),
         }
     }
 }
 
 /// A UDP sink: encodes each interval and sends its datagrams on a connected socket, so that
 /// ICMP port-unreachable comes back as ECONNREFUSED (counted) instead of vanishing.
-async fn run_udp(shared: Arc<Shared>, mut endpoint: Endpoint, encoder: UdpEncoder) {
+async fn run_udp(shared: Arc<Shared>, mut endpoint: Endpoint, mut encoder: UdpEncoder) {
     let mut sock: Option<UdpSocket> = None;
     while let Some(snap) = shared.next().await {
         let enc = encoder.encode(&snap);
@@ -752,6 +827,60 @@ mod tests {
             a.parsed_tags().unwrap(),
             vec![("env".into(), "prod".into()), ("dc".into(), "par 1".into())]
         );
+    }
+
+    #[test]
+    fn riemann_udp_defaults_to_an_mtu_sized_datagram_and_tags_must_fit_it() {
+        assert_eq!(SinkArgs::default().riemann_max_packet, 1432);
+        let big_tags: Vec<String> = (0..10)
+            .map(|i| format!("k{i}={}", "v".repeat(100)))
+            .collect();
+        let udp = SinkArgs {
+            riemann: vec!["127.0.0.1:5555".into()],
+            tags: big_tags.clone(),
+            ..Default::default()
+        };
+        let (k, e) = udp.check().unwrap_err();
+        assert_eq!(k, "tags");
+        assert!(e.contains("raise riemann_max_packet"), "{e}");
+        // Room made with the setting, or no datagram at all over TCP.
+        let larger = SinkArgs {
+            riemann_max_packet: 16384,
+            ..udp.clone()
+        };
+        assert_eq!(larger.check(), Ok(()));
+        let tcp = SinkArgs {
+            riemann: vec!["tcp://127.0.0.1:5555".into()],
+            ..udp
+        };
+        assert_eq!(tcp.check(), Ok(()));
+    }
+
+    #[test]
+    fn riemann_reserved_tag_keys_are_refused_only_with_a_riemann_sink() {
+        for key in riemann::RESERVED_KEYS {
+            let tag = format!("{key}=x");
+            let with_riemann = SinkArgs {
+                riemann: vec!["127.0.0.1:5555".into()],
+                tags: vec!["env=prod".into(), tag.clone()],
+                ..Default::default()
+            };
+            let (k, e) = with_riemann.check().unwrap_err();
+            assert_eq!(k, "tags");
+            assert!(
+                e.starts_with(&format!(
+                    "\"{tag}\": `{key}` is a field of every Riemann event"
+                )),
+                "{e}"
+            );
+            // StatsD has no such fields: the same tag is fine there.
+            let statsd_only = SinkArgs {
+                statsd: vec!["127.0.0.1:8125".into()],
+                tags: vec![tag],
+                ..Default::default()
+            };
+            assert_eq!(statsd_only.check(), Ok(()));
+        }
     }
 
     #[test]
@@ -994,5 +1123,28 @@ mod tests {
         let t = Instant::now();
         sinks.shutdown(Duration::from_millis(300)).await;
         assert!(t.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn values_left_at_shutdown_are_counted_as_dropped() {
+        // A Riemann server that accepts and never acknowledges: every interval stays queued.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let args = SinkArgs {
+            riemann: vec![format!("tcp://127.0.0.1:{port}")],
+            riemann_timeout: Duration::from_secs(60).into(),
+            riemann_keepalive: Duration::ZERO.into(),
+            ..Default::default()
+        };
+        let sinks = Sinks::start(&args, Duration::from_secs(1)).await.unwrap();
+        for _ in 0..3 {
+            sinks.send(snap(5));
+        }
+        // Let the task take the first interval and send it (it then waits for the ack).
+        let (_conn, _) = silent.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let shared = sinks.sinks[0].shared.clone();
+        assert_eq!(sinks.shutdown(Duration::from_millis(200)).await, 15);
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 15);
     }
 }

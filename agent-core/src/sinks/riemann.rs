@@ -4,7 +4,7 @@
 //! Each metric is one [`Event`]:
 //! - `host`: the snapshot's host; `service`: `PREFIX metric tagvalue…` separated by spaces,
 //!   e.g. `ebpf syscall.latency_us.p99 read`;
-//! - `metric_d` always, plus `metric_sint64` for counters (whole numbers);
+//! - `metric_d` and `metric_f` always, plus `metric_sint64` for counters (whole numbers);
 //! - `time` (Unix seconds) and `time_micros` (the interval's end);
 //! - `ttl` (default twice the interval), `state` `ok`;
 //! - `tags`: `ebpf-agent` and the keys of the `--tag`s; `attributes`: every tag of the metric,
@@ -16,8 +16,9 @@
 //! datagrams as needed. TCP: one `Msg` per interval behind a 4-byte big-endian length, and the
 //! server's `Msg { ok: true }` awaited before the next.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -25,7 +26,7 @@ use tokio::net::TcpStream;
 
 // `State` here is Riemann's protobuf message; the detector's states are `AnomalyState`.
 use crate::anomaly::State as AnomalyState;
-use crate::snapshot::{Kind, Metric, Snapshot};
+use crate::snapshot::{Kind, Metric, Snapshot, Tags};
 
 use super::{Datagram, Encoded, Endpoint, Shared};
 
@@ -113,6 +114,23 @@ pub struct Query {
 /// The fixed tag on every event.
 pub const AGENT_TAG: &str = "ebpf-agent";
 
+/// Attribute keys Riemann would merge over the event's own fields (its event is a map: an
+/// attribute `service=x` replaces the service): refused as `--tag` keys with a Riemann sink.
+pub const RESERVED_KEYS: [&str; 12] = [
+    "host",
+    "service",
+    "state",
+    "description",
+    "metric",
+    "time",
+    "time_micros",
+    "ttl",
+    "tags",
+    "metric_f",
+    "metric_d",
+    "metric_sint64",
+];
+
 /// Largest TCP answer accepted from a server (an ack is a few bytes).
 const MAX_ACK: usize = 1 << 20;
 
@@ -167,6 +185,10 @@ pub fn event(snap: &Snapshot, m: &Metric, cfg: &Config) -> Option<Event> {
         .collect();
     // The anomaly detection's judgement, when it has one for this metric.
     let anomaly = snap.anomaly_of(m);
+    let metric_d = match m.kind {
+        Kind::Counter => m.value.round(),
+        Kind::Gauge => m.value,
+    };
     Some(Event {
         time: Some(micros.div_euclid(1_000_000)),
         time_micros: Some(micros),
@@ -178,11 +200,9 @@ pub fn event(snap: &Snapshot, m: &Metric, cfg: &Config) -> Option<Event> {
         ttl: Some(cfg.ttl),
         attributes,
         metric_sint64: (m.kind == Kind::Counter).then(|| m.value.round() as i64),
-        metric_d: Some(match m.kind {
-            Kind::Counter => m.value.round(),
-            Kind::Gauge => m.value,
-        }),
-        metric_f: None,
+        metric_d: Some(metric_d),
+        // Older consumers read only the float (the server itself prefers sint64, then d).
+        metric_f: Some(metric_d as f32),
     })
 }
 
@@ -212,9 +232,83 @@ pub fn events(snap: &Snapshot, cfg: &Config) -> (Vec<Event>, u64) {
     (events, skipped)
 }
 
+/// Keeps quiet counters alive in Riemann's index.
+///
+/// Riemann expires an event `ttl` seconds after it was received, and the agent sends a key only
+/// in intervals where it has a value: without this, a syscall that is not called for a few
+/// seconds or a disk that goes idle would expire every time (the "expired" events people alert
+/// on). A counter seen in the last `window` is therefore sent as 0 in each interval it is
+/// absent from; only a key quiet for longer expires. Latency gauges of a quiet key are not
+/// sent (there is no latency of nothing): they expire after the ttl.
+#[derive(Debug)]
+pub struct KeepAlive {
+    window: Duration,
+    /// Counter keys and the end of the last interval that had them.
+    last_seen: HashMap<(String, Tags), SystemTime>,
+}
+
+impl KeepAlive {
+    /// `window` zero: off.
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            last_seen: HashMap::new(),
+        }
+    }
+
+    /// The zero counters to send with `snap`: each counter key seen within the window before
+    /// `snap` but absent from it. Keys quiet for longer are forgotten.
+    pub fn quiet_counters(&mut self, snap: &Snapshot) -> Vec<Metric> {
+        if self.window.is_zero() {
+            return vec![];
+        }
+        let mut present = HashSet::new();
+        for m in snap.metrics.iter().filter(|m| m.kind == Kind::Counter) {
+            let key = (m.name.clone(), m.tags.clone());
+            self.last_seen.insert(key.clone(), snap.time);
+            present.insert(key);
+        }
+        let window = self.window;
+        let mut out = Vec::new();
+        self.last_seen.retain(|key, last| {
+            if present.contains(key) {
+                return true;
+            }
+            let quiet = snap.time.duration_since(*last).unwrap_or_default();
+            let keep = quiet <= window;
+            if keep {
+                out.push(Metric::counter(key.0.clone(), key.1.clone(), 0));
+            }
+            keep
+        });
+        // The map's order is random: sorted, so datagrams are stable from one interval to the next.
+        out.sort_by(|a, b| (&a.name, &a.tags).cmp(&(&b.name, &b.tags)));
+        out
+    }
+
+    /// [`events`] of `snap` plus the zero counters of the quiet keys, and how many were skipped.
+    pub fn events(&mut self, snap: &Snapshot, cfg: &Config) -> (Vec<Event>, u64) {
+        let (mut out, skipped) = events(snap, cfg);
+        out.extend(
+            self.quiet_counters(snap)
+                .iter()
+                .filter_map(|m| event(snap, m, cfg)),
+        );
+        (out, skipped)
+    }
+}
+
 /// UDP: one `Msg` per datagram, each at most `cfg.max_packet` bytes.
 pub fn encode_udp(snap: &Snapshot, cfg: &Config) -> Encoded {
-    let (events, skipped) = events(snap, cfg);
+    encode_events(events(snap, cfg), cfg)
+}
+
+/// As [`encode_udp`], with the quiet counters `keep` keeps alive.
+pub fn encode_udp_kept(snap: &Snapshot, cfg: &Config, keep: &mut KeepAlive) -> Encoded {
+    encode_events(keep.events(snap, cfg), cfg)
+}
+
+fn encode_events((events, skipped): (Vec<Event>, u64), cfg: &Config) -> Encoded {
     let (datagrams, oversize) = pack_udp(events, cfg.max_packet);
     Encoded {
         datagrams,
@@ -315,16 +409,20 @@ pub(super) async fn run_tcp(
     mut endpoint: Endpoint,
     cfg: Config,
     timeout: Duration,
+    mut keep: KeepAlive,
 ) {
     let mut conn: Option<TcpStream> = None;
     let mut pending: Option<Pending> = None;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
+        shared
+            .in_flight
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         let p = match pending.take() {
             Some(p) => p,
             None => match shared.next().await {
                 Some(snap) => {
-                    let (events, skipped) = events(&snap, &cfg);
+                    let (events, skipped) = keep.events(&snap, &cfg);
                     shared.dropped(skipped);
                     if events.is_empty() {
                         continue;
@@ -341,6 +439,9 @@ pub(super) async fn run_tcp(
             },
         };
 
+        shared
+            .in_flight
+            .store(p.metrics, std::sync::atomic::Ordering::Relaxed);
         let stream = match conn.as_mut() {
             Some(s) => s,
             None => match connect(&endpoint, timeout).await {
@@ -518,6 +619,7 @@ mod tests {
             Some("ebpf syscall.latency_us.p99 read")
         );
         assert_eq!(e.metric_d, Some(12.5));
+        assert_eq!(e.metric_f, Some(12.5));
         assert_eq!(e.metric_sint64, None);
         assert_eq!(e.time, Some(1_700_000_001));
         assert_eq!(e.time_micros, Some(1_700_000_001_250_000));
@@ -534,6 +636,7 @@ mod tests {
         assert_eq!(e.service.as_deref(), Some("ebpf disk.ops vda write"));
         assert_eq!(e.metric_sint64, Some(42));
         assert_eq!(e.metric_d, Some(42.0));
+        assert_eq!(e.metric_f, Some(42.0));
 
         let mut c = cfg();
         c.prefix.clear();
@@ -683,6 +786,67 @@ mod tests {
         assert_eq!(enc.skipped, 1);
         assert_eq!(enc.datagrams.len(), 1);
         assert_eq!(enc.datagrams[0].metrics, 1);
+    }
+
+    fn at(secs: u64, metrics: Vec<Metric>) -> Snapshot {
+        let mut s = snap(metrics);
+        s.time = UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs);
+        s
+    }
+
+    #[test]
+    fn quiet_counters_are_kept_alive_as_zero_for_the_window_then_expire() {
+        let read = || vec![("syscall", "read".to_string())];
+        let busy = || {
+            vec![
+                Metric::counter("syscall.count", read(), 7),
+                Metric::gauge("syscall.latency_us.p99", read(), 12.5),
+            ]
+        };
+        let mut keep = KeepAlive::new(Duration::from_secs(3));
+        assert!(keep.quiet_counters(&at(0, busy())).is_empty());
+        // Quiet for 1, 2, 3 s: the counter is sent as 0; the latency gauge is not sent.
+        for t in 1..=3 {
+            let (ev, _) = keep.events(&at(t, vec![]), &cfg());
+            assert_eq!(ev.len(), 1, "at {t}: {ev:?}");
+            assert_eq!(ev[0].service.as_deref(), Some("ebpf syscall.count read"));
+            assert_eq!(ev[0].metric_sint64, Some(0));
+            assert_eq!(ev[0].metric_d, Some(0.0));
+            assert_eq!(ev[0].ttl, Some(2.0));
+            assert_eq!(ev[0].time, Some(1_700_000_000 + t as i64));
+        }
+        // Quiet for longer than the window: no longer sent (Riemann expires it), and forgotten.
+        assert!(keep.quiet_counters(&at(4, vec![])).is_empty());
+        assert!(keep.last_seen.is_empty());
+        // Seen again: kept alive again from then.
+        keep.quiet_counters(&at(10, busy()));
+        assert_eq!(keep.quiet_counters(&at(11, vec![])).len(), 1);
+        // Off: nothing added.
+        let mut off = KeepAlive::new(Duration::ZERO);
+        off.quiet_counters(&at(0, busy()));
+        assert!(off.quiet_counters(&at(1, vec![])).is_empty());
+    }
+
+    #[test]
+    fn udp_datagrams_fit_the_default_packet() {
+        let metrics: Vec<Metric> = (0..500)
+            .map(|i| {
+                Metric::gauge(
+                    "syscall.latency_us.p99",
+                    vec![("syscall", format!("call_{i}"))],
+                    1.5,
+                )
+            })
+            .collect();
+        let mut c = cfg();
+        c.max_packet = super::super::RIEMANN_DEFAULT_PACKET;
+        let enc = encode_udp(&snap(metrics), &c);
+        assert_eq!(enc.skipped, 0);
+        assert_eq!(enc.datagrams.iter().map(|d| d.metrics).sum::<usize>(), 500);
+        for d in &enc.datagrams {
+            // 1432 bytes of payload + 8 (UDP) + 40 (IPv6) + 20 spare = 1500.
+            assert!(d.bytes.len() <= 1432, "{} bytes", d.bytes.len());
+        }
     }
 
     #[test]

@@ -57,7 +57,7 @@ fn quiet_pipe(r: io::Result<()>) -> Result<bool> {
     match r {
         Ok(()) => Ok(true),
         // A closed stdout (e.g. `| head`) ends the view quietly.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) if crate::output::stdout_closed(&e) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
