@@ -573,7 +573,7 @@ pub fn parse_threshold(s: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
 
-    const SOURCES: &[&str] = &["syscall", "disk", "tcp", "procfs"];
+    const SOURCES: &[&str] = &["syscall", "disk", "tcp", "runq", "procfs"];
     const EXAMPLE: &str = include_str!("../../packaging/config.example.toml");
 
     /// Parses and validates, as `config check` does: `Err((line, message))`.
@@ -632,7 +632,7 @@ mod tests {
                 "ring_buffer_kib = 1000",
                 "ring_buffer_kib",
             ),
-            ("tcp = true", "runq = true", "enable.runq"),
+            ("tcp = true", "gpu = true", "enable.gpu"),
             ("interval", "interval = \"soon\"", "interval"),
             ("interval", "interval = 5", ""),
             ("raise_after", "raise_after = 0", "anomaly.raise_after"),
@@ -653,8 +653,8 @@ mod tests {
             assert!(msg.starts_with(key), "{new}: {msg}");
             assert!(!msg.contains('\n'), "{msg}");
         }
-        assert_eq!(example_with("statsd = [", "").1, 42);
-        assert_eq!(example_with("max_keys", "").1, 74);
+        assert_eq!(example_with("statsd = [", "").1, 43);
+        assert_eq!(example_with("max_keys", "").1, 75);
     }
 
     #[test]
@@ -696,7 +696,7 @@ mod tests {
         bad(&|s| s.ring_buffer_kib = 384, "ring_buffer_kib");
         bad(&|s| s.pid = Some(0), "pid");
         bad(&|s| s.comm = Some("a-name-longer-than-15".into()), "comm");
-        bad(&|s| s.probes = Some(vec!["runq".into()]), "probes");
+        bad(&|s| s.probes = Some(vec!["gpu".into()]), "probes");
         bad(&|s| s.sinks.sink_queue = 3601, "sinks.sink_queue");
         bad(&|s| s.sinks.sink_queue = 0, "sinks.sink_queue");
         bad(
