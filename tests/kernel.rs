@@ -456,6 +456,7 @@ fn without_bpf_privilege_runs_procfs_only() {
         ])
         .arg(common::bin())
         .args(["run", "--output", "json", "--duration", "1s"])
+        .args(["--state-dir", &common::temp_state_dir()])
         .output()
         .expect("setpriv (util-linux)");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -550,6 +551,7 @@ fn a_probe_that_cannot_attach_is_down_alone() {
     let out = Command::new(common::bin())
         .env("EBPF_AGENT_BREAK_PROBE", "disk")
         .args(["run", "--output", "json", "--duration", "1s"])
+        .args(["--state-dir", &common::temp_state_dir()])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -620,6 +622,7 @@ fn nothing_stays_attached_after_exit_or_failure() {
     // A runtime failure (stdout closed under it): exit 1 with a message, nothing left.
     let mut child = Command::new(common::bin())
         .args(["run", "--output", "json"])
+        .args(["--state-dir", &common::temp_state_dir()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

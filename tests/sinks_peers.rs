@@ -815,6 +815,7 @@ fn repo_proto_matches_debians_riemann_proto() {
 async fn run_agent(args: &[String], getppid_calls: usize) -> Vec<Value> {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ebpf-agent"))
         .args(["run", "--output", "json"])
+        .args(["--state-dir", &common::temp_state_dir()])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
