@@ -196,6 +196,11 @@ fn material(s: &Signal, interval_s: f64) -> bool {
             _ => s.value / interval_s >= 10.0 && s.value >= 4.0 * s.usual.max(0.0),
         },
         Impact::Saturation => {
+            // `some` pressure (a task waited) rises with any busy spell, a build included;
+            // `full` (every task stalled), iowait and swapping are the host itself stalling.
+            if s.name.starts_with("psi.") && s.name.contains(".some_") {
+                return false;
+            }
             let pct = if s.name.ends_with("_stall_us") {
                 s.value / (interval_s * 1e4) // µs stalled per interval → %
             } else if s.name.ends_with("_pages") {
@@ -305,6 +310,8 @@ struct Member {
     severity: State,
     impact: Impact,
     active: bool,
+    /// Unix seconds of the last interval it was off.
+    last_active: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -317,6 +324,9 @@ struct Open {
     /// Slow events above the comm's usual, per (pid, comm).
     excess: HashMap<(u32, String), f64>,
     interval_s: f64,
+    /// Subsystems with a critical key so far: a new one is an escalation too (a disk stall
+    /// during a CPU incident is news).
+    critical_in: Vec<String>,
 }
 
 impl Open {
@@ -520,6 +530,7 @@ impl Incidents {
                 severity: sev,
                 impact: impact(&s.name, &s.tags),
                 active: true,
+                last_active: t,
             };
             let sub = subsystem(&s.name, &s.tags);
             if let Some(m) = self
@@ -531,9 +542,14 @@ impl Incidents {
                 *m = member;
                 continue;
             }
+            // Keys calm for a while no longer pull newcomers in: a long incident does not
+            // swallow an unrelated episode that starts much later.
+            let recent = self.cfg.calm_s;
             let join = self.open.iter_mut().find(|o| {
                 t - o.since <= self.cfg.join_window_s
-                    || o.members.iter().any(|m| subsystem(&m.name, &m.tags) == sub)
+                    || o.members
+                        .iter()
+                        .any(|m| t - m.last_active <= recent && subsystem(&m.name, &m.tags) == sub)
                     || top_proc.is_some_and(|p| o.processes().first().is_some_and(|q| q.pid == p))
             });
             match join {
@@ -550,6 +566,7 @@ impl Incidents {
                         members: vec![member],
                         excess: HashMap::new(),
                         interval_s,
+                        critical_in: vec![],
                     });
                 }
             }
@@ -584,11 +601,23 @@ impl Incidents {
             if now != State::Ok {
                 o.last_active = t;
             }
+            let mut newly_critical = false;
+            for m in o
+                .members
+                .iter()
+                .filter(|m| m.active && m.severity == State::Critical)
+            {
+                let sub = subsystem(&m.name, &m.tags);
+                if !o.critical_in.contains(&sub) {
+                    o.critical_in.push(sub);
+                    newly_critical = true;
+                }
+            }
             let change = if new_ids.contains(&o.id) {
                 o.state = now;
                 Some(Change::Opened)
-            } else if now > o.state {
-                o.state = now;
+            } else if now > o.state || newly_critical {
+                o.state = o.state.max(now);
                 Some(Change::Escalated)
             } else if now == State::Ok && t - o.last_active >= self.cfg.calm_s {
                 closed.push(i);
@@ -757,9 +786,96 @@ mod tests {
             severity(&sig("psi.cpu.some_avg10", &[], 9.0, 1.0, Critical), i),
             Warning
         );
-        let stall = sig("psi.cpu.some_stall_us", &[], 900_000.0, 10_000.0, Critical);
+        let stall = sig("psi.io.full_stall_us", &[], 900_000.0, 10_000.0, Critical);
         assert_eq!(severity(&stall, i), Critical);
         assert_eq!(severity(&stall, 4.0), Warning, "22% of a 4 s interval");
+        // A build keeps some task waiting for a CPU nearly all the time: busy, not stalled.
+        let build = sig("psi.cpu.some_stall_us", &[], 900_000.0, 10_000.0, Critical);
+        assert_eq!(severity(&build, i), Warning);
+        assert_eq!(
+            severity(&sig("cpu.iowait_pct", &[], 40.0, 2.0, Critical), i),
+            Critical
+        );
+    }
+
+    /// A long incident does not swallow a later episode silently: a critical key in a
+    /// subsystem not yet critical escalates it (news for a person), an unrelated subsystem
+    /// opens its own incident, and keys calm for a while no longer pull newcomers in.
+    #[test]
+    fn a_new_critical_subsystem_is_news() {
+        let mut inc = Incidents::new(IncidentConfig::default());
+        let cpu = sig(
+            "syscall.latency_us.p99",
+            &[("syscall", "futex")],
+            90_000.0,
+            50.0,
+            State::Critical,
+        );
+        let ops = sig(
+            "disk.ops",
+            &[("device", "vda"), ("op", "write")],
+            900.0,
+            10.0,
+            State::Warning,
+        );
+        let disk = sig(
+            "syscall.latency_us.p99",
+            &[("syscall", "pwrite64")],
+            900_000.0,
+            400.0,
+            State::Critical,
+        );
+        let busy = sig(
+            "syscall.count",
+            &[("syscall", "getdents64")],
+            9000.0,
+            10.0,
+            State::Warning,
+        );
+        let mut notes = vec![];
+        for k in 0..60 {
+            let mut s = vec![cpu.clone(), ops.clone()];
+            if (20..25).contains(&k) {
+                s.push(busy.clone()); // a warning in a subsystem already there: not news
+            }
+            if k >= 50 {
+                s.push(disk.clone());
+            }
+            let out = inc.step(T0 + k as f64, 1.0, &s, &[], &berlin());
+            notes.extend(
+                out.iter()
+                    .filter_map(|i| i.change.map(|c| (k, i.id, c, i.state))),
+            );
+        }
+        assert_eq!(
+            notes,
+            [
+                (0, 1, Change::Opened, State::Critical),
+                (50, 1, Change::Escalated, State::Critical)
+            ]
+        );
+        // Memory, long after the start, shares nothing: its own incident.
+        let mem = sig("mem.used_bytes", &[], 9e9, 1e9, State::Warning);
+        let out = inc.step(T0 + 60.0, 1.0, &[cpu.clone(), mem], &[], &berlin());
+        assert_eq!((out[1].id, out[1].change), (2, Some(Change::Opened)));
+        // Incident 1's disk keys calm; 20 s later a disk key no longer joins it.
+        for k in 61..81 {
+            inc.step(T0 + k as f64, 1.0, &[cpu.clone()], &[], &berlin());
+        }
+        let bytes = sig(
+            "disk.bytes",
+            &[("device", "vda"), ("op", "write")],
+            9e7,
+            1e5,
+            State::Warning,
+        );
+        let out = inc.step(T0 + 81.0, 1.0, &[cpu, bytes], &[], &berlin());
+        let opened: Vec<u64> = out
+            .iter()
+            .filter(|i| i.change == Some(Change::Opened))
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(opened, [3]);
     }
 
     #[test]
