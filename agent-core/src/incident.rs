@@ -860,7 +860,13 @@ mod tests {
         assert_eq!((out[1].id, out[1].change), (2, Some(Change::Opened)));
         // Incident 1's disk keys calm; 20 s later a disk key no longer joins it.
         for k in 61..81 {
-            inc.step(T0 + k as f64, 1.0, &[cpu.clone()], &[], &berlin());
+            inc.step(
+                T0 + k as f64,
+                1.0,
+                std::slice::from_ref(&cpu),
+                &[],
+                &berlin(),
+            );
         }
         let bytes = sig(
             "disk.bytes",
