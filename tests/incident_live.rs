@@ -28,7 +28,9 @@ use serde_json::Value;
 
 const SERVICE: &str = r#"
 import ctypes, mmap, os, socket, sys, time
-ctypes.CDLL(None).prctl(15, b"steadysvc", 0, 0, 0)
+libc = ctypes.CDLL(None)
+libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG SIGKILL: never outlive the test
+libc.prctl(15, b"steadysvc", 0, 0, 0)
 path, flag, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with open(path, "wb") as f:
     f.write(b"\0" * (1 << 20)); f.flush(); os.fsync(f.fileno())
@@ -182,9 +184,21 @@ fn notifications(intervals: &[Value]) -> Vec<Note> {
     out
 }
 
+/// Killed with the test's thread, even if the test itself is killed: the children inherit the
+/// bpf lock's descriptor, and one left running would hold the machine-wide lock.
+fn dies_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches nothing of the parent's memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        })
+    }
+}
+
 fn shell(script: &str) -> Child {
-    Command::new("bash")
-        .args(["-c", script])
+    dies_with_parent(Command::new("bash").args(["-c", script]))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -226,7 +240,7 @@ fn one_incident_per_episode_on_the_real_kernel() {
         .spawn()
         .expect("python3");
     let svc_pid = service.id();
-    let mut children = Killed(vec![service]);
+    let children = Killed(vec![service]);
 
     let total = LEARN + CALM * 4 + FAULT * 3 + Duration::from_secs(40);
     let config_s = config.display().to_string();
@@ -294,7 +308,7 @@ fn one_incident_per_episode_on_the_real_kernel() {
     let storm_end = now();
 
     let intervals = agent.intervals(total + Duration::from_secs(60));
-    drop(children.0.drain(..));
+    drop(children); // killed and reaped: they hold the bpf lock's descriptor too
     let _ = fs::remove_dir_all(&dir);
 
     let notes = notifications(&intervals);
