@@ -8,11 +8,12 @@
 //! [`IncidentConfig::join_window_s`] of the incident's start, or shares a subsystem with it, or
 //! its slow events come from the incident's leading process; otherwise it opens a new one.
 //!
-//! Severity follows impact (see [`Impact`]): latency, errors and saturation going up take the
-//! key's state (critical included) when the change is material (a latency ≥ 5x its usual and
-//! ≥ 2 ms more, a majority of failing calls that used to succeed, pressure ≥ 25%); rates and
-//! levels (more calls, more processes, more memory) are at most a warning, and so is a tail
-//! statistic (`max`, `p999`); latency, errors or pressure going *down* are not an incident. A
+//! Severity follows impact (see [`Impact`]): latency and errors going up take the key's state
+//! (critical included) when the change is material (a latency ≥ 5x its usual and ≥ 2 ms more,
+//! a majority of failing calls that used to succeed); saturation (pressure, iowait, swapping)
+//! going up is a warning that joins and explains the incident; rates and levels (more calls,
+//! more processes, more memory) are at most a warning, and so is a tail statistic (`max`,
+//! `p999`); latency, errors or pressure going *down* are not an incident. A
 //! rate change the host's rhythm explains never reaches this layer: the detector judges every
 //! key against its learnt daily and weekly profile.
 //!
@@ -195,21 +196,11 @@ fn material(s: &Signal, interval_s: f64) -> bool {
             ("syscall.errors", None) => false,
             _ => s.value / interval_s >= 10.0 && s.value >= 4.0 * s.usual.max(0.0),
         },
-        Impact::Saturation => {
-            // `some` pressure (a task waited) rises with any busy spell, a build included;
-            // `full` (every task stalled), iowait and swapping are the host itself stalling.
-            if s.name.starts_with("psi.") && s.name.contains(".some_") {
-                return false;
-            }
-            let pct = if s.name.ends_with("_stall_us") {
-                s.value / (interval_s * 1e4) // µs stalled per interval → %
-            } else if s.name.ends_with("_pages") {
-                return up > 0.0 && s.value / interval_s >= 256.0;
-            } else {
-                s.value
-            };
-            pct >= 25.0
-        }
+        // Saturation says where to look, not that someone is hurt: measured on a 2-vCPU VM, a
+        // cold `find /usr` held io `full` pressure at 65% and iowait at 33% while the service's
+        // calls stayed within 3x of usual, and a build keeps cpu `some` pressure near 100%.
+        // What hurts shows as latency or errors, which make an incident critical.
+        Impact::Saturation => false,
         Impact::Rate => false,
     }
 }
@@ -777,24 +768,24 @@ mod tests {
             severity(&sig("tcp.resets", &[], 800.0, 0.0, Critical), i),
             Critical
         );
-        // Saturation: pressure over a quarter of the time is critical.
+        // Saturation: a warning that explains, whatever its level (a cold `find` or a build
+        // saturates a small host without hurting anyone); pressure going down is nothing.
+        for (name, v) in [
+            ("psi.io.full_avg10", 38.0),
+            ("psi.cpu.some_avg10", 90.0),
+            ("psi.io.full_stall_us", 900_000.0),
+            ("cpu.iowait_pct", 40.0),
+        ] {
+            assert_eq!(
+                severity(&sig(name, &[], v, 1.0, Critical), i),
+                Warning,
+                "{name}"
+            );
+            assert_eq!(impact(name, &Vec::new()), Impact::Saturation, "{name}");
+        }
         assert_eq!(
-            severity(&sig("psi.io.full_avg10", &[], 38.0, 0.0, Critical), i),
-            Critical
-        );
-        assert_eq!(
-            severity(&sig("psi.cpu.some_avg10", &[], 9.0, 1.0, Critical), i),
-            Warning
-        );
-        let stall = sig("psi.io.full_stall_us", &[], 900_000.0, 10_000.0, Critical);
-        assert_eq!(severity(&stall, i), Critical);
-        assert_eq!(severity(&stall, 4.0), Warning, "22% of a 4 s interval");
-        // A build keeps some task waiting for a CPU nearly all the time: busy, not stalled.
-        let build = sig("psi.cpu.some_stall_us", &[], 900_000.0, 10_000.0, Critical);
-        assert_eq!(severity(&build, i), Warning);
-        assert_eq!(
-            severity(&sig("cpu.iowait_pct", &[], 40.0, 2.0, Critical), i),
-            Critical
+            severity(&sig("psi.io.full_avg10", &[], 0.0, 5.0, Warning), i),
+            Ok
         );
     }
 
@@ -1103,7 +1094,7 @@ mod tests {
         );
         let v = serde_json::to_value(&out[0]).unwrap();
         assert_eq!(v["id"], 1);
-        assert_eq!(v["state"], "critical");
+        assert_eq!(v["state"], "warning");
         assert_eq!(v["since"], T0 as u64 - 1);
         assert_eq!(v["subsystems"][0], "disk");
         assert_eq!(v["processes"][0]["comm"], "dd");
@@ -1117,7 +1108,7 @@ mod tests {
             v["description"]
                 .as_str()
                 .unwrap()
-                .starts_with("critical: disk saturated since 06:59:59")
+                .starts_with("warning: disk saturated since 06:59:59")
         );
         assert!(v.get("change").is_none());
     }
