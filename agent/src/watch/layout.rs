@@ -173,7 +173,7 @@ fn incidents(snap: &Snapshot) -> Vec<Line> {
     for i in open.iter().take(MAX_ANOMALY_LINES) {
         out.push(Line::new(
             tone_of(i.state),
-            format!("#{:<4}{}", i.id, i.description),
+            format!("{} (#{})", i.description, i.id),
         ));
     }
     if open.len() > MAX_ANOMALY_LINES {
@@ -409,10 +409,10 @@ mod tests {
         ];
         let f = render_frame(&s, &History::default(), &VecDeque::new(), &view());
         let at = f.iter().position(|l| l == "INCIDENTS (2 open)").unwrap();
-        assert_eq!(f[at + 1], "#4   critical: disk stalled since 14:02:11");
+        assert_eq!(f[at + 1], "critical: disk stalled since 14:02:11 (#4)");
         assert_eq!(
             f[at + 2],
-            "#3   warning: syscall busier than usual since 14:01:02"
+            "warning: syscall busier than usual since 14:01:02 (#3)"
         );
         assert!(!f.iter().any(|l| l.starts_with("ANOMALIES")), "{f:#?}");
         assert!(!f.iter().any(|l| l.contains("resolved")), "{f:#?}");
