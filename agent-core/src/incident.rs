@@ -8,9 +8,9 @@
 //! [`IncidentConfig::join_window_s`] of the incident's start, or shares a subsystem with it, or
 //! its slow events come from the incident's leading process; otherwise it opens a new one.
 //!
-//! Severity follows impact (see [`Impact`]): latency and errors going up take the key's state
-//! (critical included) when the change is material (a latency ≥ 5x its usual and ≥ 2 ms more,
-//! a majority of failing calls that used to succeed); saturation (pressure, iowait, swapping)
+//! Severity follows impact (see [`Impact`]): latency and errors going up on a key the detector
+//! finds unusual are critical when the change is material (a latency ≥ 5x its usual and ≥ 2 ms
+//! more, a majority of failing calls that used to succeed), else a warning; saturation (pressure, iowait, swapping)
 //! going up is a warning that joins and explains the incident; rates and levels (more calls,
 //! more processes, more memory) are at most a warning, and so is a tail statistic (`max`,
 //! `p999`); latency, errors or pressure going *down* are not an incident. A
@@ -214,7 +214,10 @@ pub fn severity(s: &Signal, interval_s: f64) -> State {
     match impact(&s.name, &s.tags) {
         Impact::Rate => State::Warning,
         _ if !harmful_way => State::Ok,
-        _ if material(s, interval_s) => s.state,
+        // The detector says whether a key is unusual; how much it hurts is the magnitude's:
+        // measured live, a service's writes going from 0.2 ms to 105 ms held the detector at
+        // warning (its score fades as a change persists).
+        _ if material(s, interval_s) => State::Critical,
         _ => State::Warning,
     }
 }
@@ -717,6 +720,8 @@ mod tests {
             )
         };
         assert_eq!(severity(&p99(1_500_000.0, Critical), i), Critical);
+        // The detector finds it unusual; the magnitude makes it critical.
+        assert_eq!(severity(&p99(1_500_000.0, Warning), i), Critical);
         assert_eq!(severity(&p99(9000.0, Critical), i), Warning);
         assert_eq!(severity(&p99(500.0, Critical), i), Ok);
         assert_eq!(severity(&p99(1_500_000.0, Ok), i), Ok);
