@@ -110,6 +110,19 @@ impl Agent {
         panic!("agent not ready after 20 s; stderr: {:#?}", self.stderr);
     }
 
+    /// Asks the agent to stop (SIGTERM: it finishes the interval and exits cleanly).
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on our own child's pid; no memory is shared.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+
+    /// The stderr lines received since the last call (kept for `finish` too).
+    pub fn new_stderr(&mut self) -> Vec<String> {
+        let new: Vec<String> = self.stderr_lines.try_iter().collect();
+        self.stderr.extend(new.iter().cloned());
+        new
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
