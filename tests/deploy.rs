@@ -351,13 +351,18 @@ fn agent_runs_as_non_root_with_exactly_the_units_capabilities() {
     };
     let run = |caps: &[String], args: &[&str]| run_env(caps, &[], args);
 
-    // All of them: every probe up. `--config /dev/null`: this machine's config plays no part.
+    // All of them: every probe up. `--config /dev/null`: this machine's config plays no part;
+    // a scratch state dir the agent's user may write: nor does the host's baseline.
+    let state = scratch_in(&std::env::temp_dir(), "state");
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).unwrap();
     let out = run(
         &caps,
         &[
             "run",
             "--config",
             "/dev/null",
+            "--state-dir",
+            state.to_str().unwrap(),
             "--output",
             "json",
             "--duration",
@@ -369,6 +374,7 @@ fn agent_runs_as_non_root_with_exactly_the_units_capabilities() {
         "agent with {caps:?} failed: {}",
         out.status
     );
+    let _ = fs::remove_dir_all(&state);
     let intervals = json_lines(&text(&out.stdout));
     assert!(intervals.len() >= 2, "2 intervals, got {}", intervals.len());
     let up = probe_up(&intervals);

@@ -460,6 +460,7 @@ fn without_bpf_privilege_runs_procfs_only() {
         ])
         .arg(common::bin())
         .args(["run", "--output", "json", "--duration", "1s"])
+        .args(["--state-dir", &common::temp_state_dir()])
         .output()
         .expect("setpriv (util-linux)");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -560,6 +561,7 @@ fn a_probe_that_cannot_attach_is_down_alone() {
     let out = Command::new(common::bin())
         .env("EBPF_AGENT_BREAK_PROBE", "disk")
         .args(["run", "--output", "json", "--duration", "1s"])
+        .args(["--state-dir", &common::temp_state_dir()])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -630,6 +632,7 @@ fn nothing_stays_attached_after_exit_or_failure() {
     // A runtime failure (stdout closed under it): exit 1 with a message, nothing left.
     let mut child = Command::new(common::bin())
         .args(["run", "--output", "json"])
+        .args(["--state-dir", &common::temp_state_dir()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -1550,7 +1553,7 @@ fn run_queue_waits_are_counted_through_classic_tracepoints() {
 /// ran in.
 fn run_queue_waits_are_counted(classic: bool) {
     const N: usize = 5000;
-    let state = tmp_state_dir("runq-count");
+    let state = common::temp_state_dir();
     let agent = start_on_tracepoints(
         classic,
         &[
@@ -1621,7 +1624,7 @@ fn run_queue_p99_under_cpu_hogs_matches_runqlat() {
     };
     // runqlat finds the tracepoints through tracefs; the agent's check mounts it.
     ebpf_agent_check_mounts_tracefs();
-    let state = tmp_state_dir("runq-hogs");
+    let state = common::temp_state_dir();
     let idle = Agent::start(&[
         "run",
         "--output",
@@ -1690,16 +1693,4 @@ fn run_queue_p99_under_cpu_hogs_matches_runqlat() {
 fn ebpf_agent_check_mounts_tracefs() {
     let out = Command::new(common::bin()).arg("check").output().unwrap();
     assert!(out.status.success());
-}
-
-/// A fresh state directory for one test's agents (never the host's /var/lib/ebpf-agent).
-fn tmp_state_dir(name: &str) -> String {
-    let dir = format!(
-        "{}/state-{name}-{}",
-        env!("CARGO_TARGET_TMPDIR"),
-        std::process::id()
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

@@ -820,6 +820,11 @@ fn repo_proto_matches_debians_riemann_proto() {
 async fn run_agent(args: &[String], getppid_calls: usize) -> Vec<Value> {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ebpf-agent"))
         .args(["run", "--output", "json"])
+        .args(if args.iter().any(|a| a == "--state-dir") {
+            vec![]
+        } else {
+            vec!["--state-dir".to_string(), common::temp_state_dir()]
+        })
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1105,6 +1110,22 @@ async fn anomaly_burst_of_slow_syscalls_reaches_riemann_and_clears() {
             .iter()
             .any(|e| e["service"] == "ebpf anomaly" && e["state"] != "ok")
     );
+    // People get one incident: an `ebpf incident` event carrying its id, and the JSON lists it.
+    let incident = rx
+        .with_service("ebpf incident")
+        .find(|e| e["state"] != "ok")
+        .unwrap_or_else(|| panic!("no incident event: {:#?}", rx.events.len()));
+    assert!(
+        incident["attributes"].as_array().unwrap().iter().any(
+            |a| a[0] == "incident" && a[1].as_str().is_some_and(|id| id.parse::<u64>().is_ok())
+        ),
+        "{incident}"
+    );
+    assert!(intervals.iter().any(|i| {
+        i["incidents"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["state"] != "ok"))
+    }));
     // The JSON output lists the anomalies too.
     assert!(intervals.iter().any(|i| {
         i["anomalies"].as_array().is_some_and(|a| {

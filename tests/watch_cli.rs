@@ -37,9 +37,11 @@ struct Watch {
 
 impl Watch {
     fn start(args: &[&str]) -> Watch {
+        let args: Vec<&str> = std::iter::once("watch")
+            .chain(args.iter().copied())
+            .collect();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ebpf-agent"))
-            .arg("watch")
-            .args(args)
+            .args(common::with_temp_state(&args))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -215,6 +215,8 @@ pub mod anomaly {
         "anomaly score of a key in [0, 1] (sent while ≥ 0.5 or not ok, then once 0)",
     );
     pub const ACTIVE: MetricDef = MetricDef::gauge("anomaly.active", &[], "keys not ok");
+    pub const INCIDENTS_OPEN: MetricDef =
+        MetricDef::gauge("incidents.open", &[], "incidents open (see Incidents)");
 
-    pub const ALL: &[MetricDef] = &[SCORE, ACTIVE];
+    pub const ALL: &[MetricDef] = &[SCORE, ACTIVE, INCIDENTS_OPEN];
 }

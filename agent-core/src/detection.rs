@@ -1,6 +1,8 @@
-//! Anomaly detection in the daemon: feeds every interval to the [`Detector`], annotates the
-//! snapshot for the sinks (state and description per metric, a summary on state changes, sparse
-//! `anomaly.score` gauges, `anomaly.active`), and keeps the learnt baseline across restarts.
+//! Anomaly detection in the daemon: feeds every interval to the [`Detector`], groups what is off
+//! into [`incidents`](crate::incident) (what a person reads: one log line per open, escalation
+//! and close), annotates the snapshot for the sinks (state and description per metric, a
+//! summary on state changes, the incidents, sparse `anomaly.score` gauges, `anomaly.active`,
+//! `incidents.open`), and keeps the learnt baseline across restarts.
 
 use std::{
     collections::HashSet,
@@ -10,7 +12,10 @@ use std::{
 
 use crate::{
     anomaly::{Detector, DetectorConfig, State, Verdicts},
-    snapshot::{Anomaly, AnomalySummary, Metric, Snapshot},
+    catalogue::anomaly as metrics,
+    events::EventView,
+    incident::{IncidentConfig, Incidents, Signal},
+    snapshot::{Anomaly, AnomalySummary, Kind, Metric, Snapshot},
 };
 
 /// The state file inside the state directory.
@@ -32,6 +37,7 @@ pub struct Detection {
     reported: HashSet<String>,
     /// Keys read from the state file at start (0: learning afresh).
     pub loaded_keys: usize,
+    incidents: Incidents,
 }
 
 impl Detection {
@@ -72,6 +78,7 @@ impl Detection {
             last_save: Instant::now(),
             save_warned: false,
             reported: HashSet::new(),
+            incidents: Incidents::new(IncidentConfig::default()),
         }
     }
 
@@ -83,9 +90,11 @@ impl Detection {
         d
     }
 
-    /// Judges the interval and annotates `snap` (before the sinks see it).
-    pub fn annotate(&mut self, snap: &mut Snapshot) -> Verdicts {
+    /// Judges the interval and annotates `snap` (before the sinks see it); `events` are the
+    /// interval's slow events (which processes an incident is about).
+    pub fn annotate(&mut self, snap: &mut Snapshot, events: &[EventView]) -> Verdicts {
         let verdicts = self.detector.observe(snap);
+        self.group(snap, &verdicts, events);
         let mut now_reported = HashSet::new();
         let not_ok: HashSet<String> = verdicts
             .items
@@ -143,19 +152,71 @@ impl Detection {
                 active: verdicts.active,
                 description: verdicts.summary(),
             });
+            // Per key: detail for whoever debugs the detector; people read the incidents.
             for v in verdicts.items.iter().filter(|v| v.changed) {
                 let what = if v.state == State::Ok {
                     "back to usual"
                 } else {
                     v.state.as_str()
                 };
-                tracing::info!("anomaly {what}: {}", v.description);
+                tracing::debug!("anomaly {what}: {}", v.description);
             }
         }
         if self.last_save.elapsed() >= SAVE_EVERY {
             self.save();
         }
         verdicts
+    }
+
+    /// Groups the interval's verdicts into incidents: `snap.annotations.incidents`, the
+    /// `incidents.open` gauge, one log line per open, escalation and close.
+    fn group(&mut self, snap: &mut Snapshot, verdicts: &Verdicts, events: &[EventView]) {
+        let kind_of = |name: &str, tags: &crate::snapshot::Tags| {
+            snap.metrics
+                .iter()
+                .find(|m| m.name == name && &m.tags == tags)
+                .map_or(Kind::Counter, |m| m.kind)
+        };
+        let signals: Vec<Signal> = verdicts
+            .items
+            .iter()
+            .map(|v| Signal {
+                kind: kind_of(&v.name, &v.tags),
+                calls: (v.name == "syscall.errors").then(|| {
+                    let now = snap
+                        .value("syscall.count", &tag_refs(&v.tags))
+                        .unwrap_or(0.0);
+                    let usual = self
+                        .detector
+                        .status("syscall.count", &v.tags)
+                        .map_or(0.0, |s| s.usual);
+                    (now, usual)
+                }),
+                name: v.name.clone(),
+                tags: v.tags.clone(),
+                value: v.value,
+                usual: v.usual,
+                state: v.state,
+            })
+            .collect();
+        // The agent's own waits are not what an incident is about.
+        let own = std::process::id();
+        let events: Vec<EventView> = events.iter().filter(|e| e.pid != own).cloned().collect();
+        let incidents = self.incidents.step(
+            snap.unix_seconds(),
+            snap.interval.as_secs_f64(),
+            &signals,
+            &events,
+            self.detector.local_time(),
+        );
+        for i in &incidents {
+            if let Some(c) = i.change {
+                tracing::info!("incident {} {}: {}", i.id, c.as_str(), i.description);
+            }
+        }
+        snap.metrics
+            .push(metrics::INCIDENTS_OPEN.level(vec![], self.incidents.open() as f64));
+        snap.annotations.incidents = incidents;
     }
 
     /// Writes the baseline (atomically); failures are logged once.
@@ -178,6 +239,10 @@ impl Detection {
             Err(_) => {}
         }
     }
+}
+
+fn tag_refs(tags: &crate::snapshot::Tags) -> Vec<(&str, &str)> {
+    tags.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod detection;
 pub mod events;
 pub mod format;
 pub mod histogram;
+pub mod incident;
 pub mod output;
 pub mod procfs;
 pub mod settings;

@@ -64,6 +64,9 @@ pub fn write_text(w: &mut impl Write, snap: &Snapshot, events: &[EventView]) -> 
     for a in &snap.annotations.anomalies {
         writeln!(w, "anomaly {} {}", a.state, a.description)?;
     }
+    for i in &snap.annotations.incidents {
+        writeln!(w, "incident {} {} {}", i.id, i.state, i.description)?;
+    }
     for e in events {
         writeln!(
             w,

@@ -174,7 +174,10 @@ fn serialize_anomaly<S: Serializer>(a: &DetectorConfig, s: S) -> Result<S::Ok, S
     t.serialize_field("clear_after", &a.clear_after)?;
     t.serialize_field("warmup", &a.warmup)?;
     t.serialize_field("max_keys", &a.max_keys)?;
-    t.serialize_field("utc_offset_s", &a.utc_offset_s)?;
+    match a.utc_offset_s {
+        Some(o) => t.serialize_field("utc_offset_s", &o)?,
+        None => t.skip_field("utc_offset_s")?,
+    }
     t.end()
 }
 
@@ -339,11 +342,10 @@ impl Settings {
                 format!("{}: between 1 and {MAX_ANOMALY_KEYS}", a.max_keys),
             );
         }
-        if a.utc_offset_s.abs() > 16 * 3600 {
-            return bad(
-                "utc_offset_s",
-                format!("{}: within ±16 hours (±57600)", a.utc_offset_s),
-            );
+        if let Some(o) = a.utc_offset_s
+            && o.abs() > 16 * 3600
+        {
+            return bad("utc_offset_s", format!("{o}: within ±16 hours (±57600)"));
         }
         Ok(())
     }

@@ -85,6 +85,8 @@ pub struct Annotations {
     pub anomalies: Vec<Anomaly>,
     /// Set when some state changed this interval: what is off overall.
     pub summary: Option<AnomalySummary>,
+    /// Open incidents, and those closing this interval (state ok), for people.
+    pub incidents: Vec<crate::incident::Incident>,
 }
 
 /// One metric's state, by name and tags.
@@ -177,7 +179,7 @@ pub fn tags_include(tags: &[(&'static str, String)], want: &[(&str, &str)]) -> b
 /// JSON shape of one interval: `{"time", "interval_s", "host", "metrics": [...]}`.
 impl Serialize for Snapshot {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Snapshot", 5)?;
+        let mut st = s.serialize_struct("Snapshot", 6)?;
         let t = self.unix_seconds();
         // Whole seconds print as integers.
         if t.fract() == 0.0 {
@@ -189,11 +191,17 @@ impl Serialize for Snapshot {
         st.serialize_field("host", &self.host)?;
         st.serialize_field("metrics", &self.metrics)?;
         st.serialize_field("anomalies", &self.annotations.anomalies)?;
+        if self.annotations.incidents.is_empty() {
+            st.skip_field("incidents")?;
+        } else {
+            st.serialize_field("incidents", &self.annotations.incidents)?;
+        }
         st.end()
     }
 }
 
-struct TagMap<'a>(&'a Tags);
+/// Tags as a JSON object.
+pub(crate) struct TagMap<'a>(pub(crate) &'a Tags);
 
 impl Serialize for TagMap<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

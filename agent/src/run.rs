@@ -93,7 +93,7 @@ pub async fn run(args: Settings, reload: Reload) -> Result<ExitCode> {
             let mut snap = collector.collect(end, len, &host);
             snap.metrics.extend(sinks.self_metrics());
             if let Some(d) = &mut detection {
-                d.annotate(&mut snap);
+                d.annotate(&mut snap, &collector.last_events);
             }
             let snap = Arc::new(snap);
             sinks.send(snap.clone());

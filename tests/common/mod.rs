@@ -15,6 +15,39 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_ebpf-agent")
 }
 
+/// A fresh, empty state directory for one agent: tests never read or write the host's
+/// `/var/lib/ebpf-agent` (a baseline learnt from tests would judge the host's real work).
+/// Under the target's temporary directory, removed by the next `cargo clean`.
+pub fn temp_state_dir() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = format!(
+        "{}/state-{}-{}",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temporary state dir");
+    dir
+}
+
+/// `args` of `run` or `watch` with `--state-dir` set to a fresh temporary directory, unless
+/// they set one (or name a configuration file that does).
+pub fn with_temp_state(args: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let sets_dir = args.iter().any(|a| a.starts_with("--state-dir"))
+        || args.windows(2).any(|w| {
+            w[0] == "--config"
+                && std::fs::read_to_string(w[1]).is_ok_and(|c| c.contains("state_dir"))
+        });
+    if matches!(args.first(), Some(&"run") | Some(&"watch")) && !sets_dir {
+        out.insert(1, "--state-dir".into());
+        out.insert(2, temp_state_dir());
+    }
+    out
+}
+
 /// A running `ebpf-agent`, its stdout collected, its stderr watched for readiness.
 pub struct Agent {
     child: Child,
@@ -30,7 +63,7 @@ impl Agent {
 
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Agent {
         let mut child = Command::new(bin())
-            .args(args)
+            .args(with_temp_state(args))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -75,6 +108,19 @@ impl Agent {
             }
         }
         panic!("agent not ready after 20 s; stderr: {:#?}", self.stderr);
+    }
+
+    /// Asks the agent to stop (SIGTERM: it finishes the interval and exits cleanly).
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on our own child's pid; no memory is shared.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+
+    /// The stderr lines received since the last call (kept for `finish` too).
+    pub fn new_stderr(&mut self) -> Vec<String> {
+        let new: Vec<String> = self.stderr_lines.try_iter().collect();
+        self.stderr.extend(new.iter().cloned());
+        new
     }
 
     pub fn pid(&self) -> u32 {

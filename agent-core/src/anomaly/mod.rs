@@ -36,7 +36,7 @@ use serde::Deserialize;
 use serde::ser::{SerializeStruct, Serializer};
 
 use crate::snapshot::{Kind, Snapshot, Tags};
-use model::{Assessment, Model, Params};
+use model::{Assessment, Hysteresis, Model, Params};
 
 pub use csv::{CsvError, detect_csv};
 pub use describe::{format_value, metric_label};
@@ -45,6 +45,7 @@ pub(crate) use persist::clean_stale_temporaries;
 pub use sheet::{
     Deviation, Sheet, SheetBuilder, SheetEntry, compare, compare_with, render_json, render_text,
 };
+pub use time::LocalTime;
 
 /// Relative precision of latency percentiles (log-linear histogram buckets, within 6.25%).
 const LATENCY_REL_FLOOR: f64 = 0.03;
@@ -77,8 +78,9 @@ pub struct DetectorConfig {
     /// Keys watched at most; the least recently seen key makes room for a new one.
     pub max_keys: usize,
     /// Seconds east of UTC of the local time the daily and weekly rhythms follow (e.g. 3600 for
-    /// CET); see [`local_utc_offset`].
-    pub utc_offset_s: i32,
+    /// CET), overriding the host's time zone; unset: the host's zone, daylight saving included
+    /// ([`LocalTime::system`]).
+    pub utc_offset_s: Option<i32>,
 }
 
 impl Default for DetectorConfig {
@@ -91,7 +93,7 @@ impl Default for DetectorConfig {
             clear_after: 10,
             warmup: 300,
             max_keys: 4096,
-            utc_offset_s: 0,
+            utc_offset_s: None,
         }
     }
 }
@@ -120,7 +122,7 @@ impl DetectorConfig {
                 persist::MAX_KEYS
             ));
         }
-        if self.utc_offset_s.abs() > 16 * 3600 {
+        if self.utc_offset_s.is_some_and(|o| o.abs() > 16 * 3600) {
             return Err("anomaly.utc_offset_s must be within ±16 hours".into());
         }
         Ok(())
@@ -377,16 +379,30 @@ pub struct Detector {
     /// Key hash → index in `entries` (a 64-bit hash collision leaves the newcomer untracked).
     index: HashMap<u64, usize>,
     tick: u64,
+    /// The local time rhythms follow, and its offset at the interval being judged.
+    local: LocalTime,
+    offset_s: f64,
 }
 
 impl Detector {
     pub fn new(cfg: DetectorConfig) -> Self {
         Self {
+            local: LocalTime::from_override(cfg.utc_offset_s),
+            offset_s: 0.0,
             cfg,
             entries: Vec::new(),
             index: HashMap::new(),
             tick: 0,
         }
+    }
+
+    /// Follows `local` instead of the configured or host's time (tests, tools).
+    pub fn set_local_time(&mut self, local: LocalTime) {
+        self.local = local;
+    }
+
+    pub fn local_time(&self) -> &LocalTime {
+        &self.local
     }
 
     pub fn config(&self) -> &DetectorConfig {
@@ -426,7 +442,7 @@ impl Detector {
             clear_after: self.cfg.clear_after,
             counter: e.kind == Kind::Counter,
             rel_floor: rel_floor(&e.name),
-            tz_offset_s: f64::from(self.cfg.utc_offset_s),
+            tz_offset_s: self.offset_s,
         }
     }
 
@@ -492,6 +508,8 @@ impl Detector {
         let t = snap.unix_seconds();
         let interval_s = snap.interval.as_secs_f64().max(MIN_INTERVAL_S);
         self.tick += 1;
+        // Once per interval: hours, days and weeks are cut on the local clock at `t`.
+        self.offset_s = f64::from(self.local.offset_s(t));
         let mut out = Verdicts::default();
         let mut families: HashSet<&str> = HashSet::new();
         for m in &snap.metrics {
@@ -571,6 +589,10 @@ impl Detector {
                 continue;
             }
             d.index.insert(hash, d.entries.len());
+            // What was learnt carries over, not what was being alerted on: a new process
+            // starts every key ok (`watch` must not open with the daemon's stale alerts).
+            let mut model = k.model;
+            model.hyst = Hysteresis::default();
             d.entries.push(Entry {
                 key: key_string(&k.name, &k.tags),
                 name: k.name,
@@ -579,7 +601,7 @@ impl Detector {
                 kind: k.kind,
                 last_seen: 0,
                 last_score: 0.0,
-                model: k.model,
+                model,
             });
         }
         Ok(d)
@@ -631,6 +653,7 @@ pub struct Point {
 pub struct Series {
     params: Params,
     model: Model,
+    local: LocalTime,
 }
 
 impl Series {
@@ -650,14 +673,21 @@ impl Series {
                 clear_after: cfg.clear_after,
                 counter,
                 rel_floor: REL_FLOOR,
-                tz_offset_s: f64::from(cfg.utc_offset_s),
+                tz_offset_s: 0.0,
             },
             model: Model::new(),
+            local: LocalTime::from_override(cfg.utc_offset_s),
         }
+    }
+
+    /// Follows `local` instead of the configured or host's time.
+    pub fn set_local_time(&mut self, local: LocalTime) {
+        self.local = local;
     }
 
     /// Feeds one point; a non-finite value is a gap (nothing learnt, score 0).
     pub fn push(&mut self, t: f64, value: f64) -> Point {
+        self.params.tz_offset_s = f64::from(self.local.offset_s(t));
         let a = self.model.step(value, t, &self.params);
         Point {
             score: a.score,
@@ -832,6 +862,49 @@ mod tests {
         });
         d.observe(&snap(1, vec![Metric::gauge("agent.cpu_pct", vec![], 1.0)]));
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn a_loaded_baseline_starts_every_key_ok() {
+        let mut d = Detector::new(cfg());
+        let mut t = 1_700_000_000;
+        let m = |v: f64| vec![Metric::gauge("disk.latency_us.p99", vec![], v)];
+        for i in 0..200u64 {
+            t += 1;
+            d.observe(&snap(t, m(1000.0 + (i % 7) as f64 * 10.0)));
+        }
+        for _ in 0..10 {
+            t += 1;
+            d.observe(&snap(t, m(90_000.0)));
+        }
+        let hot = d.status("disk.latency_us.p99", &[]).unwrap();
+        assert_ne!(hot.state, State::Ok);
+        let dir = std::env::temp_dir().join(format!("ebpf-agent-hyst-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("detector.state");
+        d.save(&path).unwrap();
+        let loaded = Detector::load(cfg(), &path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let s = loaded.status("disk.latency_us.p99", &[]).unwrap();
+        assert_eq!(s.state, State::Ok);
+        assert!(!s.warming_up, "the learnt baseline is kept");
+        assert_eq!(s.usual, hot.usual);
+    }
+
+    /// Hour slots follow the local clock across a daylight-saving change: the same local
+    /// hour lands in the same slot before and after, so a 09:00 rhythm stays at 09:00.
+    #[test]
+    fn rhythms_follow_the_zone_not_utc() {
+        let mut c = cfg();
+        c.utc_offset_s = Some(0);
+        let mut d = Detector::new(c);
+        d.set_local_time(LocalTime::named("CET-1CEST,M3.5.0,M10.5.0/3").unwrap());
+        // 2024-03-30 08:00 UTC is 09:00 CET; 2024-04-01 07:00 UTC is 09:00 CEST.
+        for t in [1_711_785_600u64, 1_711_954_800] {
+            d.observe(&snap(t, vec![Metric::gauge("load.1", vec![], 1.0)]));
+            assert_eq!(d.offset_s, if t < 1_711_846_800 { 3600.0 } else { 7200.0 });
+            assert_eq!(time::hour_of_day(time::hour_index(t as f64, d.offset_s)), 9);
+        }
     }
 
     #[test]

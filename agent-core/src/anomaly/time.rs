@@ -1,4 +1,6 @@
-//! Calendar arithmetic on the proleptic Gregorian calendar (UTC), without a date crate.
+//! Calendar arithmetic on the proleptic Gregorian calendar (UTC), and the local time the
+//! daily and weekly rhythms follow ([`LocalTime`]: the host's time zone with daylight saving,
+//! from `jiff` and the system tz database, or a fixed offset).
 //!
 //! `days_from_civil`/`civil_from_days` are Howard Hinnant's algorithms
 //! (<https://howardhinnant.github.io/date_algorithms.html>).
@@ -74,6 +76,60 @@ pub(crate) fn hour_of_week(hour: i64) -> usize {
     weekday(hour) * 24 + hour_of_day(hour)
 }
 
+/// The local time daily and weekly rhythms and descriptions follow: a time zone (with its
+/// daylight-saving rules) or a fixed offset east of UTC (`anomaly.utc_offset_s`, an override).
+#[derive(Clone, Debug, PartialEq)]
+pub enum LocalTime {
+    Fixed(i32),
+    Zone(jiff::tz::TimeZone),
+}
+
+impl LocalTime {
+    /// The host's time zone (`TZ`, else `/etc/localtime`); UTC, with one warning, when it
+    /// cannot be read.
+    pub fn system() -> LocalTime {
+        match jiff::tz::TimeZone::try_system() {
+            Ok(tz) => LocalTime::Zone(tz),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read the host's time zone ({e}); daily rhythms follow UTC (set anomaly.utc_offset_s to override)"
+                );
+                LocalTime::Fixed(0)
+            }
+        }
+    }
+
+    /// `offset_s` when given (the configuration's override), else the host's zone.
+    pub fn from_override(offset_s: Option<i32>) -> LocalTime {
+        offset_s.map_or_else(LocalTime::system, LocalTime::Fixed)
+    }
+
+    /// A zone from a POSIX TZ string (`CET-1CEST,M3.5.0,M10.5.0/3`) or an IANA name.
+    pub fn named(tz: &str) -> Result<LocalTime, String> {
+        jiff::tz::TimeZone::posix(tz)
+            .or_else(|_| jiff::tz::TimeZone::get(tz))
+            .map(LocalTime::Zone)
+            .map_err(|e| format!("unknown time zone `{tz}`: {e}"))
+    }
+
+    /// Seconds east of UTC at unix time `t` (daylight saving included).
+    pub fn offset_s(&self, t: f64) -> i32 {
+        match self {
+            LocalTime::Fixed(o) => *o,
+            LocalTime::Zone(tz) => {
+                let secs = if t.is_finite() { t.floor() as i64 } else { 0 };
+                jiff::Timestamp::from_second(secs).map_or(0, |ts| tz.to_offset(ts).seconds())
+            }
+        }
+    }
+
+    /// `HH:MM:SS` of unix time `t` in this local time.
+    pub fn clock(&self, t: f64) -> String {
+        let s = (t.floor() as i64 + i64::from(self.offset_s(t))).rem_euclid(DAY_S);
+        format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    }
+}
+
 pub(crate) const WEEKDAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
 
 #[cfg(test)]
@@ -106,5 +162,38 @@ mod tests {
         assert!(unix_from_civil(2024, 2, 29, 0, 0, 0.0).is_some());
         assert!(unix_from_civil(2024, 13, 1, 0, 0, 0.0).is_none());
         assert!(unix_from_civil(2024, 1, 1, 24, 0, 0.0).is_none());
+    }
+
+    /// Central European time across the 2024 changes (31 March 02:00 CET -> 03:00 CEST, 27
+    /// October 03:00 CEST -> 02:00 CET), given as a POSIX rule so the host's TZ and tz
+    /// database play no part.
+    #[test]
+    fn local_time_follows_daylight_saving() {
+        let berlin = LocalTime::named("CET-1CEST,M3.5.0,M10.5.0/3").unwrap();
+        let before = unix_from_civil(2024, 3, 31, 0, 30, 0.0).unwrap(); // 01:30 CET
+        let after = unix_from_civil(2024, 3, 31, 1, 30, 0.0).unwrap(); // 03:30 CEST
+        assert_eq!(berlin.offset_s(before), 3600);
+        assert_eq!(berlin.offset_s(after), 7200);
+        assert_eq!(berlin.clock(before), "01:30:00");
+        assert_eq!(berlin.clock(after), "03:30:00");
+        // The local hour-of-day slot a point folds into: 14:00 local is slot 14 in winter and
+        // in summer, though it is 13:00 UTC in one and 12:00 UTC in the other.
+        let winter = unix_from_civil(2024, 1, 9, 13, 10, 0.0).unwrap();
+        let summer = unix_from_civil(2024, 7, 9, 12, 10, 0.0).unwrap();
+        for t in [winter, summer] {
+            let h = hour_index(t, f64::from(berlin.offset_s(t)));
+            assert_eq!(hour_of_day(h), 14);
+            assert_eq!(WEEKDAYS[weekday(h)], "Tue");
+        }
+        // Back to CET: 02:30 local happens twice, an hour apart.
+        let first = unix_from_civil(2024, 10, 27, 0, 30, 0.0).unwrap();
+        let second = first + 3600.0;
+        assert_eq!(berlin.clock(first), "02:30:00");
+        assert_eq!(berlin.clock(second), "02:30:00");
+        assert_eq!(berlin.offset_s(second), 3600);
+        // A fixed override ignores the rules.
+        assert_eq!(LocalTime::Fixed(-18_000).offset_s(summer), -18_000);
+        assert_eq!(LocalTime::Fixed(0).clock(winter), "13:10:00");
+        assert!(LocalTime::named("Not/AZone").is_err());
     }
 }

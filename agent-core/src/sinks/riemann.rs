@@ -229,6 +229,29 @@ pub fn events(snap: &Snapshot, cfg: &Config) -> (Vec<Event>, u64) {
             events.push(e);
         }
     }
+    // Each incident's open, escalation and close: service `PREFIX incident`, attribute
+    // `incident` = its id, metric 1 while open and 0 at the close.
+    for i in snap
+        .annotations
+        .incidents
+        .iter()
+        .filter(|i| i.change.is_some())
+    {
+        let open = if i.state == AnomalyState::Ok {
+            0.0
+        } else {
+            1.0
+        };
+        if let Some(mut e) = event(snap, &Metric::gauge("incident", vec![], open), cfg) {
+            e.state = Some(i.state.to_string());
+            e.description = Some(i.description.clone());
+            e.attributes.push(Attribute {
+                key: "incident".into(),
+                value: Some(i.id.to_string()),
+            });
+            events.push(e);
+        }
+    }
     (events, skipped)
 }
 
@@ -540,6 +563,49 @@ mod tests {
             host: "web-1".into(),
             metrics,
         }
+    }
+
+    #[test]
+    fn an_incident_change_is_one_event_with_its_id() {
+        use crate::incident::{Change, Incident};
+        let mut s = snap(vec![Metric::gauge("load.1", vec![], 0.5)]);
+        let inc = |id, state, change| Incident {
+            id,
+            state,
+            since: 1_700_000_000,
+            subsystems: vec!["disk".into()],
+            processes: vec![],
+            keys: vec![],
+            description: format!("{state}: disk stalled since 22:13:20"),
+            change,
+        };
+        s.annotations.incidents = vec![
+            inc(7, AnomalyState::Critical, Some(Change::Escalated)),
+            inc(8, AnomalyState::Warning, None), // still open, nothing new: no event
+            inc(9, AnomalyState::Ok, Some(Change::Closed)),
+        ];
+        let (events, _) = events(&s, &cfg());
+        let inc: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.service.as_deref() == Some("ebpf incident"))
+            .collect();
+        assert_eq!(inc.len(), 2);
+        let id = |e: &Event| {
+            e.attributes
+                .iter()
+                .find(|a| a.key == "incident")
+                .and_then(|a| a.value.clone())
+        };
+        assert_eq!(id(inc[0]).as_deref(), Some("7"));
+        assert_eq!(inc[0].state.as_deref(), Some("critical"));
+        assert_eq!(inc[0].metric_d, Some(1.0));
+        assert_eq!(
+            inc[0].description.as_deref(),
+            Some("critical: disk stalled since 22:13:20")
+        );
+        assert_eq!(id(inc[1]).as_deref(), Some("9"));
+        assert_eq!(inc[1].state.as_deref(), Some("ok"));
+        assert_eq!(inc[1].metric_d, Some(0.0));
     }
 
     #[test]

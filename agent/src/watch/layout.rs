@@ -156,6 +156,35 @@ fn anomalies(snap: &Snapshot) -> Vec<Line> {
     out
 }
 
+/// Open incidents, worst first, one line each with its description (what changed, since when,
+/// which processes); those closing this interval are not shown.
+fn incidents(snap: &Snapshot) -> Vec<Line> {
+    let mut open: Vec<&crate::incident::Incident> = snap
+        .annotations
+        .incidents
+        .iter()
+        .filter(|i| i.state != crate::anomaly::State::Ok)
+        .collect();
+    if open.is_empty() {
+        return vec![];
+    }
+    open.sort_by(|a, b| b.state.cmp(&a.state).then(a.id.cmp(&b.id)));
+    let mut out = vec![Line::plain(format!("INCIDENTS ({} open)", open.len()))];
+    for i in open.iter().take(MAX_ANOMALY_LINES) {
+        out.push(Line::new(
+            tone_of(i.state),
+            format!("{} (#{})", i.description, i.id),
+        ));
+    }
+    if open.len() > MAX_ANOMALY_LINES {
+        out.push(Line::plain(format!(
+            "  and {} more",
+            open.len() - MAX_ANOMALY_LINES
+        )));
+    }
+    out
+}
+
 /// The frame's first two lines: who and when, then what is collected and how.
 fn header(snap: &Snapshot, view: &View) -> Vec<Line> {
     let mut up = vec![];
@@ -243,8 +272,12 @@ pub fn frame_lines(
 ) -> Vec<Line> {
     let width = view.width;
     let mut header = header(snap, view);
-    // What is off comes first and always fits: it is why a person looks.
-    let anomalies = anomalies(snap);
+    // What is off comes first and always fits: it is why a person looks. With incidents
+    // (the daemon's detection), they replace the list of keys; the rows stay marked.
+    let mut anomalies = incidents(snap);
+    if anomalies.is_empty() && snap.annotations.incidents.is_empty() {
+        anomalies = self::anomalies(snap);
+    }
     if !anomalies.is_empty() {
         header.push(Line::default());
         header.extend(anomalies);
@@ -342,6 +375,48 @@ mod tests {
     use super::super::testkit::{anomaly, sample_snapshot, snap, syscall, up, view};
     use super::*;
     use crate::{anomaly::State, probes::EventView, snapshot::Metric};
+
+    #[test]
+    fn open_incidents_come_first_instead_of_keys() {
+        use crate::incident::{Change, Incident};
+        let mut s = sample_snapshot(50_000);
+        let read = || vec![("syscall", "read".to_string())];
+        s.annotations.anomalies = vec![anomaly(
+            "syscall.latency_us.p99",
+            read(),
+            State::Critical,
+            10.0,
+            2.0,
+        )];
+        let inc = |id, state: State, d: &str| Incident {
+            id,
+            state,
+            since: 1_700_000_000,
+            subsystems: vec!["disk".into()],
+            processes: vec![],
+            keys: vec![],
+            description: d.into(),
+            change: Some(Change::Opened),
+        };
+        s.annotations.incidents = vec![
+            inc(
+                3,
+                State::Warning,
+                "warning: syscall busier than usual since 14:01:02",
+            ),
+            inc(4, State::Critical, "critical: disk stalled since 14:02:11"),
+            inc(2, State::Ok, "resolved: tcp failing since 13:50:00"),
+        ];
+        let f = render_frame(&s, &History::default(), &VecDeque::new(), &view());
+        let at = f.iter().position(|l| l == "INCIDENTS (2 open)").unwrap();
+        assert_eq!(f[at + 1], "critical: disk stalled since 14:02:11 (#4)");
+        assert_eq!(
+            f[at + 2],
+            "warning: syscall busier than usual since 14:01:02 (#3)"
+        );
+        assert!(!f.iter().any(|l| l.starts_with("ANOMALIES")), "{f:#?}");
+        assert!(!f.iter().any(|l| l.contains("resolved")), "{f:#?}");
+    }
 
     #[test]
     fn anomalous_rows_stand_out_with_their_description() {

@@ -159,7 +159,7 @@ pub async fn watch(args: WatchArgs, judge: Option<(PathBuf, DetectorConfig)>) ->
         if len > Duration::ZERO {
             let mut snap = collector.collect(end, len, &host);
             let anomaly = judge.as_mut().map(|(d, dir, warmup)| {
-                let v = d.annotate(&mut snap);
+                let v = d.annotate(&mut snap, &collector.last_events);
                 anomaly_note(d, &v, dir, *warmup)
             });
             history.record(&snap);
