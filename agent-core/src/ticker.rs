@@ -3,12 +3,24 @@
 //! The first boundary primes the deltas, so every reported interval is a whole one; `--duration`
 //! ends after that many whole intervals; SIGINT/SIGTERM end the current interval early so what
 //! it holds is still reported; SIGHUP (when asked for) interrupts the wait for a reload.
+//!
+//! The wait is one kernel timer (a timerfd on the wall clock, absolute): one wakeup per
+//! interval. Tokio's timer wheel would wake at each of its levels on the way to a deadline a
+//! second away (two or three wakeups per interval), and an idle agent should wake once.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    io,
+    os::fd::OwnedFd,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
+use rustix::time::{
+    Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
+    timerfd_settime,
+};
 use tokio::{
+    io::{Interest, unix::AsyncFd},
     signal::unix::{Signal, SignalKind, signal},
-    time::Instant,
 };
 
 /// The next multiple of `interval` on the wall clock strictly after `now`.
@@ -30,11 +42,61 @@ pub fn whole_intervals(duration: Duration, interval: Duration) -> Duration {
     Duration::from_nanos(u64::try_from(n * step).unwrap_or(u64::MAX))
 }
 
-/// Tokio instant at which the wall clock reads `t` (sleeping on the monotonic clock).
-fn instant_at(t: SystemTime) -> Instant {
-    Instant::now()
-        + t.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
+/// A timer on the wall clock (CLOCK_REALTIME, absolute expiry): the wait ends when the clock
+/// reads the deadline, even if it was stepped meanwhile.
+struct WallTimer(AsyncFd<OwnedFd>);
+
+impl WallTimer {
+    fn new() -> io::Result<WallTimer> {
+        let fd = timerfd_create(
+            TimerfdClockId::Realtime,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )?;
+        // SAFETY: the AsyncFd owns the timer's fd: it stays open while registered.
+        Ok(WallTimer(unsafe {
+            AsyncFd::register_with_interest(fd, Interest::READABLE)
+        }?))
+    }
+
+    /// Waits until the wall clock reads `t`. A timer that cannot be armed or read (not seen: the
+    /// fd is ours and valid) degrades to tokio's sleep, and says so.
+    async fn wait(&self, t: SystemTime) {
+        if let Err(e) = self.sleep_until(t).await {
+            tracing::warn!("interval timer: {e}; using tokio's");
+            let left = t.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::time::sleep(left).await;
+        }
+    }
+
+    /// Waits until the wall clock reads `t` (at once if it is past). Cancel-safe: the next call
+    /// re-arms the timer, which also forgets an expiry nobody waited for.
+    async fn sleep_until(&self, t: SystemTime) -> io::Result<()> {
+        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let at = Timespec {
+            tv_sec: since.as_secs() as _,
+            // A zero expiry would disarm the timer: 1 ns later is the same boundary.
+            tv_nsec: since.subsec_nanos().max(u32::from(since.as_secs() == 0)) as _,
+        };
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let spec = Itimerspec {
+            it_interval: zero,
+            it_value: at,
+        };
+        timerfd_settime(self.0.get_ref(), TimerfdTimerFlags::ABSTIME, &spec)?;
+        loop {
+            let mut guard = self.0.readable().await?;
+            let mut expirations = [0u8; 8];
+            match rustix::io::read(self.0.get_ref(), &mut expirations) {
+                Ok(_) => return Ok(()),
+                // Readiness left from an earlier expiry, forgotten by the re-arming.
+                Err(rustix::io::Errno::AGAIN) => guard.clear_ready(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
 }
 
 pub enum Tick {
@@ -53,6 +115,7 @@ pub struct Ticker {
     boundary: SystemTime,
     start: SystemTime,
     deadline: Option<SystemTime>,
+    timer: WallTimer,
     term: Signal,
     int: Signal,
     hup: Option<Signal>,
@@ -60,13 +123,14 @@ pub struct Ticker {
 
 impl Ticker {
     /// Listens for SIGINT/SIGTERM (and SIGHUP when `reload`) from now on.
-    pub fn new(interval: Duration, reload: bool) -> std::io::Result<Ticker> {
+    pub fn new(interval: Duration, reload: bool) -> io::Result<Ticker> {
         let now = SystemTime::now();
         Ok(Ticker {
             interval,
             boundary: now,
             start: now,
             deadline: None,
+            timer: WallTimer::new()?,
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: if reload {
@@ -81,7 +145,7 @@ impl Ticker {
     pub async fn first(&mut self, duration: Option<Duration>) -> Option<SystemTime> {
         let b = next_boundary(SystemTime::now(), self.interval);
         tokio::select! {
-            _ = tokio::time::sleep_until(instant_at(b)) => {}
+            _ = self.timer.wait(b) => {}
             _ = self.term.recv() => return None,
             _ = self.int.recv() => return None,
         }
@@ -110,7 +174,7 @@ impl Ticker {
             }
         };
         tokio::select! {
-            _ = tokio::time::sleep_until(instant_at(target)) => {}
+            _ = self.timer.wait(target) => {}
             _ = self.term.recv() => stopping = true,
             _ = self.int.recv() => stopping = true,
             _ = hup => return Tick::Reload,

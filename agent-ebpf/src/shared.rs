@@ -78,9 +78,9 @@ pub fn record(row_idx: usize, value_ns: u64, aux: u64) {
     }
 }
 
-/// Waking the reader costs an irq_work per event (about a microsecond) when it keeps up, so
-/// events are submitted without wakeup; the reader also drains on a short timer, and is woken
-/// at once only when the buffer is a quarter full.
+/// Waking the reader costs an irq_work per event (about a microsecond), and a wakeup of the
+/// agent, so events are submitted without one: the agent reads them at each interval's end,
+/// and is woken at once only when the buffer is a quarter full (it could overflow before then).
 #[inline(always)]
 pub fn wakeup_flags() -> u64 {
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);

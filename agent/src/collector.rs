@@ -30,7 +30,7 @@ pub struct Collector {
     /// Kernel probes asked for (reported in `agent.probe_up` even when down).
     wanted: Vec<Probe>,
     pub events: Arc<EventLog>,
-    events_task: Option<tokio::task::JoinHandle<()>>,
+    readers: Option<Readers>,
     self_stats: SelfStats,
     /// Rendered events of the last interval.
     pub last_events: Vec<EventView>,
@@ -45,13 +45,13 @@ impl Collector {
             .source_on(PROCFS)
             .then(|| ProcfsCollector::new(&args.procfs_root));
         let events = Arc::new(EventLog::default());
-        let (kernel, events_task) = load_kernel(args, &wanted, &events);
+        let (kernel, readers) = load_kernel(args, &wanted, &events);
         Collector {
             kernel,
             procfs,
             wanted,
             events,
-            events_task,
+            readers,
             self_stats: SelfStats::new(),
             last_events: vec![],
         }
@@ -70,9 +70,9 @@ impl Collector {
             }
             None => {
                 // Nothing was loaded yet (no kernel probe wanted at start): load now.
-                let (kernel, task) = load_kernel(args, &wanted, &self.events);
+                let (kernel, readers) = load_kernel(args, &wanted, &self.events);
                 self.kernel = kernel;
-                self.events_task = task;
+                self.readers = readers;
                 if let Some(k) = &mut self.kernel {
                     k.prime();
                 }
@@ -180,9 +180,7 @@ impl Collector {
 
     /// Stops reading the ring buffer; dropping the collector detaches every program.
     pub fn stop(&mut self) {
-        if let Some(t) = self.events_task.take() {
-            t.abort();
-        }
+        self.readers = None;
     }
 }
 
@@ -200,40 +198,56 @@ fn kernel_probes(args: &Settings) -> Vec<Probe> {
         .collect()
 }
 
-/// Loads `wanted` (nothing when empty) and starts the ring buffer reader feeding `events`.
+/// What reads the kernel's ring buffers as they fill: the events' reader thread and the task
+/// forwarding the programs' log. Dropping it stops both.
+struct Readers {
+    _events: Option<events::Reader>,
+    log: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        self.log.abort();
+    }
+}
+
+/// Loads `wanted` (nothing when empty) and starts the readers feeding `events` and the log.
 fn load_kernel(
     args: &Settings,
     wanted: &[Probe],
     events: &Arc<EventLog>,
-) -> (Option<Kernel>, Option<tokio::task::JoinHandle<()>>) {
+) -> (Option<Kernel>, Option<Readers>) {
     if wanted.is_empty() {
         return (None, None);
     }
     match Kernel::load(&probe_options(args, wanted)) {
         Ok(mut k) => {
-            // One task reads the event ring buffer and the programs' log, each woken by the
-            // kernel (or the drain timer for events).
-            let rb = k.take_events();
-            let logger = k.take_logger();
-            let log = events.clone();
-            let task = tokio::spawn(async move {
-                let events = async {
-                    if let Some(rb) = rb
-                        && let Err(e) = events::consume(rb, log).await
-                    {
-                        tracing::warn!("ring buffer reader stopped: {e}");
-                    }
-                };
-                let kernel_log = async {
-                    if let Some(l) = logger
-                        && let Err(e) = klog::forward(l).await
-                    {
-                        tracing::warn!("kernel programs' log reader stopped: {e}");
-                    }
-                };
-                tokio::join!(events, kernel_log);
+            // Both woken by the kernel only; the events are also read by `collect` at each
+            // interval's end.
+            let reader = k.take_events().and_then(|rb| {
+                events
+                    .attach(rb)
+                    .and_then(|fd| events::Reader::start(fd, events.clone()))
+                    .inspect_err(|e| {
+                        tracing::warn!(
+                            "ring buffer reader: {e}; events are read at each interval's end only"
+                        )
+                    })
+                    .ok()
             });
-            (Some(k), Some(task))
+            let logger = k.take_logger();
+            let log = tokio::spawn(async move {
+                if let Some(l) = logger
+                    && let Err(e) = klog::forward(l).await
+                {
+                    tracing::warn!("kernel programs' log reader stopped: {e}");
+                }
+            });
+            let readers = Readers {
+                _events: reader,
+                log,
+            };
+            (Some(k), Some(readers))
         }
         Err(e @ ProbeError::NoPrivilege(_)) => {
             tracing::warn!("{e}; running with procfs metrics only");

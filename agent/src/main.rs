@@ -67,8 +67,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
 
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the agent's work is one interval's collection at a time, and tasks handing
+    // work to each other across threads would wake two threads where one suffices.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

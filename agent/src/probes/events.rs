@@ -1,18 +1,24 @@
-//! The ring buffer of one-by-one events (slow syscalls, slow block requests, TCP opens),
-//! consumed asynchronously as it fills, independent of the per-second collection.
+//! The ring buffer of one-by-one events (slow syscalls, slow block requests, TCP opens).
+//!
+//! Read on two occasions only, so an idle agent does not wake for it: when the kernel signals
+//! that the buffer is filling (agent-ebpf's `wakeup_flags`: a quarter full), and at each
+//! interval boundary ([`EventLog::drain`], called by the collector before it builds the
+//! snapshot), so an event shows in the interval it happened in.
 
 use std::{
     collections::VecDeque,
+    io,
+    os::fd::{AsFd as _, OwnedFd},
     sync::{Arc, Mutex},
 };
 
 use agent_common::{Event, event::EVENT_SIZE};
 pub use agent_core::events::EventView;
 use aya::maps::{MapData, RingBuf};
-use tokio::io::unix::AsyncFd;
-
-/// How often the ring buffer is drained without a wakeup from the kernel.
-const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+use rustix::{
+    buffer::spare_capacity,
+    event::{EventfdFlags, epoll, eventfd},
+};
 
 /// Events kept for display between two intervals; beyond that they are counted only.
 pub const KEEP_PER_INTERVAL: usize = 256;
@@ -21,6 +27,25 @@ pub const KEEP_PER_INTERVAL: usize = 256;
 struct State {
     recent: VecDeque<Event>,
     received: u64,
+    ring: Option<RingBuf<MapData>>,
+}
+
+impl State {
+    /// Reads every pending event: keeps the latest `KEEP_PER_INTERVAL`, counts them all.
+    fn read_ring(&mut self) {
+        let Some(rb) = self.ring.as_mut() else { return };
+        while let Some(item) = rb.next() {
+            self.received += 1;
+            if item.len() >= EVENT_SIZE {
+                if self.recent.len() == KEEP_PER_INTERVAL {
+                    self.recent.pop_front();
+                }
+                // SAFETY: the kernel wrote a whole `Event` (checked length); read unaligned.
+                self.recent
+                    .push_back(unsafe { item.as_ptr().cast::<Event>().read_unaligned() });
+            }
+        }
+    }
 }
 
 /// Events received since the last [`EventLog::drain`].
@@ -30,58 +55,94 @@ pub struct EventLog {
 }
 
 impl EventLog {
-    fn push_batch(&self, batch: &mut Vec<Event>, received: u64) {
-        let mut st = self.state.lock().expect("event log lock");
-        st.received += received;
-        for e in batch.drain(..) {
-            if st.recent.len() == KEEP_PER_INTERVAL {
-                st.recent.pop_front();
-            }
-            st.recent.push_back(e);
-        }
+    /// Takes over the ring buffer; returns a duplicate of its fd for the [`Reader`] to wait on.
+    pub fn attach(&self, rb: RingBuf<MapData>) -> io::Result<OwnedFd> {
+        let fd = rb.as_fd().try_clone_to_owned()?;
+        self.state.lock().expect("event log lock").ring = Some(rb);
+        Ok(fd)
     }
 
-    /// The kept events and the number received (kept or not) since the previous call.
+    /// The kept events and the number received (kept or not) since the previous call,
+    /// including those still in the ring buffer.
     pub fn drain(&self) -> (Vec<Event>, u64) {
         let mut st = self.state.lock().expect("event log lock");
+        st.read_ring();
         let received = std::mem::take(&mut st.received);
         (st.recent.drain(..).collect(), received)
     }
-}
 
-/// Reads the ring buffer whenever the kernel signals data, until the task is dropped.
-pub async fn consume(rb: RingBuf<MapData>, log: Arc<EventLog>) -> std::io::Result<()> {
-    // SAFETY: the fd belongs to `rb`, which the AsyncFd owns: it stays open while registered.
-    let mut fd =
-        unsafe { AsyncFd::register(rb) }.map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut batch = Vec::with_capacity(KEEP_PER_INTERVAL);
-    // The kernel side submits without waking us unless the buffer is filling up (see
-    // agent-ebpf's wakeup_flags): drain on this timer too.
-    let mut tick = tokio::time::interval(DRAIN_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let received = tokio::select! {
-            guard = fd.readable_mut() => {
-                let mut guard = guard?;
-                let n = drain(guard.get_inner_mut(), &mut batch);
-                guard.clear_ready();
-                n
-            }
-            _ = tick.tick() => drain(fd.get_mut(), &mut batch),
-        };
-        log.push_batch(&mut batch, received);
+    fn read_ring(&self) {
+        self.state.lock().expect("event log lock").read_ring();
     }
 }
 
-/// Reads every pending event, keeping up to `KEEP_PER_INTERVAL` in `batch`; returns how many.
-fn drain(rb: &mut RingBuf<MapData>, batch: &mut Vec<Event>) -> u64 {
-    let mut received = 0u64;
-    while let Some(item) = rb.next() {
-        received += 1;
-        if item.len() >= EVENT_SIZE && batch.len() < KEEP_PER_INTERVAL {
-            // SAFETY: the kernel wrote a whole `Event` (checked length); read unaligned.
-            batch.push(unsafe { item.as_ptr().cast::<Event>().read_unaligned() });
+/// The ring buffer's reader thread: it sleeps until the kernel signals that the buffer is
+/// filling, so an idle agent never wakes for it, and a busy interval boundary on the runtime's
+/// thread never delays it. Dropping it stops the thread.
+pub struct Reader {
+    stop: OwnedFd,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// epoll data of the two fds the reader waits on.
+const RING: u64 = 0;
+const STOP: u64 = 1;
+
+impl Reader {
+    /// Starts reading the ring buffer of `fd` (from [`EventLog::attach`]) into `log`.
+    pub fn start(fd: OwnedFd, log: Arc<EventLog>) -> io::Result<Reader> {
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        // Edge-triggered: reported on the kernel's wakeups only, not whenever events are
+        // pending (those submitted without a wakeup wait for the watermark or the interval).
+        epoll::add(
+            &ep,
+            &fd,
+            epoll::EventData::new_u64(RING),
+            epoll::EventFlags::IN | epoll::EventFlags::ET,
+        )?;
+        let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        epoll::add(
+            &ep,
+            &stop,
+            epoll::EventData::new_u64(STOP),
+            epoll::EventFlags::IN,
+        )?;
+        let thread = std::thread::Builder::new()
+            .name("ring-buffer".into())
+            .spawn(move || {
+                let _ring = fd; // open while the thread waits on it
+                let mut ready = Vec::with_capacity(2);
+                loop {
+                    ready.clear();
+                    match epoll::wait(&ep, spare_capacity(&mut ready), None) {
+                        Ok(_) => {}
+                        Err(rustix::io::Errno::INTR) => continue,
+                        Err(e) => {
+                            tracing::warn!(
+                                "ring buffer reader stopped: {e}; events are read at each interval's end only"
+                            );
+                            return;
+                        }
+                    }
+                    if ready.iter().any(|e| e.data.u64() == STOP) {
+                        return;
+                    }
+                    log.read_ring();
+                }
+            })?;
+        Ok(Reader {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if rustix::io::write(&self.stop, &1u64.to_ne_bytes()).is_ok()
+            && let Some(t) = self.thread.take()
+        {
+            let _ = t.join();
         }
     }
-    received
 }

@@ -248,8 +248,6 @@ impl Bench {
         let wall = t.elapsed().as_secs_f64();
         let to = SystemTime::now();
         let (u1, s1) = proc::cpu_secs(pid)?;
-        let rss = proc::rss_bytes(pid, "VmRSS")?;
-        let peak = proc::rss_bytes(pid, "VmHWM")?;
         // The interval that covers the end of the load must have been printed.
         let helper = att.helper.as_ref().expect("agent helper");
         helper.wait_stdout(Duration::from_secs(3), |l| proc::interval_ends_after(l, to));
@@ -266,28 +264,13 @@ impl Bench {
                 .collect();
             median(&v)
         };
-        let gauge = |name: &str, tags: &[(&str, &str)]| -> Option<f64> {
-            let v: Vec<f64> = inside
-                .iter()
-                .filter_map(|i| proc::metric(&i.v, name, tags))
-                .collect();
-            median(&v)
-        };
         let lost: f64 = ivs
             .iter()
             .filter_map(|i| proc::metric(&i.v, "agent.events_lost", &[("probe", "syscall")]))
             .sum();
-        let rss_json = ivs
-            .iter()
-            .filter_map(|i| proc::metric(&i.v, "agent.rss_bytes", &[]))
-            .fold(0.0, f64::max);
         Ok(Window {
             calls_per_s: calls as f64 / load_secs,
             cpu_pct: (u1 - u0 + s1 - s0) / wall * 100.0,
-            user_pct: (u1 - u0) / wall * 100.0,
-            json_cpu_pct: gauge("agent.cpu_pct", &[]),
-            rss_bytes: (rss as f64).max(rss_json),
-            peak_bytes: peak as f64,
             events_per_s: med("agent.events", &[]),
             lost,
             lost_per_s: med("agent.events_lost", &[("probe", "syscall")]),
@@ -301,11 +284,6 @@ impl Bench {
 pub(super) struct Window {
     pub(super) calls_per_s: f64,
     pub(super) cpu_pct: f64,
-    pub(super) user_pct: f64,
-    pub(super) json_cpu_pct: Option<f64>,
-    pub(super) rss_bytes: f64,
-    /// The process's peak resident memory since it started (start-up included).
-    pub(super) peak_bytes: f64,
     pub(super) events_per_s: Option<f64>,
     pub(super) lost: f64,
     pub(super) lost_per_s: Option<f64>,

@@ -75,7 +75,8 @@ impl Plan {
                 tcp_rounds: 1,
                 tcp_secs: 1.0,
                 self_rounds: 1,
-                self_secs: 3.2,
+                // Shorter than the 20 s the targets are stated over: the table says so.
+                self_secs: 5.0,
                 ring_rounds: 1,
                 ring_kib: vec![256, 4096],
                 ring_secs: 3.2,
@@ -95,7 +96,7 @@ impl Plan {
                 tcp_rounds: 5,
                 tcp_secs: 2.0,
                 self_rounds: 3,
-                self_secs: 6.2,
+                self_secs: 20.5,
                 ring_rounds: 2,
                 ring_kib: vec![256, 1024, 4096, 16384],
                 ring_secs: 5.2,
@@ -232,13 +233,8 @@ impl Bench {
             .find(|l| l.starts_with("MemTotal:"))
             .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
             .unwrap_or(0);
-        let cpuinfo = read_trim("/proc/cpuinfo");
-        let model = cpuinfo
-            .lines()
-            .find(|l| l.starts_with("model name"))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, m)| m.trim().to_string())
-            .unwrap_or_default();
+        let model = report::cpu_model();
+        let mitigations = report::mitigations();
         let cpus = thread::available_parallelism().map_or(1, |n| n.get());
         let dpkg = |pkg: &str| {
             first_line(Command::new("dpkg-query").args(["-W", "-f", "${Version}", pkg]))
@@ -248,6 +244,7 @@ impl Bench {
             "kernel": read_trim("/proc/sys/kernel/osrelease"),
             "cpus": cpus,
             "cpu_model": model,
+            "cpu_mitigations": mitigations,
             "mem_bytes": mem_kib * 1024,
             "clocksource": read_trim("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
             "bpf_stats_enabled_sysctl": read_trim("/proc/sys/kernel/bpf_stats_enabled"),
@@ -275,7 +272,7 @@ impl Bench {
             .as_array()
             .is_some_and(|a| !a.is_empty());
         println!(
-            "# ebpf-agent benchmark{}\n\n{} · commit {}{} · Linux {} · {} CPUs ({}) · {:.1} GiB · load {} · loops pinned to CPU {}",
+            "# ebpf-agent benchmark{}\n\n{} · commit {}{} · Linux {} · {} CPUs ({}) · {:.1} GiB · load {} · loops pinned to CPU {}\n\nCPU mitigations: {}",
             if self.smoke {
                 " (smoke: short, figures indicative only)"
             } else {
@@ -294,6 +291,7 @@ impl Bench {
             mem_kib as f64 / 1048576.0,
             m["loadavg"].as_str().unwrap_or(""),
             self.cpu,
+            m["cpu_mitigations"].as_str().unwrap_or(""),
         );
         self.json.insert("machine".into(), m);
     }

@@ -129,6 +129,69 @@ impl Target {
     }
 }
 
+/// The CPU model, from /proc/cpuinfo.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// The kernel's CPU vulnerability mitigations that change what a syscall or an indirect call
+/// costs, summarized from /sys/devices/system/cpu/vulnerabilities: spectre_v2 and
+/// spec_rstack_overflow always, the others when the CPU is affected (e.g. `spectre_v2:
+/// Retpolines, BHI: Retpoline; spec_rstack_overflow: Safe RET`).
+pub fn mitigations() -> String {
+    let Ok(dir) = std::fs::read_dir("/sys/devices/system/cpu/vulnerabilities") else {
+        return "mitigations unknown (no /sys/devices/system/cpu/vulnerabilities)".into();
+    };
+    let mut all: Vec<(String, String)> = dir
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            Some((e.file_name().to_string_lossy().into_owned(), text))
+        })
+        .collect();
+    all.sort();
+    let parts: Vec<String> = all
+        .iter()
+        // Every kernel has the same spectre_v1 barriers: they tell CPUs apart no more.
+        .filter(|(name, text)| {
+            name != "spectre_v1"
+                && (text.trim() != "Not affected"
+                    || name == "spectre_v2"
+                    || name == "spec_rstack_overflow")
+        })
+        .map(|(name, text)| mitigation(name, text))
+        .collect();
+    parts.join("; ")
+}
+
+/// One vulnerability file in short: its first clause without "Mitigation: ", and for
+/// spectre_v2 its BHI clause too.
+fn mitigation(name: &str, text: &str) -> String {
+    let mut clauses = text.trim().split(';').map(str::trim);
+    let first = clauses.next().unwrap_or("");
+    let mut short = first
+        .strip_prefix("Mitigation: ")
+        .unwrap_or(first)
+        .to_string();
+    if name == "spectre_v2"
+        && let Some(bhi) = clauses.find(|c| c.starts_with("BHI:"))
+    {
+        short = format!("{short}, {bhi}");
+    }
+    format!("{name}: {short}")
+}
+
+/// The CPU and its mitigations, to print with every figure that depends on them.
+pub fn cpu_line() -> String {
+    format!("CPU: {}; mitigations: {}", cpu_model(), mitigations())
+}
+
 /// `x` with `d` decimals, or `–`.
 pub fn num(x: Option<f64>, d: usize) -> String {
     x.map_or("–".into(), |v| format!("{v:.d$}"))
@@ -136,7 +199,26 @@ pub fn num(x: Option<f64>, d: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::Verdict;
+    use super::{Verdict, mitigation};
+
+    #[test]
+    fn mitigations_in_short() {
+        assert_eq!(
+            mitigation(
+                "spectre_v2",
+                "Mitigation: Retpolines; STIBP: disabled; RSB filling; PBRSB-eIBRS: Not affected; BHI: Retpoline\n"
+            ),
+            "spectre_v2: Retpolines, BHI: Retpoline"
+        );
+        assert_eq!(
+            mitigation("spec_rstack_overflow", "Mitigation: Safe RET\n"),
+            "spec_rstack_overflow: Safe RET"
+        );
+        assert_eq!(
+            mitigation("retbleed", "Vulnerable\n"),
+            "retbleed: Vulnerable"
+        );
+    }
 
     #[test]
     fn throughput_verdicts_need_every_round_on_one_side() {
