@@ -226,7 +226,7 @@ pub fn detect_csv(
         sensitivity,
         raise_after: (3.0 / interval).ceil().max(1.0) as u32,
         clear_after: (10.0 / interval).ceil().max(1.0) as u32,
-        warmup: (rows.len() / 20).clamp(30, 300) as u32,
+        warmup: DETECT_WARMUP,
         ..DetectorConfig::default()
     };
     let mut series = Series::new(&cfg, interval, false);
@@ -240,6 +240,10 @@ pub fn detect_csv(
     w.flush()?;
     Ok(())
 }
+
+/// Points before the first score: fixed, so the replay is online (it never knows the length
+/// of the series).
+const DETECT_WARMUP: u32 = 150;
 
 /// Where rows of an index-only file are placed in time: 2024-01-01 00:00 UTC, a Monday.
 const PSEUDO_EPOCH: f64 = 1_704_067_200.0;

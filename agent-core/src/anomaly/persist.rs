@@ -14,11 +14,13 @@ use std::sync::{Mutex, OnceLock};
 use thiserror::Error;
 
 use super::State;
-use super::model::{Bf16, Hysteresis, Model, Slot};
+use super::model::{Bf16, Hysteresis, Model, Slot, Surprise};
 use crate::snapshot::{Kind, Tags};
 
 const MAGIC: &[u8; 8] = b"EBPFANOM";
-const VERSION: u32 = 1;
+/// 2: the score's state (`Surprise`) after the hysteresis; version 1 files are refused (the
+/// daemon then starts fresh).
+const VERSION: u32 = 2;
 /// Most keys a file (and a detector) may hold.
 pub(crate) const MAX_KEYS: usize = 1 << 16;
 const MAX_NAME: usize = 512;
@@ -236,6 +238,12 @@ fn encode_model(e: &mut Enc, m: &Model) {
     }
     e.f64(h.pending_since);
     e.f64(h.since);
+    let s = &m.surprise;
+    for v in [s.recent, s.mean, s.sq] {
+        e.f32(v);
+    }
+    e.u16(s.rest);
+    e.u16(s.hot);
     for s in m.hod.iter().chain(m.how.iter()) {
         e.u16(s.loc.0);
         e.u16(s.sigma.0);
@@ -301,6 +309,17 @@ fn decode_model(d: &mut Dec<'_>) -> Result<Model, LoadError> {
     h.pending_since = d.fin()?;
     h.since = d.fin()?;
     m.hyst = h;
+    m.surprise = Surprise {
+        recent: d.pos32()?,
+        mean: d.pos32()?,
+        sq: d.pos32()?,
+        rest: d.u16()?,
+        hot: d.u16()?,
+    };
+    if !(m.surprise.recent.is_finite() && m.surprise.mean.is_finite() && m.surprise.sq.is_finite())
+    {
+        return Err(corrupt("non-finite score state"));
+    }
     for s in m.hod.iter_mut().chain(m.how.iter_mut()) {
         *s = Slot {
             loc: Bf16(d.u16()?),
@@ -513,8 +532,13 @@ mod tests {
             decode(b"{\"json\": true}", 10),
             Err(LoadError::Foreign)
         ));
-        let mut v2 = buf.clone();
-        v2[8] = 2;
-        assert!(matches!(decode(&v2, 10), Err(LoadError::Version(2))));
+        // A file of the previous format (version 1, before the score's state) is refused
+        // cleanly; the daemon then learns afresh.
+        let mut v1 = buf.clone();
+        v1[8] = 1;
+        assert!(matches!(decode(&v1, 10), Err(LoadError::Version(1))));
+        let mut v3 = buf.clone();
+        v3[8] = 3;
+        assert!(matches!(decode(&v3, 10), Err(LoadError::Version(3))));
     }
 }

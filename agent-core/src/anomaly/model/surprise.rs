@@ -1,0 +1,136 @@
+//! The score: how surprising the newest point is, in σ-like units before the sensitivity.
+//!
+//! Two readings, the larger one wins:
+//! - **onset**: the winning view's z, divided by k for the k-th consecutive strong point (a
+//!   condition that persists is no new surprise);
+//! - **likelihood** (after Numenta's anomaly likelihood): the mean strength of the last ~8 points
+//!   against the long-run mean and spread of this series' strengths, so a run of moderately odd
+//!   points (a level that moved, a pattern that broke) scores although no single point stands
+//!   out, while a series whose points are often odd must do more to surprise.
+//!
+//! After a surprise (≥ [`Z_MID`]) the score rests for [`REST_POINTS`] points: one episode, one
+//! high score; the state (hysteresis) still follows every point.
+//!
+//! Everything here is judged at sensitivity 1: the sensitivity only scales the final score, so
+//! it moves how much is reported, never what the model learns.
+
+use super::tail::{Z_MID, score_of};
+
+/// Points of the recent mean strength (EWMA memory).
+const WINDOW_POINTS: f32 = 8.0;
+/// Points of the long-run mean and spread of strengths (EWMA memory; a plain mean before).
+const LONG_POINTS: f32 = 3000.0;
+/// z-equivalent of one long-run standard deviation of the recent mean above the long-run mean.
+const LIKELIHOOD_GAIN: f64 = 3.0;
+/// Floor of the long-run spread of strengths: a series that was never odd still needs a real
+/// move to score.
+const SPREAD_FLOOR: f32 = 1e-3;
+/// Points after a surprise during which the score rests at 0.
+pub(super) const REST_POINTS: u16 = 100;
+
+/// Score state of one series: 14 bytes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Surprise {
+    /// Recent mean strength (transient).
+    pub recent: f32,
+    /// Long-run mean and mean square of strengths (learnt; persisted).
+    pub mean: f32,
+    pub sq: f32,
+    /// Points since the last surprise (transient; saturating).
+    pub rest: u16,
+    /// Consecutive points with |z| ≥ [`Z_MID`] (transient).
+    pub hot: u16,
+}
+
+impl Default for Surprise {
+    fn default() -> Self {
+        Self {
+            recent: 0.0,
+            mean: 0.0,
+            sq: 0.0,
+            rest: u16::MAX,
+            hot: 0,
+        }
+    }
+}
+
+impl Surprise {
+    /// Feeds the winning view's |z| (σ units, sensitivity 1) of a judged point; `judged`: points
+    /// judged so far, this one included. Returns the z-equivalent to score (0 while resting).
+    pub fn step(&mut self, z: f64, judged: u32) -> f64 {
+        let z = z.abs();
+        let strength = score_of(z) as f32;
+        let onset = z / (1.0 + f64::from(self.hot));
+        self.hot = if z >= Z_MID {
+            self.hot.saturating_add(1)
+        } else {
+            0
+        };
+        self.recent += (strength - self.recent) / WINDOW_POINTS;
+        let spread = (self.sq - self.mean * self.mean)
+            .max(0.0)
+            .sqrt()
+            .max(SPREAD_FLOOR);
+        let likely = LIKELIHOOD_GAIN * f64::from((self.recent - self.mean) / spread);
+        let a = (1.0 / LONG_POINTS).max(1.0 / judged.max(1) as f32);
+        self.mean += a * (strength - self.mean);
+        self.sq += a * (strength * strength - self.sq);
+
+        let out = onset.max(likely);
+        if self.rest < REST_POINTS {
+            self.rest += 1;
+            return 0.0;
+        }
+        if out >= Z_MID {
+            self.rest = 0;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_episode_one_surprise() {
+        let mut s = Surprise::default();
+        let mut n = 0;
+        for i in 0..500 {
+            n += 1;
+            s.step(f64::from(i % 3), n);
+        }
+        n += 1;
+        assert!(s.step(20.0, n) >= 20.0);
+        // The same spike again while resting scores nothing...
+        for _ in 0..REST_POINTS {
+            n += 1;
+            assert_eq!(s.step(20.0, n), 0.0);
+        }
+        // ...and after the rest, a fresh spike scores again.
+        for i in 0..200 {
+            n += 1;
+            s.step(f64::from(i % 3), n);
+        }
+        n += 1;
+        assert!(s.step(20.0, n) >= 20.0);
+    }
+
+    #[test]
+    fn a_run_of_moderate_points_is_likely_news() {
+        let mut s = Surprise::default();
+        let mut n = 0;
+        for i in 0..2000 {
+            n += 1;
+            s.step(0.5 + f64::from(i % 5) * 0.3, n);
+        }
+        // z = 3.5 is no alert on its own, but eight of them in a row are.
+        let best = (0..8)
+            .map(|_| {
+                n += 1;
+                s.step(3.5, n)
+            })
+            .fold(0.0, f64::max);
+        assert!(best >= Z_MID, "{best}");
+    }
+}
