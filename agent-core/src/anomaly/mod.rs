@@ -411,7 +411,7 @@ impl Detector {
         (e.name == name && e.tags == tags).then(|| KeyStatus {
             warming_up: e.model.warming_up(&self.params(e, 1.0)),
             state: e.model.hyst.state,
-            usual: e.model.level,
+            usual: e.model.usual(),
             score: e.last_score,
         })
     }

@@ -18,8 +18,8 @@ use super::model::{Bf16, Hysteresis, Model, Slot, Surprise};
 use crate::snapshot::{Kind, Tags};
 
 const MAGIC: &[u8; 8] = b"EBPFANOM";
-/// 2: the score's state (`Surprise`) after the hysteresis; version 1 files are refused (the
-/// daemon then starts fresh).
+/// 2: the score's state (`Surprise`) and the model's unit after the hysteresis; version 1 files
+/// are refused (the daemon then starts fresh).
 const VERSION: u32 = 2;
 /// Most keys a file (and a detector) may hold.
 pub(crate) const MAX_KEYS: usize = 1 << 16;
@@ -244,6 +244,8 @@ fn encode_model(e: &mut Enc, m: &Model) {
     }
     e.u16(s.rest);
     e.u16(s.hot);
+    e.u16(s.seen);
+    e.f64(m.unit);
     for s in m.hod.iter().chain(m.how.iter()) {
         e.u16(s.loc.0);
         e.u16(s.sigma.0);
@@ -315,10 +317,15 @@ fn decode_model(d: &mut Dec<'_>) -> Result<Model, LoadError> {
         sq: d.pos32()?,
         rest: d.u16()?,
         hot: d.u16()?,
+        seen: d.u16()?,
     };
     if !(m.surprise.recent.is_finite() && m.surprise.mean.is_finite() && m.surprise.sq.is_finite())
     {
         return Err(corrupt("non-finite score state"));
+    }
+    m.unit = d.fin()?;
+    if m.unit <= 0.0 {
+        return Err(corrupt("non-positive unit"));
     }
     for s in m.hod.iter_mut().chain(m.how.iter_mut()) {
         *s = Slot {

@@ -300,8 +300,26 @@ pub(crate) struct Model {
     pub err_week: f32,
     pub hyst: Hysteresis,
     pub surprise: Surprise,
+    /// The unit values are modelled in (see [`Model::step`]).
+    pub unit: f64,
     pub hod: [Slot; DAY_SLOTS],
     pub how: [Slot; WEEK_SLOTS],
+}
+
+/// Magnitudes of a first value the model takes as they are; outside, it works in a unit near it.
+const UNIT_FREE: (f64, f64) = (1e-15, 1e15);
+/// Largest magnitude, in units, the model takes in (f32 spreads hold up to 3e38).
+const UNIT_RANGE: f64 = 1e30;
+
+/// The unit a series starting at `x` is modelled in: 1, or the power of two nearest |x| when
+/// it is outside [`UNIT_FREE`].
+fn unit_of(x: f64) -> f64 {
+    let a = x.abs();
+    if a == 0.0 || (UNIT_FREE.0..=UNIT_FREE.1).contains(&a) {
+        1.0
+    } else {
+        2f64.powi(a.log2().round() as i32)
+    }
 }
 
 /// Lazily initialised EWMA (NaN = empty).
@@ -349,6 +367,7 @@ impl Model {
             err_week: f32::NAN,
             hyst: Hysteresis::default(),
             surprise: Surprise::default(),
+            unit: 1.0,
             hod: [Slot::EMPTY; DAY_SLOTS],
             how: [Slot::EMPTY; WEEK_SLOTS],
         }
@@ -380,7 +399,28 @@ impl Model {
     }
 
     /// Feeds one point at unix time `t`; returns its assessment. Non-finite values are ignored.
+    ///
+    /// The model works in a unit fixed by the series' first value when that is outside
+    /// [`UNIT_FREE`] (a power of two near it): its spreads are f32, so a series of 1e130 would
+    /// overflow them; values beyond [`UNIT_RANGE`] units saturate (their z is huge anyway).
     pub fn step(&mut self, x: f64, t: f64, p: &Params) -> Assessment {
+        if self.n == 0 && x.is_finite() {
+            self.unit = unit_of(x);
+        }
+        let mut a = self.step_in_unit((x / self.unit).clamp(-UNIT_RANGE, UNIT_RANGE), t, p);
+        a.value = x;
+        a.usual *= self.unit;
+        a.spread *= self.unit;
+        a.recent_spread *= self.unit;
+        a
+    }
+
+    /// The short-term usual value, in the series' own unit.
+    pub fn usual(&self) -> f64 {
+        self.level * self.unit
+    }
+
+    fn step_in_unit(&mut self, x: f64, t: f64, p: &Params) -> Assessment {
         let mut out = Assessment {
             value: x,
             usual: self.level,
@@ -426,7 +466,7 @@ impl Model {
         let (strength, score) = if warming {
             (0.0, 0.0)
         } else {
-            let surprise = self.surprise.step(z, self.n);
+            let surprise = self.surprise.step(z);
             (
                 score_of(z * p.sensitivity),
                 score_of(surprise * p.sensitivity),

@@ -25,10 +25,12 @@ const LIKELIHOOD_GAIN: f64 = 3.0;
 /// Floor of the long-run spread of strengths: a series that was never odd still needs a real
 /// move to score.
 const SPREAD_FLOOR: f32 = 1e-3;
+/// Judged points before the likelihood speaks (its long-run mean and spread need a few).
+const LIKELY_MIN_POINTS: u16 = 32;
 /// Points after a surprise during which the score rests at 0.
 pub(super) const REST_POINTS: u16 = 100;
 
-/// Score state of one series: 14 bytes.
+/// Score state of one series: 16 bytes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Surprise {
     /// Recent mean strength (transient).
@@ -40,6 +42,8 @@ pub(crate) struct Surprise {
     pub rest: u16,
     /// Consecutive points with |z| ≥ [`Z_MID`] (transient).
     pub hot: u16,
+    /// Points judged (saturating).
+    pub seen: u16,
 }
 
 impl Default for Surprise {
@@ -50,14 +54,16 @@ impl Default for Surprise {
             sq: 0.0,
             rest: u16::MAX,
             hot: 0,
+            seen: 0,
         }
     }
 }
 
 impl Surprise {
-    /// Feeds the winning view's |z| (σ units, sensitivity 1) of a judged point; `judged`: points
-    /// judged so far, this one included. Returns the z-equivalent to score (0 while resting).
-    pub fn step(&mut self, z: f64, judged: u32) -> f64 {
+    /// Feeds the winning view's |z| (σ units, sensitivity 1) of a judged point. Returns the
+    /// z-equivalent to score (0 while resting).
+    pub fn step(&mut self, z: f64) -> f64 {
+        self.seen = self.seen.saturating_add(1);
         let z = z.abs();
         let strength = score_of(z) as f32;
         let onset = z / (1.0 + f64::from(self.hot));
@@ -71,8 +77,12 @@ impl Surprise {
             .max(0.0)
             .sqrt()
             .max(SPREAD_FLOOR);
-        let likely = LIKELIHOOD_GAIN * f64::from((self.recent - self.mean) / spread);
-        let a = (1.0 / LONG_POINTS).max(1.0 / judged.max(1) as f32);
+        let likely = if self.seen > LIKELY_MIN_POINTS {
+            LIKELIHOOD_GAIN * f64::from((self.recent - self.mean) / spread)
+        } else {
+            0.0
+        };
+        let a = (1.0 / LONG_POINTS).max(1.0 / f32::from(self.seen));
         self.mean += a * (strength - self.mean);
         self.sq += a * (strength * strength - self.sq);
 
@@ -95,42 +105,29 @@ mod tests {
     #[test]
     fn one_episode_one_surprise() {
         let mut s = Surprise::default();
-        let mut n = 0;
         for i in 0..500 {
-            n += 1;
-            s.step(f64::from(i % 3), n);
+            s.step(f64::from(i % 3));
         }
-        n += 1;
-        assert!(s.step(20.0, n) >= 20.0);
+        assert!(s.step(20.0) >= 20.0);
         // The same spike again while resting scores nothing...
         for _ in 0..REST_POINTS {
-            n += 1;
-            assert_eq!(s.step(20.0, n), 0.0);
+            assert_eq!(s.step(20.0), 0.0);
         }
         // ...and after the rest, a fresh spike scores again.
         for i in 0..200 {
-            n += 1;
-            s.step(f64::from(i % 3), n);
+            s.step(f64::from(i % 3));
         }
-        n += 1;
-        assert!(s.step(20.0, n) >= 20.0);
+        assert!(s.step(20.0) >= 20.0);
     }
 
     #[test]
     fn a_run_of_moderate_points_is_likely_news() {
         let mut s = Surprise::default();
-        let mut n = 0;
         for i in 0..2000 {
-            n += 1;
-            s.step(0.5 + f64::from(i % 5) * 0.3, n);
+            s.step(0.5 + f64::from(i % 5) * 0.3);
         }
         // z = 3.5 is no alert on its own, but eight of them in a row are.
-        let best = (0..8)
-            .map(|_| {
-                n += 1;
-                s.step(3.5, n)
-            })
-            .fold(0.0, f64::max);
+        let best = (0..8).map(|_| s.step(3.5)).fold(0.0, f64::max);
         assert!(best >= Z_MID, "{best}");
     }
 }

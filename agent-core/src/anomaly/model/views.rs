@@ -142,7 +142,8 @@ impl Model {
             floor = floor.max(QUANTUM_FLOOR * f64::from(self.quantum));
         }
         if p.counter {
-            floor = floor.max(COUNTER_FLOOR * pred.abs().max(1.0).sqrt());
+            // √level in the series' own unit, back in the model's.
+            floor = floor.max(COUNTER_FLOOR * (pred.abs() * self.unit).max(1.0).sqrt() / self.unit);
         }
         base.max(floor)
     }
