@@ -317,9 +317,12 @@ fn report(results: &Path, thresholds: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Per category, each series' (score, in a window) rows, from the results files written above.
-fn read_results(dir: &Path) -> Result<BTreeMap<String, Vec<Vec<(f64, bool)>>>> {
-    let mut out: BTreeMap<String, Vec<Vec<(f64, bool)>>> = BTreeMap::new();
+/// One series' rows: (score, inside a labelled window).
+type Rows = Vec<(f64, bool)>;
+
+/// Per category, each series' rows, from the results files written above.
+fn read_results(dir: &Path) -> Result<BTreeMap<String, Vec<Rows>>> {
+    let mut out: BTreeMap<String, Vec<Rows>> = BTreeMap::new();
     for cat in fs::read_dir(dir)? {
         let cat = cat?;
         if !cat.file_type()?.is_dir() {

@@ -305,7 +305,6 @@ pub fn detect_csv(input: impl Read, mut out: impl Write, sensitivity: f64) -> Re
             Some(line) => emit(&cols.row(&rec, line)?)?,
         }
     }
-    drop(emit);
     w.flush()?;
     Ok(())
 }
