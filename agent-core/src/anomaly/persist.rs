@@ -245,7 +245,8 @@ fn encode_model(e: &mut Enc, m: &Model) {
     e.u16(s.rest);
     e.u16(s.hot);
     e.u16(s.seen);
-    e.f64(m.unit);
+    e.f32(s.peak);
+    e.u16(m.unit_exp as u16);
     for s in m.hod.iter().chain(m.how.iter()) {
         e.u16(s.loc.0);
         e.u16(s.sigma.0);
@@ -318,14 +319,18 @@ fn decode_model(d: &mut Dec<'_>) -> Result<Model, LoadError> {
         rest: d.u16()?,
         hot: d.u16()?,
         seen: d.u16()?,
+        peak: d.pos32()?,
     };
-    if !(m.surprise.recent.is_finite() && m.surprise.mean.is_finite() && m.surprise.sq.is_finite())
+    let sp = &m.surprise;
+    if ![sp.recent, sp.mean, sp.sq, sp.peak]
+        .iter()
+        .all(|v| v.is_finite())
     {
         return Err(corrupt("non-finite score state"));
     }
-    m.unit = d.fin()?;
-    if m.unit <= 0.0 {
-        return Err(corrupt("non-positive unit"));
+    m.unit_exp = d.u16()? as i16;
+    if !(-1100..=1100).contains(&m.unit_exp) {
+        return Err(corrupt("unit out of range"));
     }
     for s in m.hod.iter_mut().chain(m.how.iter_mut()) {
         *s = Slot {

@@ -242,7 +242,7 @@ pub(crate) struct Assessment {
     pub previous: State,
 }
 
-/// The whole state of one series. About 900 bytes (see the `size` test). Its fields, in this
+/// The whole state of one series: 1024 bytes (see the `size` test). Its fields, in this
 /// order, are the persisted format (`persist.rs`).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Model {
@@ -300,8 +300,8 @@ pub(crate) struct Model {
     pub err_week: f32,
     pub hyst: Hysteresis,
     pub surprise: Surprise,
-    /// The unit values are modelled in (see [`Model::step`]).
-    pub unit: f64,
+    /// The unit values are modelled in, as a power of two (see [`Model::step`]).
+    pub unit_exp: i16,
     pub hod: [Slot; DAY_SLOTS],
     pub how: [Slot; WEEK_SLOTS],
 }
@@ -311,14 +311,15 @@ const UNIT_FREE: (f64, f64) = (1e-15, 1e15);
 /// Largest magnitude, in units, the model takes in (f32 spreads hold up to 3e38).
 const UNIT_RANGE: f64 = 1e30;
 
-/// The unit a series starting at `x` is modelled in: 1, or the power of two nearest |x| when
-/// it is outside [`UNIT_FREE`].
-fn unit_of(x: f64) -> f64 {
+/// The unit a series starting at `x` is modelled in, as a power of two: 1 (2⁰), or the power of
+/// two nearest |x| when it is outside [`UNIT_FREE`].
+fn unit_exp_of(x: f64) -> i16 {
     let a = x.abs();
     if a == 0.0 || (UNIT_FREE.0..=UNIT_FREE.1).contains(&a) {
-        1.0
+        0
     } else {
-        2f64.powi(a.log2().round() as i32)
+        // Finite doubles have exponents within ±1075.
+        a.log2().round() as i16
     }
 }
 
@@ -367,7 +368,7 @@ impl Model {
             err_week: f32::NAN,
             hyst: Hysteresis::default(),
             surprise: Surprise::default(),
-            unit: 1.0,
+            unit_exp: 0,
             hod: [Slot::EMPTY; DAY_SLOTS],
             how: [Slot::EMPTY; WEEK_SLOTS],
         }
@@ -405,19 +406,25 @@ impl Model {
     /// overflow them; values beyond [`UNIT_RANGE`] units saturate (their z is huge anyway).
     pub fn step(&mut self, x: f64, t: f64, p: &Params) -> Assessment {
         if self.n == 0 && x.is_finite() {
-            self.unit = unit_of(x);
+            self.unit_exp = unit_exp_of(x);
         }
-        let mut a = self.step_in_unit((x / self.unit).clamp(-UNIT_RANGE, UNIT_RANGE), t, p);
+        let unit = self.unit();
+        let mut a = self.step_in_unit((x / unit).clamp(-UNIT_RANGE, UNIT_RANGE), t, p);
         a.value = x;
-        a.usual *= self.unit;
-        a.spread *= self.unit;
-        a.recent_spread *= self.unit;
+        a.usual *= unit;
+        a.spread *= unit;
+        a.recent_spread *= unit;
         a
     }
 
     /// The short-term usual value, in the series' own unit.
     pub fn usual(&self) -> f64 {
-        self.level * self.unit
+        self.level * self.unit()
+    }
+
+    /// The unit values are modelled in.
+    pub fn unit(&self) -> f64 {
+        2f64.powi(i32::from(self.unit_exp))
     }
 
     fn step_in_unit(&mut self, x: f64, t: f64, p: &Params) -> Assessment {

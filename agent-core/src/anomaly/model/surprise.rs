@@ -9,7 +9,8 @@
 //!   out, while a series whose points are often odd must do more to surprise.
 //!
 //! After a surprise (≥ [`Z_MID`]) the score rests for [`REST_POINTS`] points: one episode, one
-//! high score; the state (hysteresis) still follows every point.
+//! high score, unless a surprise twice as strong comes (a bigger fault); the state (hysteresis)
+//! still follows every point.
 //!
 //! Everything here is judged at sensitivity 1: the sensitivity only scales the final score, so
 //! it moves how much is reported, never what the model learns.
@@ -25,12 +26,15 @@ const LIKELIHOOD_GAIN: f64 = 3.0;
 /// Floor of the long-run spread of strengths: a series that was never odd still needs a real
 /// move to score.
 const SPREAD_FLOOR: f32 = 1e-3;
+/// While resting, a surprise this many times the strongest of the rest breaks through: a second,
+/// much bigger fault is news.
+const ESCALATION: f64 = 2.0;
 /// Judged points before the likelihood speaks (its long-run mean and spread need a few).
 const LIKELY_MIN_POINTS: u16 = 32;
 /// Points after a surprise during which the score rests at 0.
 pub(super) const REST_POINTS: u16 = 100;
 
-/// Score state of one series: 16 bytes.
+/// Score state of one series: 20 bytes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Surprise {
     /// Recent mean strength (transient).
@@ -44,6 +48,8 @@ pub(crate) struct Surprise {
     pub hot: u16,
     /// Points judged (saturating).
     pub seen: u16,
+    /// The strongest score of the current rest (transient).
+    pub peak: f32,
 }
 
 impl Default for Surprise {
@@ -55,6 +61,7 @@ impl Default for Surprise {
             rest: u16::MAX,
             hot: 0,
             seen: 0,
+            peak: 0.0,
         }
     }
 }
@@ -89,10 +96,15 @@ impl Surprise {
         let out = onset.max(likely);
         if self.rest < REST_POINTS {
             self.rest += 1;
+            if out >= ESCALATION * f64::from(self.peak) {
+                self.peak = out as f32;
+                return out;
+            }
             return 0.0;
         }
         if out >= Z_MID {
             self.rest = 0;
+            self.peak = out as f32;
         }
         out
     }
@@ -110,11 +122,16 @@ mod tests {
         }
         assert!(s.step(20.0) >= 20.0);
         // The same spike again while resting scores nothing...
-        for _ in 0..REST_POINTS {
-            assert_eq!(s.step(20.0), 0.0);
-        }
-        // ...and after the rest, a fresh spike scores again.
-        for i in 0..200 {
+        s.step(1.0);
+        assert_eq!(s.step(20.0), 0.0);
+        // ...but one twice as strong breaks through (a bigger fault), and then only one twice
+        // as strong as that.
+        s.step(1.0);
+        assert!(s.step(45.0) >= 45.0);
+        s.step(1.0);
+        assert_eq!(s.step(60.0), 0.0);
+        // After the rest, a fresh spike scores again.
+        for i in 0..REST_POINTS {
             s.step(f64::from(i % 3));
         }
         assert!(s.step(20.0) >= 20.0);

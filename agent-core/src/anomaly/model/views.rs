@@ -143,7 +143,8 @@ impl Model {
         }
         if p.counter {
             // √level in the series' own unit, back in the model's.
-            floor = floor.max(COUNTER_FLOOR * (pred.abs() * self.unit).max(1.0).sqrt() / self.unit);
+            let unit = self.unit();
+            floor = floor.max(COUNTER_FLOOR * (pred.abs() * unit).max(1.0).sqrt() / unit);
         }
         base.max(floor)
     }
