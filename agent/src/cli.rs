@@ -368,7 +368,8 @@ fn parse_sensitivity(s: &str) -> Result<f64, String> {
 
 #[derive(Args, Debug, Clone)]
 pub struct DetectArgs {
-    /// CSV with a header `timestamp,value` (`YYYY-MM-DD HH:MM:SS` UTC or unix seconds), or `-`.
+    /// CSV with a header `timestamp,value` (RFC 3339 with an offset, `YYYY-MM-DD HH:MM:SS` UTC or
+    /// unix seconds; quoted fields allowed), or `-`; streamed row by row.
     pub file: PathBuf,
     /// Higher flags more.
     #[arg(long, default_value_t = 1.0, value_parser = parse_sensitivity)]

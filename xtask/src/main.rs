@@ -1,4 +1,4 @@
-//! Developer and CI tasks: `cargo xtask setup | build | run | test | bench`.
+//! Developer and CI tasks: `cargo xtask setup | build | run | test | bench | nab`.
 //!
 //! `setup` installs, idempotently, what a fresh machine lacks to build the kernel programs
 //! (nightly's rust-src, bpf-linker 0.10.4) and to run the tests (StatsD and Riemann peers,
@@ -14,6 +14,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod nab;
 
 const BPF_LINKER_VERSION: &str = "0.10.4";
 const NIGHTLY: &str = "nightly";
@@ -64,6 +65,20 @@ enum Cmd {
         /// kernel_costs_peers.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+    },
+    /// The Numenta Anomaly Benchmark: `ebpf-agent detect` over every series of a NAB checkout
+    /// (github numenta/NAB, AGPL: kept outside this repository), scored by NAB's own scorer
+    /// (Python 3.6 venv under ~/.cache); prints the three profiles' scores and per-category
+    /// figures. Writes under target/nab.
+    Nab {
+        /// Root of the NAB checkout.
+        path: PathBuf,
+        /// Passed to `detect --sensitivity`.
+        #[arg(long, default_value_t = 1.0)]
+        sensitivity: f64,
+        /// Use this `ebpf-agent` instead of building the release binary.
+        #[arg(long)]
+        agent: Option<PathBuf>,
     },
 }
 
@@ -123,6 +138,18 @@ fn run(cli: Cli) -> Result<()> {
             cargo(&test)
         }
         Cmd::Bench { smoke, out, only } => bench::run(&root, bench::Options { smoke, out, only }),
+        Cmd::Nab {
+            path,
+            sensitivity,
+            agent,
+        } => nab::run(
+            &root,
+            nab::Options {
+                nab: path,
+                sensitivity,
+                agent,
+            },
+        ),
     }
 }
 

@@ -51,6 +51,11 @@ pub use time::LocalTime;
 const LATENCY_REL_FLOOR: f64 = 0.03;
 /// Relative precision of memory levels (they step by allocations).
 const BYTES_REL_FLOOR: f64 = 0.01;
+/// Tail statistics of latency (the interval's max, p999, p99) jitter by multiples of their level
+/// from one interval to the next: one late wake-up among a thousand calls makes the max (a 1 ms
+/// sleep loop's max wanders between 1.1 and 6.6 ms). Their spread is at least this share of the
+/// level: a noise model they have from the first judged point, before any history.
+const TAIL_REL_FLOOR: [(&str, f64); 3] = [("max", 1.0), ("p999", 1.0), ("p99", 0.5)];
 /// Relative precision of any other metric (and of [`Series`]).
 const REL_FLOOR: f64 = 1e-3;
 
@@ -339,12 +344,19 @@ fn key_hash(name: &str, tags: &[(&'static str, String)]) -> u64 {
     h.finish()
 }
 
-/// Relative precision of a metric's values: latency percentiles come from log-linear histograms
+/// Relative precision of a metric's values: the tails of latency (max, p999, p99) jitter by
+/// multiples (see [`TAIL_REL_FLOOR`]); other latency percentiles come from log-linear histograms
 /// (bucket midpoints, within 6.25%), so moves under 3% of the level are noise; memory levels
 /// step by allocations, under 1% of the level is noise (a flat RSS must not alarm on a few
 /// pages); elsewhere 0.1%.
 fn rel_floor(name: &str) -> f64 {
-    if name.split('.').any(|seg| seg.ends_with("_us")) && !name.contains("stall_us") {
+    let latency = name.split('.').any(|seg| seg.ends_with("_us")) && !name.contains("stall_us");
+    let last = name.rsplit('.').next().unwrap_or(name);
+    if let Some(&(_, floor)) = TAIL_REL_FLOOR.iter().find(|(s, _)| *s == last)
+        && latency
+    {
+        floor
+    } else if latency {
         LATENCY_REL_FLOOR
     } else if name.ends_with("_bytes") {
         BYTES_REL_FLOOR
@@ -428,7 +440,7 @@ impl Detector {
         (e.name == name && e.tags == tags).then(|| KeyStatus {
             warming_up: e.model.warming_up(&self.params(e, 1.0)),
             state: e.model.hyst.state,
-            usual: e.model.level,
+            usual: e.model.usual(),
             score: e.last_score,
         })
     }

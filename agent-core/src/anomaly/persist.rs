@@ -15,11 +15,13 @@ use std::sync::{Mutex, OnceLock};
 use thiserror::Error;
 
 use super::State;
-use super::model::{Bf16, Hysteresis, Model, Slot};
+use super::model::{Bf16, Hysteresis, Model, Slot, Surprise};
 use crate::snapshot::{Kind, Tags};
 
 const MAGIC: &[u8; 8] = b"EBPFANOM";
-const VERSION: u32 = 1;
+/// 2: the score's state (`Surprise`) and the model's unit after the hysteresis; version 1 files
+/// are refused (the daemon then starts fresh).
+const VERSION: u32 = 2;
 /// Most keys a file (and a detector) may hold.
 pub(crate) const MAX_KEYS: usize = 1 << 16;
 const MAX_NAME: usize = 512;
@@ -239,6 +241,15 @@ fn encode_model(e: &mut Enc, m: &Model) {
     }
     e.f64(h.pending_since);
     e.f64(h.since);
+    let s = &m.surprise;
+    for v in [s.recent, s.mean, s.sq] {
+        e.f32(v);
+    }
+    e.u16(s.rest);
+    e.u16(s.hot);
+    e.u16(s.seen);
+    e.f32(s.peak);
+    e.u16(m.unit_exp as u16);
     for s in m.hod.iter().chain(m.how.iter()) {
         e.u16(s.loc.0);
         e.u16(s.sigma.0);
@@ -304,6 +315,26 @@ fn decode_model(d: &mut Dec<'_>) -> Result<Model, LoadError> {
     h.pending_since = d.fin()?;
     h.since = d.fin()?;
     m.hyst = h;
+    m.surprise = Surprise {
+        recent: d.pos32()?,
+        mean: d.pos32()?,
+        sq: d.pos32()?,
+        rest: d.u16()?,
+        hot: d.u16()?,
+        seen: d.u16()?,
+        peak: d.pos32()?,
+    };
+    let sp = &m.surprise;
+    if ![sp.recent, sp.mean, sp.sq, sp.peak]
+        .iter()
+        .all(|v| v.is_finite())
+    {
+        return Err(corrupt("non-finite score state"));
+    }
+    m.unit_exp = d.u16()? as i16;
+    if !(-1100..=1100).contains(&m.unit_exp) {
+        return Err(corrupt("unit out of range"));
+    }
     for s in m.hod.iter_mut().chain(m.how.iter_mut()) {
         *s = Slot {
             loc: Bf16(d.u16()?),
@@ -603,9 +634,14 @@ mod tests {
             decode(b"{\"json\": true}", 10),
             Err(LoadError::Foreign)
         ));
-        let mut v2 = buf.clone();
-        v2[8] = 2;
-        assert!(matches!(decode(&v2, 10), Err(LoadError::Version(2))));
+        // A file of the previous format (version 1, before the score's state) is refused
+        // cleanly; the daemon then learns afresh.
+        let mut v1 = buf.clone();
+        v1[8] = 1;
+        assert!(matches!(decode(&v1, 10), Err(LoadError::Version(1))));
+        let mut v3 = buf.clone();
+        v3[8] = 3;
+        assert!(matches!(decode(&v3, 10), Err(LoadError::Version(3))));
     }
 
     fn temp_dir(tag: &str) -> std::path::PathBuf {

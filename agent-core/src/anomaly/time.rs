@@ -9,6 +9,7 @@ pub(crate) const HOUR_S: f64 = 3600.0;
 const DAY_S: i64 = 86_400;
 
 /// Days since 1970-01-01 of the date `y-m-d` (`m` in 1..=12, `d` in 1..=31).
+#[cfg(test)]
 pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
@@ -32,6 +33,7 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+#[cfg(test)]
 fn days_in_month(y: i64, m: u32) -> u32 {
     match m {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
@@ -42,6 +44,7 @@ fn days_in_month(y: i64, m: u32) -> u32 {
 }
 
 /// Unix seconds of a civil date and time (UTC); `None` when a field is out of range.
+#[cfg(test)]
 pub(crate) fn unix_from_civil(y: i64, mo: u32, d: u32, h: u32, mi: u32, s: f64) -> Option<f64> {
     if !(1..=12).contains(&mo)
         || d == 0

@@ -46,6 +46,7 @@
 
 mod hysteresis;
 mod season;
+mod surprise;
 mod tail;
 mod views;
 
@@ -59,6 +60,7 @@ use views::{
 pub(crate) use hysteresis::Hysteresis;
 pub(crate) use season::{Bf16, Profile, Slot};
 use season::{DAY_SLOTS, WEEK_SLOTS};
+pub(crate) use surprise::Surprise;
 pub(crate) use tail::{HIST_BINS, WARN_SCORE};
 use tail::{Z_MID, hist_add, raw_state, score_of, tail_factor};
 
@@ -85,8 +87,10 @@ const DEV_MEMORY_S: f64 = 7.0 * 24.0 * HOUR_S;
 const DEV_MIN_LONGS: f64 = 4.0;
 /// A level shift held this long becomes the new normal: an hour...
 const ACCEPT_S: f64 = HOUR_S;
-/// ...and at least this many points (a few points are a burst, not a shift)...
-const ACCEPT_MIN_POINTS: f64 = 6.0;
+/// ...and at least this many points: a few points are a burst, not a shift, and a shift stays
+/// news while it is new (at 30-minute data half a day: a blizzard's night of collapsed demand
+/// is anomalous throughout, not accepted after two points)...
+const ACCEPT_MIN_POINTS: f64 = 12.0;
 /// ...and at most this many (an hour at 1 s).
 const ACCEPT_MAX_POINTS: f64 = 3600.0;
 /// A silence longer than this many intervals restarts the short-term view...
@@ -126,9 +130,13 @@ const P_SAME_PRIOR: f32 = 0.5;
 /// A point beyond this many σ from the baseline (unscaled by the tail) counts toward a level
 /// shift on its side.
 const SHIFT_SIDE_Z: f64 = 1.0;
-/// An alert episode beginning within this many points of the previous one teaches the tail:
-/// spikes that keep coming back are this series' nature.
+/// An anomalous point coming within this many points of the previous one, after calm ones,
+/// teaches the tail: spikes that keep coming back are this series' nature.
 const RECURRING_EPISODE_POINTS: u16 = 300;
+/// What the model learns is judged at this sensitivity, whatever the configured one: the
+/// sensitivity moves what is reported, never what is learnt (so the same data teaches the same
+/// model at any sensitivity).
+const LEARN_SENSITIVITY: f64 = 1.0;
 
 /// How the model is asked to run: derived from the configuration and the data's interval.
 #[derive(Clone, Copy, Debug)]
@@ -234,7 +242,7 @@ pub(crate) struct Assessment {
     pub previous: State,
 }
 
-/// The whole state of one series. About 900 bytes (see the `size` test). Its fields, in this
+/// The whole state of one series: 1024 bytes (see the `size` test). Its fields, in this
 /// order, are the persisted format (`persist.rs`).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Model {
@@ -267,7 +275,7 @@ pub(crate) struct Model {
     /// Histogram of |z| (bins growing by √2 from 1.5; counts halved every few thousand points):
     /// the series' own tail, to judge a new z against.
     pub hist: [u16; HIST_BINS],
-    /// Points since the last alert episode began (saturating).
+    /// Points since the last anomalous point (at [`LEARN_SENSITIVITY`]; saturating).
     pub since_episode: u16,
     /// How far mid and long usually stray apart (σ).
     pub mid_dev: f32,
@@ -291,8 +299,28 @@ pub(crate) struct Model {
     pub err_day: f32,
     pub err_week: f32,
     pub hyst: Hysteresis,
+    pub surprise: Surprise,
+    /// The unit values are modelled in, as a power of two (see [`Model::step`]).
+    pub unit_exp: i16,
     pub hod: [Slot; DAY_SLOTS],
     pub how: [Slot; WEEK_SLOTS],
+}
+
+/// Magnitudes of a first value the model takes as they are; outside, it works in a unit near it.
+const UNIT_FREE: (f64, f64) = (1e-15, 1e15);
+/// Largest magnitude, in units, the model takes in (f32 spreads hold up to 3e38).
+const UNIT_RANGE: f64 = 1e30;
+
+/// The unit a series starting at `x` is modelled in, as a power of two: 1 (2⁰), or the power of
+/// two nearest |x| when it is outside [`UNIT_FREE`].
+fn unit_exp_of(x: f64) -> i16 {
+    let a = x.abs();
+    if a == 0.0 || (UNIT_FREE.0..=UNIT_FREE.1).contains(&a) {
+        0
+    } else {
+        // Finite doubles have exponents within ±1075.
+        a.log2().round() as i16
+    }
 }
 
 /// Lazily initialised EWMA (NaN = empty).
@@ -339,6 +367,8 @@ impl Model {
             err_day: f32::NAN,
             err_week: f32::NAN,
             hyst: Hysteresis::default(),
+            surprise: Surprise::default(),
+            unit_exp: 0,
             hod: [Slot::EMPTY; DAY_SLOTS],
             how: [Slot::EMPTY; WEEK_SLOTS],
         }
@@ -370,7 +400,34 @@ impl Model {
     }
 
     /// Feeds one point at unix time `t`; returns its assessment. Non-finite values are ignored.
+    ///
+    /// The model works in a unit fixed by the series' first value when that is outside
+    /// [`UNIT_FREE`] (a power of two near it): its spreads are f32, so a series of 1e130 would
+    /// overflow them; values beyond [`UNIT_RANGE`] units saturate (their z is huge anyway).
     pub fn step(&mut self, x: f64, t: f64, p: &Params) -> Assessment {
+        if self.n == 0 && x.is_finite() {
+            self.unit_exp = unit_exp_of(x);
+        }
+        let unit = self.unit();
+        let mut a = self.step_in_unit((x / unit).clamp(-UNIT_RANGE, UNIT_RANGE), t, p);
+        a.value = x;
+        a.usual *= unit;
+        a.spread *= unit;
+        a.recent_spread *= unit;
+        a
+    }
+
+    /// The short-term usual value, in the series' own unit.
+    pub fn usual(&self) -> f64 {
+        self.level * self.unit()
+    }
+
+    /// The unit values are modelled in.
+    pub fn unit(&self) -> f64 {
+        2f64.powi(i32::from(self.unit_exp))
+    }
+
+    fn step_in_unit(&mut self, x: f64, t: f64, p: &Params) -> Assessment {
         let mut out = Assessment {
             value: x,
             usual: self.level,
@@ -395,7 +452,7 @@ impl Model {
         let season = self.season(t, p);
         let tail = tail_factor(&self.hist);
         let point = self.point_view(x, &season, tail, p);
-        let learn = burst_learn_share(point.z, warming, p);
+        let learn = burst_learn_share(point.z * LEARN_SENSITIVITY, warming, p);
         let sustained = self.sustained_view(point.y, point.s, learn, p);
         let variance = self.variance_view(point.r, point.s, learn);
         let flat = self.flat_view(x, p);
@@ -411,19 +468,24 @@ impl Model {
             (View::Variance, variance.z),
             (View::Flat, flat.z),
         ]);
-        // The state follows the strength; the score is the surprise: the k-th consecutive
-        // anomalous point scores as if its z were divided by k, so an onset stands out and a
-        // condition that persists fades (its state stays until calm returns).
+        // The state follows the strength; the score is the surprise (see `surprise.rs`): an
+        // onset, or a run of odd points that is unlikely for this series, then a rest.
         let (strength, score) = if warming {
             (0.0, 0.0)
         } else {
-            let faded = 1.0 + f64::from(self.hyst.hot);
+            let surprise = self.surprise.step(z);
             (
                 score_of(z * p.sensitivity),
-                score_of(z * p.sensitivity / faded),
+                score_of(surprise * p.sensitivity),
             )
         };
         let raw = raw_state(strength);
+        // What is learnt does not depend on the configured sensitivity.
+        let learn_raw = if warming {
+            State::Ok
+        } else {
+            raw_state(score_of(z * LEARN_SENSITIVITY))
+        };
         out.strength = strength;
         out.score = score;
         out.z = z;
@@ -448,14 +510,14 @@ impl Model {
         let abs_sigma = self.learn_baseline(&point, learn, p);
         self.learn_variance(&variance, p);
         self.learn_levels(&sustained, &point, p);
-        self.learn_repeats(x, flat.same, flat.run, raw, p);
+        self.learn_repeats(x, flat.same, flat.run, learn_raw, p);
         self.accept_shift(point.y, point.z_raw, warming, p);
         // Unclipped: an hour that is shaped unlike the baseline is what a profile must learn;
         // odd hours are kept out by the calm share and by the clipped slot update.
-        self.accumulate(x, abs_sigma, raw == State::Ok);
+        self.accumulate(x, abs_sigma, learn_raw == State::Ok);
 
         let previous = self.hyst.state;
-        out.changed = self.judge(raw, t, point.z_raw, warming, p);
+        out.changed = self.judge(raw, learn_raw, t, point.z_raw, warming, p);
         out.state = self.hyst.state;
         out.previous = previous;
         out
@@ -528,7 +590,7 @@ impl Model {
         // While the sustained view alone calls the point anomalous, the long-term level
         // follows faster: a deviation held for about an hour becomes the usual.
         let sustained_only =
-            sus.z.abs() * p.sensitivity >= Z_MID && pt.z.abs() < SUSTAINED_ONLY_POINT_Z;
+            sus.z.abs() * LEARN_SENSITIVITY >= Z_MID && pt.z.abs() < SUSTAINED_ONLY_POINT_Z;
         let boost = if sustained_only { LONG_CATCH_UP } else { 1.0 };
         let a_long = (boost / p.long_len()).max(1.0 / n).min(1.0);
         self.mid = sus.mid;
@@ -590,25 +652,33 @@ impl Model {
         }
     }
 
-    /// Hysteresis on the raw state, then tail learning; returns whether the state changed.
-    fn judge(&mut self, raw: State, t: f64, z_raw: f64, warming: bool, p: &Params) -> bool {
-        let previous = self.hyst.state;
+    /// Hysteresis on the raw state, then tail learning (from `learn_raw`, the state at
+    /// [`LEARN_SENSITIVITY`]); returns whether the state changed.
+    fn judge(
+        &mut self,
+        raw: State,
+        learn_raw: State,
+        t: f64,
+        z_raw: f64,
+        warming: bool,
+        p: &Params,
+    ) -> bool {
         let changed = if warming {
             false
         } else {
             self.hyst.update(raw, t, p.raise_after, p.clear_after)
         };
-        // The tail learns from calm points, and from the first point of an alert episode that
-        // follows another closely: spikes that keep coming back are this series' nature; rare
-        // ones stay anomalies.
-        let episode_start = changed && previous == State::Ok;
-        let frequent = episode_start && self.since_episode < RECURRING_EPISODE_POINTS;
-        if episode_start {
-            self.since_episode = 0;
+        // The tail learns from calm points, and from the first anomalous point after calm ones
+        // that follows the previous anomalous point closely: spikes that keep coming back are
+        // this series' nature; rare ones stay anomalies.
+        let anomalous = learn_raw != State::Ok;
+        let recurring = anomalous && (2..RECURRING_EPISODE_POINTS).contains(&self.since_episode);
+        self.since_episode = if anomalous {
+            0
         } else {
-            self.since_episode = self.since_episode.saturating_add(1);
-        }
-        if !warming && (self.hyst.state == State::Ok || frequent) {
+            self.since_episode.saturating_add(1)
+        };
+        if !warming && (!anomalous || recurring) {
             hist_add(&mut self.hist, z_raw.abs());
         }
         changed

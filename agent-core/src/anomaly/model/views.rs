@@ -117,12 +117,13 @@ pub(super) fn strongest(candidates: [(View, f64); 5]) -> (View, f64) {
         })
 }
 
-/// Share of a normal update that the short-term views learn from this point: at high resolution
+/// Share of a normal update that the short-term views learn from this point (`z_point` at the
+/// learning sensitivity): at high resolution
 /// a burst spans many points, so a point the point view calls anomalous teaches the baseline
 /// less (a fifth at 1 s, fully from 5 min); the burst leaves the baseline where it was and its
 /// end is no second anomaly. A shift that lasts is adopted whole by the acceptance.
 pub(super) fn burst_learn_share(z_point: f64, warming: bool, p: &Params) -> f64 {
-    if !warming && z_point.abs() * p.sensitivity >= Z_MID {
+    if !warming && z_point.abs() >= Z_MID {
         (p.interval_s / BURST_FULL_LEARN_S).clamp(BURST_MIN_LEARN, 1.0)
     } else {
         1.0
@@ -141,7 +142,9 @@ impl Model {
             floor = floor.max(QUANTUM_FLOOR * f64::from(self.quantum));
         }
         if p.counter {
-            floor = floor.max(COUNTER_FLOOR * pred.abs().max(1.0).sqrt());
+            // √level in the series' own unit, back in the model's.
+            let unit = self.unit();
+            floor = floor.max(COUNTER_FLOOR * (pred.abs() * unit).max(1.0).sqrt() / unit);
         }
         base.max(floor)
     }
