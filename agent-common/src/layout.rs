@@ -6,8 +6,9 @@
 //! needed, exactly like a per-CPU array); a slice holds [`ROWS`] rows of [`ROW_BYTES`].
 //!
 //! A row is one histogram key (one syscall, one disk × op, one TCP measure): a head of
-//! [`HEAD`] `u64`s `[count, sum_ns, aux, pad × 5]` (one cache line, so userspace can skip
-//! unchanged rows by reading one line), then [`hist::BUCKETS`] `u32` buckets. Buckets are 32-bit
+//! [`HEAD`] `u64`s `[count, sum_ns, aux, bucket mask × 5]` (one cache line, so userspace can
+//! skip unchanged rows by reading one line, and read only the buckets the mask names), then
+//! [`hist::BUCKETS`] `u32` buckets. Buckets are 32-bit
 //! to halve the table: userspace reads every interval and widens them (a bucket cannot gain
 //! 2^32 samples in one interval unless its row's exact 64-bit count does too, see
 //! `agent/src/probes/table.rs`). Sums and byte counts stay 64-bit: one interval's latency sum
@@ -33,6 +34,18 @@ pub const CELL_COUNT: usize = 0;
 pub const CELL_SUM: usize = 1;
 /// Syscall rows: calls that returned an error (< 0). Disk rows: bytes transferred.
 pub const CELL_AUX: usize = 2;
+/// Histogram rows: the buckets this CPU ever incremented, one bit each, in [`MASK_WORDS`] cells
+/// from here (never cleared). Userspace reads only those buckets: a row's samples span a few
+/// powers of two, so a changed row costs it 2-4 cache lines per CPU instead of 18.
+pub const CELL_MASK: usize = 3;
+pub const MASK_WORDS: usize = HEAD - CELL_MASK;
+const _: () = assert!(hist::BUCKETS <= MASK_WORDS * 64);
+
+/// Where bucket `b`'s bit lives: (head cell, bit).
+#[inline(always)]
+pub const fn mask_bit(b: usize) -> (usize, u64) {
+    (CELL_MASK + (b >> 6), 1 << (b & 63))
+}
 /// First bucket of the histogram, in a row's cells as userspace sees them (widened to u64).
 pub const CELL_BUCKETS: usize = HEAD;
 /// Cells of a row as userspace sees them: the head, then the buckets widened to `u64`.

@@ -74,7 +74,13 @@ pub fn record(row_idx: usize, value_ns: u64, aux: u64) {
     r.head[layout::CELL_COUNT] += 1;
     r.head[layout::CELL_SUM] += value_ns;
     r.head[layout::CELL_AUX] += aux;
-    if let Some(b) = r.buckets.get_mut(hist::bucket(value_ns)) {
+    let b = hist::bucket(value_ns);
+    // The head's line is written anyway: marking the bucket costs no cache line.
+    let (cell, bit) = layout::mask_bit(b);
+    if let Some(m) = r.head.get_mut(cell) {
+        *m |= bit;
+    }
+    if let Some(b) = r.buckets.get_mut(b) {
         // 32-bit: userspace widens (agent_common::layout).
         *b = b.wrapping_add(1);
     }

@@ -162,3 +162,26 @@ pub async fn floor(duration: Option<std::time::Duration>, clock: bool) -> Result
     drop(ebpf);
     Ok(ExitCode::SUCCESS)
 }
+
+/// `ebpf-agent read-cost`: userspace's reading cost per interval on a synthetic table (no BPF
+/// needed), as one JSON line for the benchmark.
+pub fn read_cost(cpus: usize, intervals: usize) -> ExitCode {
+    match probes::read_cost(cpus.max(1), intervals.max(1)) {
+        Ok(c) => {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "cpus": c.ncpus,
+                    "table_bytes": c.table_bytes,
+                    "median_ms": c.median_ms,
+                    "max_ms": c.max_ms,
+                })
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ebpf-agent: synthetic table: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

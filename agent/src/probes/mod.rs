@@ -43,6 +43,7 @@ use crate::{
     snapshot::{Metric, Tags},
 };
 pub use agent_core::events::EventView;
+pub use table::read_cost;
 
 /// Every probe, in table order (`agent_common::layout` allocates their rows in the same order).
 const REGISTRY: &[&dyn ProbeDef] = &[&syscall::Syscall, &disk::Disk, &tcp::Tcp];

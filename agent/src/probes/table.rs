@@ -15,7 +15,10 @@ use std::{
 
 use agent_common::{
     hist,
-    layout::{self, CELL_BUCKETS, CELL_COUNT, HEAD, INDEX_CELLS, Index, ROW_BYTES, ROW_LEN, ROWS},
+    layout::{
+        self, CELL_BUCKETS, CELL_COUNT, CELL_MASK, HEAD, INDEX_CELLS, Index, MASK_WORDS, ROW_BYTES,
+        ROW_LEN, ROWS,
+    },
 };
 use aya::maps::MapData;
 
@@ -49,6 +52,14 @@ impl Mapping {
         Ok(Self { base, len_bytes })
     }
 
+    /// The `u32` at byte `off` (4-aligned).
+    #[inline]
+    fn u32_at(&self, off: usize) -> u32 {
+        debug_assert!(off + 4 <= self.len_bytes && off.is_multiple_of(4));
+        // SAFETY: as in `u64_at`.
+        unsafe { self.base.as_ptr().add(off).cast::<u32>().read_volatile() }
+    }
+
     /// The `u64` at byte `off` (8-aligned).
     #[inline]
     fn u64_at(&self, off: usize) -> u64 {
@@ -57,6 +68,120 @@ impl Mapping {
         // kernel writes concurrently, hence the volatile read of an aligned word.
         unsafe { self.base.as_ptr().add(off).cast::<u64>().read_volatile() }
     }
+}
+
+impl Mapping {
+    /// Private anonymous memory of `len_bytes`, zeroed (the read-cost benchmark's table).
+    fn anonymous(len_bytes: usize) -> io::Result<Self> {
+        // SAFETY: a fresh private mapping; no file, no aliasing.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
+        Ok(Self { base, len_bytes })
+    }
+
+    /// Adds `n` to the `u32` at byte `off` (the read-cost benchmark's writer; the mapping must
+    /// be [`Self::anonymous`]).
+    fn bump_u32(&self, off: usize, n: u32) {
+        assert!(off + 4 <= self.len_bytes && off.is_multiple_of(4));
+        // SAFETY: inside a writable mapping, aligned.
+        unsafe {
+            let p = self.base.as_ptr().add(off).cast::<u32>();
+            p.write_volatile(p.read_volatile().wrapping_add(n));
+        }
+    }
+
+    fn or_u64(&self, off: usize, bits: u64) {
+        assert!(off + 8 <= self.len_bytes && off.is_multiple_of(8));
+        // SAFETY: as in `bump_u32`.
+        unsafe {
+            let p = self.base.as_ptr().add(off).cast::<u64>();
+            p.write_volatile(p.read_volatile() | bits);
+        }
+    }
+
+    fn bump_u64(&self, off: usize, n: u64) {
+        assert!(off + 8 <= self.len_bytes && off.is_multiple_of(8));
+        // SAFETY: as in `bump_u32`.
+        unsafe {
+            let p = self.base.as_ptr().add(off).cast::<u64>();
+            p.write_volatile(p.read_volatile().wrapping_add(n));
+        }
+    }
+}
+
+/// What reading the table costs per interval, measured on a synthetic table.
+#[derive(Clone, Debug)]
+pub struct ReadCost {
+    pub ncpus: usize,
+    pub table_bytes: usize,
+    /// Milliseconds per interval: median and worst of the intervals.
+    pub median_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Userspace's reading cost per interval for a table of `ncpus` possible CPUs in which every
+/// histogram row changed on every CPU (the worst case: work is proportional to changed rows),
+/// over `intervals` intervals. Between reads a writer bumps each row's count, sum and one bucket
+/// on every CPU, as the kernel would (so the reader finds them changed, and mostly not in its
+/// cache: the table is bigger than the last-level cache at 256 CPUs); each row's samples spread
+/// over 32 buckets (four powers of two) per CPU.
+pub fn read_cost(ncpus: usize, intervals: usize) -> io::Result<ReadCost> {
+    let table_bytes = layout::hist_entries(ncpus) * ROW_BYTES;
+    let table = HistTable {
+        map: Mapping::anonymous(table_bytes)?,
+        ncpus,
+    };
+    let mut diff = RowDiff::default();
+    let mut out = [0u64; ROW_LEN];
+    let mut times = Vec::with_capacity(intervals);
+    for i in 0..=intervals {
+        for cpu in 0..ncpus {
+            for row in 0..ROWS {
+                let at = layout::row_offset(cpu, row);
+                let n = 1000 + (cpu * 7 + row * 13 + i) as u64 % 1000;
+                table.map.bump_u64(at + CELL_COUNT * 8, n);
+                table.map.bump_u64(at + layout::CELL_SUM * 8, n * 1500);
+                // A row's samples span a few powers of two: 32 buckets (4 of them).
+                let b = 60 + (row * 5 + cpu + i) % 32;
+                table.map.bump_u32(at + HEAD * 8 + b * 4, n as u32);
+                let (cell, bit) = layout::mask_bit(b);
+                table.map.or_u64(at + cell * 8, bit);
+            }
+        }
+        let started = std::time::Instant::now();
+        let mut samples = 0u64;
+        for row in 0..ROWS {
+            if let Some(d) = diff.delta(&table, row) {
+                out.copy_from_slice(d);
+                samples += out[CELL_COUNT];
+            }
+        }
+        std::hint::black_box(samples);
+        // The first read primes (as at load).
+        if i > 0 {
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(ReadCost {
+        ncpus,
+        table_bytes,
+        median_ms: times.get(times.len() / 2).copied().unwrap_or(0.0),
+        max_ms: times.last().copied().unwrap_or(0.0),
+    })
 }
 
 impl Drop for Mapping {
@@ -91,32 +216,37 @@ impl HistTable {
         (0..self.ncpus).fold(0u64, |acc, cpu| acc.wrapping_add(self.head(cpu, row, cell)))
     }
 
-    /// Sum over CPUs of a whole row: head cells as they are, buckets modulo 2^32 (see the
-    /// module's doc; [`widen`] turns two such sums into a delta).
+    /// Sum over CPUs of a whole row: count, sum and aux as they are, buckets modulo 2^32 (see
+    /// the module's doc; [`widen`] turns two such sums into a delta). Only the buckets a CPU's
+    /// mask names are read: the others are zero (a bucket whose bit is not visible yet counts as
+    /// zero now and whole at a later read, which the diff turns into the right delta).
     pub fn row_total(&self, row: usize, out: &mut [u64; ROW_LEN]) {
-        let mut heads = [0u64; HEAD];
+        let mut heads = [0u64; CELL_MASK];
         let mut buckets = [0u32; hist::BUCKETS];
         for cpu in 0..self.ncpus {
             let at = layout::row_offset(cpu, row);
             for (c, h) in heads.iter_mut().enumerate() {
                 *h = h.wrapping_add(self.map.u64_at(at + c * 8));
             }
-            // Two buckets per aligned 8-byte read (each seen whole).
-            let at = at + HEAD * 8;
-            for (i, pair) in buckets.chunks_exact_mut(2).enumerate() {
-                let w = self.map.u64_at(at + i * 8);
-                pair[0] = pair[0].wrapping_add(w as u32);
-                pair[1] = pair[1].wrapping_add((w >> 32) as u32);
+            let at_buckets = at + HEAD * 8;
+            for w in 0..MASK_WORDS {
+                let mut bits = self.map.u64_at(at + (CELL_MASK + w) * 8);
+                while bits != 0 {
+                    let b = w * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    if let Some(acc) = buckets.get_mut(b) {
+                        *acc = acc.wrapping_add(self.map.u32_at(at_buckets + b * 4));
+                    }
+                }
             }
         }
-        out[..HEAD].copy_from_slice(&heads);
+        out.fill(0);
+        out[..CELL_MASK].copy_from_slice(&heads);
         for (o, b) in out[CELL_BUCKETS..].iter_mut().zip(buckets) {
             *o = u64::from(b);
         }
     }
 }
-
-const _: () = assert!(hist::BUCKETS.is_multiple_of(2));
 
 /// Read-only view of the kernel's `ROW_INDEX` array (key → row of the indexed probes).
 pub struct RowIndex {
@@ -292,6 +422,45 @@ mod tests {
         assert_eq!(cur[CELL_COUNT], n);
         assert_eq!(cur[CELL_BUCKETS + 40], (1 << 32) + 990);
         assert_eq!(cur[CELL_BUCKETS + 41], 10);
+    }
+
+    #[test]
+    fn rows_sum_the_buckets_each_cpus_mask_names() {
+        let ncpus = 3;
+        let table = HistTable {
+            map: Mapping::anonymous(layout::hist_entries(ncpus) * ROW_BYTES).unwrap(),
+            ncpus,
+        };
+        let row = layout::SYSCALL.row(5);
+        let put = |cpu: usize, b: usize, n: u32, marked: bool| {
+            let at = layout::row_offset(cpu, row);
+            table.map.bump_u64(at + CELL_COUNT * 8, u64::from(n));
+            table.map.bump_u32(at + HEAD * 8 + b * 4, n);
+            if marked {
+                let (cell, bit) = layout::mask_bit(b);
+                table.map.or_u64(at + cell * 8, bit);
+            }
+        };
+        put(0, 40, 3, true);
+        put(2, 40, 4, true);
+        put(2, 271, 1, true);
+        // Not marked yet (the kernel's store not visible): read as zero for now.
+        put(1, 100, 9, false);
+        let mut diff = RowDiff::default();
+        let d = *diff.delta(&table, row).unwrap();
+        assert_eq!(d[CELL_COUNT], 17);
+        assert_eq!(d[CELL_BUCKETS + 40], 7);
+        assert_eq!(d[CELL_BUCKETS + 271], 1);
+        assert_eq!(d[CELL_BUCKETS + 100], 0);
+        // Once marked, the bucket's whole count arrives in the next delta.
+        let (cell, bit) = layout::mask_bit(100);
+        table.map.or_u64(layout::row_offset(1, row) + cell * 8, bit);
+        put(0, 40, 1, true);
+        let d = *diff.delta(&table, row).unwrap();
+        assert_eq!(d[CELL_COUNT], 1);
+        assert_eq!(d[CELL_BUCKETS + 40], 1);
+        assert_eq!(d[CELL_BUCKETS + 100], 9);
+        assert_eq!(diff.cumulative(&table, row)[CELL_BUCKETS + 40], 8);
     }
 
     #[test]
