@@ -1,10 +1,13 @@
 //! Names of the maps every probe shares (15 bytes at most: the kernel truncates longer names).
 //! A probe's own maps, globals and programs are named in its module of [`crate::probes`].
 
-/// The histogram table: one `BPF_F_MMAPABLE` array of `u64`, sliced per CPU (see [`crate::layout`]).
+/// The histogram table: one `BPF_F_MMAPABLE` array of rows, sliced per CPU (see [`crate::layout`]).
 pub const HIST: &str = "HIST";
 /// Slow events and connects, one by one.
 pub const EVENTS: &str = "EVENTS";
+/// Key → histogram row of the probes with a [`crate::layout::Index`]: one `BPF_F_MMAPABLE`
+/// array of `u64`, shared by every CPU.
+pub const ROW_INDEX: &str = "ROW_INDEX";
 /// One-entry array holding [`crate::RuntimeConfig`], changeable while attached.
 pub const CONFIG: &str = "CONFIG";
 
@@ -38,6 +41,11 @@ pub const SHARED: &[MapSpec] = &[
         name: HIST,
         value_size: size_of::<crate::layout::Row>(),
         max_entries: 0,
+    },
+    MapSpec {
+        name: ROW_INDEX,
+        value_size: 8,
+        max_entries: crate::layout::INDEX_CELLS as u32,
     },
     MapSpec {
         name: EVENTS,

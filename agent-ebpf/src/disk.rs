@@ -17,7 +17,9 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 
-use crate::shared::{config, count, emit, field, kload, now_ns, pointer_key, record, record_head};
+use crate::shared::{
+    config, count, emit, field, indexed_row, kload, now_ns, pointer_key, record, record_head,
+};
 
 #[map]
 static DISK_INFLIGHT: Array<DiskInflight> = Array::with_max_entries(INFLIGHT_ENTRIES, 0);
@@ -119,7 +121,11 @@ fn complete(slot_dev: u32, key: u64, dev: Option<u32>) -> Option<()> {
     } else {
         inflight.op
     };
-    record(disk::row(slot, op), delta, inflight.bytes as u64);
+    record(
+        indexed_row(layout::DISK_INDEX, disk::key(slot, op))?,
+        delta,
+        inflight.bytes as u64,
+    );
     let cfg = config()?;
     if delta >= cfg.slow_disk_ns {
         emit(

@@ -6,6 +6,10 @@
 //! ring buffer. Every program is a thin wrapper around a `try_*` function; failures are counted,
 //! never logged.
 #![no_std]
+// Atomic compare-and-swap (the row index's first-sight claims): the BPF target's
+// core::sync::atomic has none.
+#![allow(internal_features)]
+#![feature(core_intrinsics, adt_const_params)]
 #![no_main]
 
 mod disk;

@@ -3,7 +3,7 @@
 
 use agent_common::{
     Event, EventKind, RuntimeConfig, hist,
-    layout::{self, Block, Row},
+    layout::{self, Block, CLAIMING, Index, Row},
 };
 use aya_ebpf::{
     Global,
@@ -16,12 +16,16 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
+use core::intrinsics::{AtomicOrdering::Relaxed, atomic_cxchg};
 
 // ---- maps (names are agent_common::maps::*) ----
 
 /// Sized by userspace to possible CPUs × layout::ROWS before load.
 #[map]
 static HIST: Array<Row> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// Key → row of the probes with an index (see `agent_common::layout::Index`).
+#[map]
+static ROW_INDEX: Array<u64> = Array::with_max_entries(layout::INDEX_CELLS as u32, BPF_F_MMAPABLE);
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(agent_common::maps::EVENTS_DEFAULT_BYTES, 0);
 #[map]
@@ -57,7 +61,7 @@ fn row(cpu: u32, row: usize) -> Option<&'static mut Row> {
 #[inline(always)]
 pub fn count(block: Block, ctr: usize, n: u64) {
     if let Some(r) = row(cpu(), block.counters())
-        && let Some(c) = r.cells.get_mut(ctr)
+        && let Some(c) = r.head.get_mut(ctr)
     {
         *c += n;
     }
@@ -67,16 +71,92 @@ pub fn count(block: Block, ctr: usize, n: u64) {
 #[inline(always)]
 pub fn record(row_idx: usize, value_ns: u64, aux: u64) {
     let Some(r) = row(cpu(), row_idx) else { return };
-    r.cells[layout::CELL_COUNT] += 1;
-    r.cells[layout::CELL_SUM] += value_ns;
-    r.cells[layout::CELL_AUX] += aux;
-    if let Some(b) = r
-        .cells
-        .get_mut(layout::CELL_BUCKETS + hist::bucket(value_ns))
-    {
-        *b += 1;
+    r.head[layout::CELL_COUNT] += 1;
+    r.head[layout::CELL_SUM] += value_ns;
+    r.head[layout::CELL_AUX] += aux;
+    let b = hist::bucket(value_ns);
+    // The head's line is written anyway: marking the bucket costs no cache line.
+    let (cell, bit) = layout::mask_bit(b);
+    if let Some(m) = r.head.get_mut(cell) {
+        *m |= bit;
+    }
+    if let Some(b) = r.buckets.get_mut(b) {
+        // 32-bit: userspace widens (agent_common::layout).
+        *b = b.wrapping_add(1);
     }
 }
+
+/// Table row of `key` (< `index.keys`) of a probe with a row index: one read of a shared,
+/// read-mostly cache line; the row is claimed on the key's first sight.
+#[inline(always)]
+pub fn indexed_row(index: Index, key: usize) -> Option<usize> {
+    if key >= index.keys {
+        return Some(index.block.row(index.other()));
+    }
+    let cell = ROW_INDEX.get_ptr(index.cell(key) as u32)?;
+    // SAFETY: a valid element; written only by `claim` (atomically), read here as one word.
+    let v = unsafe { core::ptr::read_volatile(cell) };
+    let r = match index.row_of(v) {
+        Some(r) => r,
+        None if v == 0 => claim(
+            index.cell(key) as u32,
+            index.counter() as u32,
+            index.claimable(),
+        )
+        .min(index.other() as u64) as usize,
+        // Another CPU is claiming this key's row right now: this one sample goes to the
+        // catch-all (counted there) rather than wait.
+        None => index.other(),
+    };
+    Some(index.block.row(r))
+}
+
+/// First sight of a key: elects one CPU per key (compare-and-swap of its cell from 0), which
+/// takes the next of `claimable` rows (compare-and-swap on the counter; when all are taken, or
+/// the counter stays contended, the catch-all at `claimable`). Returns the key's row in its
+/// block. Out of line: it runs once per key, and keeps the hot path's image small.
+#[inline(never)]
+fn claim(cell: u32, counter: u32, claimable: u64) -> u64 {
+    let (Some(cell), Some(counter)) = (ROW_INDEX.get_ptr_mut(cell), ROW_INDEX.get_ptr_mut(counter))
+    else {
+        return claimable;
+    };
+    // The BPF target has no compare-and-swap in core::sync::atomic: the intrinsic lowers to
+    // BPF_CMPXCHG (Linux 5.12+). Fetch-add would need cpu v3, which aya-build does not set.
+    // SAFETY: valid, aligned u64 elements of the array, only ever written atomically.
+    let (old, won) = unsafe { atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(cell, 0, CLAIMING) };
+    if !won {
+        return if old == CLAIMING {
+            claimable
+        } else {
+            old.wrapping_sub(1)
+        };
+    }
+    let mut row = claimable;
+    // SAFETY: as above.
+    let mut next = unsafe { core::ptr::read_volatile(counter) };
+    // Other CPUs claim other keys at the same instant only at start: a few tries suffice.
+    for _ in 0..CLAIM_TRIES {
+        if next >= claimable {
+            break;
+        }
+        // SAFETY: as above.
+        let (old, ok) =
+            unsafe { atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(counter, next, next + 1) };
+        if ok {
+            row = next;
+            break;
+        }
+        next = old;
+    }
+    // SAFETY: as above; only the winner writes the cell from CLAIMING on, and an aligned
+    // 64-bit store is seen whole (the BPF backend has no atomic store before cpu v4).
+    unsafe { core::ptr::write_volatile(cell, row + 1) };
+    row
+}
+
+/// Attempts at the claim counter before a key settles for the catch-all.
+const CLAIM_TRIES: u32 = 16;
 
 /// Waking the reader costs an irq_work per event (about a microsecond), and a wakeup of the
 /// agent, so events are submitted without one: the agent reads them at each interval's end,

@@ -3,7 +3,7 @@
 
 use agent_common::{
     EventKind, layout,
-    probes::syscall::{self, INFLIGHT_ENTRIES, MAX_SYSCALLS, OWNER_NR_MASK, SysInflight},
+    probes::syscall::{INFLIGHT_ENTRIES, MAX_SYSCALLS, OWNER_NR_MASK, SysInflight},
 };
 use aya_ebpf::{
     Global,
@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 
-use crate::shared::{config, count, emit, now_ns, record, selected};
+use crate::shared::{config, count, emit, indexed_row, now_ns, record, selected};
 
 #[map]
 static SYS_INFLIGHT: Array<SysInflight> = Array::with_max_entries(INFLIGHT_ENTRIES, 0);
@@ -76,6 +76,26 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Option<()> {
     Some(())
 }
 
+/// A syscall over the threshold: its event. Out of line (a BPF-to-BPF call), so the common
+/// path's image stays small: two helper calls and the event's construction are most of the
+/// program's instructions, and run for a few calls per second at most.
+#[inline(never)]
+fn slow_syscall(delta: u64, nr: u32, ret: i64) {
+    let id = bpf_get_current_pid_tgid();
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    emit(
+        EventKind::SlowSyscall,
+        (id >> 32) as u32,
+        id as u32,
+        comm,
+        delta,
+        nr,
+        0,
+        ret,
+        layout::SYSCALL,
+    );
+}
+
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let _ = try_sys_exit(&ctx);
@@ -100,22 +120,13 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Option<()> {
     if nr_idx >= MAX_SYSCALLS {
         return None;
     }
-    record(syscall::row(nr_idx), delta, (ret < 0) as u64);
-    let cfg = config()?;
-    if delta >= cfg.slow_syscall_ns {
-        let id = bpf_get_current_pid_tgid();
-        let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        emit(
-            EventKind::SlowSyscall,
-            (id >> 32) as u32,
-            id as u32,
-            comm,
-            delta,
-            nr,
-            0,
-            ret,
-            layout::SYSCALL,
-        );
+    record(
+        indexed_row(layout::SYSCALL_INDEX, nr_idx)?,
+        delta,
+        (ret < 0) as u64,
+    );
+    if delta >= config()?.slow_syscall_ns {
+        slow_syscall(delta, nr, ret);
     }
     Some(())
 }

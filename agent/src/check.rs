@@ -6,7 +6,7 @@ use std::{
     process::ExitCode,
 };
 
-use agent_common::{RuntimeConfig, layout, maps};
+use agent_common::{RuntimeConfig, maps};
 use anyhow::Result;
 
 use crate::probes::{self, Kernel, Probe, ProbeOptions, tracefs};
@@ -109,17 +109,8 @@ pub async fn check() -> Result<ExitCode> {
         }
     }
     let ncpus = aya::util::nr_cpus().map(|n| n.max(1)).unwrap_or(1);
-    let bytes = kernel.map_memory_bytes();
-    line(
-        "memory",
-        true,
-        &format!(
-            "{:.2} MiB of kernel maps for {ncpus} possible CPUs ({:.2} MiB per CPU; histogram table {:.2} MiB per CPU)",
-            mib(bytes),
-            mib(bytes) / ncpus as f64,
-            mib(layout::CPU_BYTES as u64)
-        ),
-    )?;
+    let (table, rest) = kernel.map_memory_split();
+    line("memory", true, &memory_line(ncpus, table, rest))?;
     drop(kernel);
     Ok(if all_ok {
         ExitCode::SUCCESS
@@ -130,6 +121,40 @@ pub async fn check() -> Result<ExitCode> {
 
 fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
+}
+
+/// CPU counts `check` projects kernel memory to.
+pub const PROJECT_CPUS: [usize; 3] = [64, 128, 256];
+
+/// Kernel map bytes at `ncpus` possible CPUs: the histogram table grows with CPUs (`table`
+/// bytes measured at `measured_cpus`), the other maps (row index, in-flight tables, ring
+/// buffers) do not.
+pub fn projected_bytes(table: u64, rest: u64, measured_cpus: usize, ncpus: usize) -> u64 {
+    table / measured_cpus.max(1) as u64 * ncpus as u64 + rest
+}
+
+/// `check`'s memory line: this host's figure, then the projection to bigger hosts.
+fn memory_line(ncpus: usize, table: u64, rest: u64) -> String {
+    let kib = |b: u64| b as f64 / 1024.0;
+    let projection: Vec<String> = PROJECT_CPUS
+        .iter()
+        .map(|&n| {
+            let b = projected_bytes(table, rest, ncpus, n);
+            format!(
+                "{n} CPUs {:.1} MiB ({:.0} KiB/CPU)",
+                mib(b),
+                kib(b) / n as f64
+            )
+        })
+        .collect();
+    format!(
+        "{:.2} MiB of kernel maps for {ncpus} possible CPUs ({:.2} MiB per CPU; histogram table {:.0} KiB per CPU, other maps {:.2} MiB whatever the CPUs); projected: {}",
+        mib(table + rest),
+        mib(table + rest) / ncpus.max(1) as f64,
+        kib(table) / ncpus.max(1) as f64,
+        mib(rest),
+        projection.join(", ")
+    )
 }
 
 /// `ebpf-agent floor`: the benchmark's empty programs, attached until duration or a signal.
@@ -149,4 +174,27 @@ pub async fn floor(duration: Option<std::time::Duration>, clock: bool) -> Result
     }
     drop(ebpf);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ebpf-agent read-cost`: userspace's reading cost per interval on a synthetic table (no BPF
+/// needed), as one JSON line for the benchmark.
+pub fn read_cost(cpus: usize, intervals: usize) -> ExitCode {
+    match probes::read_cost(cpus.max(1), intervals.max(1)) {
+        Ok(c) => {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "cpus": c.ncpus,
+                    "table_bytes": c.table_bytes,
+                    "median_ms": c.median_ms,
+                    "max_ms": c.max_ms,
+                })
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ebpf-agent: synthetic table: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

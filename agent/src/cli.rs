@@ -53,6 +53,15 @@ pub enum Command {
         #[arg(long)]
         clock: bool,
     },
+    /// Benchmark helper: what reading the histogram table costs per interval, on a synthetic
+    /// table of `--cpus` possible CPUs where every row changed (no BPF needed); prints JSON.
+    #[command(hide = true)]
+    ReadCost {
+        #[arg(long, default_value_t = 256)]
+        cpus: usize,
+        #[arg(long, default_value_t = 20)]
+        intervals: usize,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -47,6 +47,9 @@ fn main() -> ExitCode {
         Command::Detect(args) => {
             return ebpf_agent::reference::detect(&args.file, args.sensitivity);
         }
+        Command::ReadCost { cpus, intervals } => {
+            return ebpf_agent::check::read_cost(*cpus, *intervals);
+        }
         Command::Check(_) | Command::Floor { .. } => Ok(Setup::None),
     };
     let setup = match checked {
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
             (Command::Compare(a), Setup::Settings(s)) => {
                 ebpf_agent::reference::compare(s, &a.file, a.json).await
             }
+            (Command::ReadCost { .. }, _) => unreachable!("answered before the runtime"),
             _ => unreachable!("each command has its setup"),
         }
     });

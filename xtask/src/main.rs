@@ -62,7 +62,7 @@ enum Cmd {
         out: PathBuf,
         /// Only these sections (comma-separated): syscalls, disk, disk_loop, tcp, runq,
         /// agent_itself, ring_buffer, accuracy_sleep, accuracy_disk, kernel_costs,
-        /// kernel_costs_peers.
+        /// kernel_costs_peers, memory.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

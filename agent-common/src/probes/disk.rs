@@ -2,10 +2,7 @@
 //! (fields read from `struct request` at offsets from the kernel's BTF) or classic ones (record
 //! fields at offsets from tracefs).
 
-use crate::{
-    layout,
-    maps::{GlobalSpec, MapSpec},
-};
+use crate::maps::{GlobalSpec, MapSpec};
 
 /// Block devices with their own rows; the last slot gathers every device beyond the others.
 pub const SLOTS: usize = 32;
@@ -14,13 +11,18 @@ pub const OP_READ: u32 = 0;
 pub const OP_WRITE: u32 = 1;
 /// Flush, discard, and anything that is neither read nor write.
 pub const OP_OTHER: u32 = 2;
-/// One histogram row per slot and op, then the counter row.
-pub const ROWS: usize = SLOTS * OPS + 1;
+/// Keys of the probe's row index: one per slot and op.
+pub const KEYS: usize = SLOTS * OPS;
+/// Slot × op pairs with a row of their own, claimed on first sight (`layout::DISK_INDEX`): a
+/// host does I/O on a few devices; pairs first seen after these are taken share the catch-all.
+pub const DISK_ROWS: usize = 32;
+/// The pairs' rows, the catch-all row, then the counter row.
+pub const ROWS: usize = DISK_ROWS + 2;
 
-/// Table row of a device slot and op.
+/// Index key of a device slot and op.
 #[inline(always)]
-pub const fn row(slot: usize, op: u32) -> usize {
-    layout::DISK.row(slot * OPS + op as usize)
+pub const fn key(slot: usize, op: u32) -> usize {
+    slot * OPS + op as usize
 }
 
 pub mod progs {

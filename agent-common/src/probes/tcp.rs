@@ -24,7 +24,7 @@ pub const CTR_CONNECTS: usize = layout::CTR_PROBE0;
 pub const CTR_ACCEPTS: usize = layout::CTR_PROBE0 + 1;
 pub const CTR_RETRANSMITS: usize = layout::CTR_PROBE0 + 2;
 pub const CTR_RESETS: usize = layout::CTR_PROBE0 + 3;
-const _: () = assert!(CTR_RESETS < layout::ROW_LEN);
+const _: () = assert!(CTR_RESETS < layout::CTRS);
 
 pub mod progs {
     pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";

@@ -143,3 +143,72 @@ fn probes_rows_tile_the_table_in_registry_order() {
     }
     assert_eq!(next, agent_common::layout::ROWS);
 }
+
+#[test]
+fn the_histogram_table_and_row_index_are_mmapable_rows() {
+    use agent_common::layout;
+    let obj = object();
+    let flags = |name: &str| obj.maps.get(name).expect("map").map_flags();
+    const BPF_F_MMAPABLE: u32 = 1 << 10;
+    assert_ne!(
+        flags(maps::HIST) & BPF_F_MMAPABLE,
+        0,
+        "HIST must be mmapable"
+    );
+    assert_ne!(
+        flags(maps::ROW_INDEX) & BPF_F_MMAPABLE,
+        0,
+        "ROW_INDEX must be mmapable"
+    );
+    assert_eq!(
+        obj.maps[maps::HIST].value_size() as usize,
+        layout::ROW_BYTES
+    );
+    // Every index cell lies in the map, and every indexed probe's index names its own block.
+    assert_eq!(
+        obj.maps[maps::ROW_INDEX].max_entries() as usize,
+        layout::INDEX_CELLS
+    );
+    for p in Probe::ALL {
+        if let Some(ix) = p.def().index() {
+            assert_eq!(ix.block, p.def().block(), "probe {p}'s index");
+            assert!(ix.cell(ix.keys - 1) < layout::INDEX_CELLS);
+        }
+    }
+}
+
+/// Kernel memory per possible CPU, projected from the object's maps: the histogram table per
+/// CPU, plus every other map (which does not grow with CPUs; hash entries counted with the
+/// kernel's per-element overhead) spread over the CPUs.
+#[test]
+fn kernel_memory_stays_under_256_kib_per_cpu_at_256_cpus() {
+    use agent_common::layout;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+    let obj = object();
+    let mut rest = 0u64;
+    for (name, map) in &obj.maps {
+        if name == maps::HIST {
+            continue;
+        }
+        let entries = u64::from(map.max_entries().max(1));
+        let per_entry = match map.map_type() {
+            BPF_MAP_TYPE_HASH | BPF_MAP_TYPE_LRU_HASH => {
+                u64::from(map.key_size() + map.value_size()) + 64
+            }
+            _ => u64::from(map.value_size().max(1)).next_multiple_of(8),
+        };
+        rest += entries * per_entry;
+    }
+    for n in crate::check::PROJECT_CPUS {
+        let table = (n * layout::CPU_BYTES) as u64;
+        let per_cpu = crate::check::projected_bytes(table, rest, n, n) / n as u64;
+        println!("{n} CPUs: {} KiB per CPU", per_cpu / 1024);
+        if n == 256 {
+            assert!(
+                per_cpu <= 256 * 1024,
+                "{per_cpu} bytes of kernel maps per CPU at {n} CPUs (target 256 KiB)"
+            );
+        }
+    }
+}

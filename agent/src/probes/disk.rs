@@ -13,7 +13,7 @@ use std::{
 use agent_common::maps::{GlobalSpec, MapSpec};
 use agent_common::{
     Event, EventKind,
-    layout::{self, Block},
+    layout::{self, Block, Index},
     probes::disk::{self as contract, BlockBtf, DiskTpOffsets, SLOTS, progs},
 };
 use aya::{Ebpf, maps::HashMap as BpfHashMap};
@@ -34,6 +34,8 @@ use agent_core::events::{EventView, comm_str};
 pub const OPS: [&str; contract::OPS] = ["read", "write", "other"];
 /// Device tag of the last slot, shared by devices beyond the first `SLOTS - 1`.
 pub const OTHER_DEVICE: &str = "other";
+/// `op` tag of the catch-all row: device × op pairs first seen once every row was taken.
+pub const OTHER_PAIRS_OP: &str = "any";
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
 
 pub const OPS_DONE: MetricDef = MetricDef::counter(
@@ -69,6 +71,10 @@ impl ProbeDef for Disk {
 
     fn block(&self) -> Block {
         layout::DISK
+    }
+
+    fn index(&self) -> Option<Index> {
+        Some(layout::DISK_INDEX)
     }
 
     fn variants(&self) -> &'static [&'static [Program]] {
@@ -248,6 +254,15 @@ impl DiskState {
     }
 }
 
+/// `disk.ops`, `disk.bytes` and `disk.latency_us.*` of one row's delta.
+fn push_row(d: &[u64; layout::ROW_LEN], tags: Tags, out: &mut Vec<Metric>) {
+    out.push(OPS_DONE.count(tags.clone(), d[layout::CELL_COUNT]));
+    out.push(BYTES.count(tags.clone(), d[layout::CELL_AUX]));
+    if let Some(s) = LatencyStats::from_buckets(table::buckets(d), d[layout::CELL_SUM]) {
+        LATENCY.latency_of(&s, &tags, out);
+    }
+}
+
 impl ProbeState for DiskState {
     fn attached(&mut self, ebpf: &mut Ebpf) {
         self.refresh_slots(ebpf);
@@ -258,17 +273,20 @@ impl ProbeState for DiskState {
         self.maybe_refresh(ebpf);
         for (slot, name) in self.slot_names() {
             for (op, op_name) in OPS.iter().enumerate() {
-                let Some(d) = rows.delta(slot * contract::OPS + op) else {
+                let Some(d) = rows.delta(contract::key(slot, op as u32)) else {
                     continue;
                 };
                 let tags: Tags = vec![("device", name.to_string()), ("op", op_name.to_string())];
-                out.push(OPS_DONE.count(tags.clone(), d[layout::CELL_COUNT]));
-                out.push(BYTES.count(tags.clone(), d[layout::CELL_AUX]));
-                if let Some(s) = LatencyStats::from_buckets(table::buckets(d), d[layout::CELL_SUM])
-                {
-                    LATENCY.latency_of(&s, &tags, out);
-                }
+                push_row(d, tags, out);
             }
+        }
+        // Device × op pairs first seen once every row was taken (`layout::Index`).
+        if let Some(d) = rows.delta(contract::KEYS) {
+            let tags: Tags = vec![
+                ("device", OTHER_DEVICE.to_string()),
+                ("op", OTHER_PAIRS_OP.to_string()),
+            ];
+            push_row(d, tags, out);
         }
     }
 
@@ -277,9 +295,14 @@ impl ProbeState for DiskState {
         for (slot, device) in self.slot_names() {
             for (op, op_name) in OPS.iter().enumerate() {
                 let tags = vec![("device", device.to_string()), ("op", op_name.to_string())];
-                keys.push((LATENCY.name, tags, contract::row(slot, op as u32)));
+                keys.push((LATENCY.name, tags, contract::key(slot, op as u32)));
             }
         }
+        let tags = vec![
+            ("device", OTHER_DEVICE.to_string()),
+            ("op", OTHER_PAIRS_OP.to_string()),
+        ];
+        keys.push((LATENCY.name, tags, contract::KEYS));
         keys
     }
 

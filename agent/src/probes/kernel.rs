@@ -13,8 +13,8 @@ use thiserror::Error;
 
 use super::{
     Attach, Globals, Probe, ProbeState, Program, Rows, btf, btf_capable, btf_capable_names,
-    has_classic_variant, klog,
-    table::{HistTable, RowDiff},
+    has_classic_variant, key_row, klog,
+    table::{HistTable, RowDiff, RowIndex},
     tracefs,
 };
 use crate::{
@@ -70,6 +70,7 @@ struct Loaded {
 pub struct Kernel {
     ebpf: Ebpf,
     table: HistTable,
+    index: RowIndex,
     diff: RowDiff,
     /// Probes asked for, in registry order.
     loaded: Vec<Loaded>,
@@ -209,6 +210,15 @@ impl Kernel {
             };
             HistTable::new(data, ncpus).map_err(ProbeError::Mmap)?
         };
+        let index = {
+            let map = ebpf
+                .map(maps::ROW_INDEX)
+                .ok_or_else(|| ProbeError::Load("map ROW_INDEX missing".into()))?;
+            let aya::maps::Map::Array(data) = map else {
+                return Err(ProbeError::Load("map ROW_INDEX is not an array".into()));
+            };
+            RowIndex::new(data).map_err(ProbeError::Mmap)?
+        };
 
         let logger = match aya_log::EbpfLogger::init_with_logger(&mut ebpf, klog::KernelLog) {
             Ok(l) => Some(l),
@@ -225,6 +235,7 @@ impl Kernel {
         let mut kernel = Kernel {
             ebpf,
             table,
+            index,
             diff,
             loaded: Vec::new(),
             classic_unavailable,
@@ -363,6 +374,7 @@ impl Kernel {
                 table: &self.table,
                 diff: &mut self.diff,
                 block: probe.def().block(),
+                index: probe.def().index().map(|ix| (ix, &self.index)),
             };
             state.collect(&mut self.ebpf, &mut rows, out);
             let tags: Tags = vec![("probe", probe.name().to_string())];
@@ -461,11 +473,18 @@ impl Kernel {
     /// row cells in `layout` order).
     pub fn cumulative_rows(&self) -> Vec<(&'static str, Tags, Vec<u64>)> {
         let mut out = Vec::new();
-        for state in self.loaded.iter().filter_map(|l| l.state.as_ref()) {
-            for (name, tags, row) in state.keys() {
-                if self.table.total(row, layout::CELL_COUNT) > 0 {
-                    let mut cells = [0u64; layout::ROW_LEN];
-                    self.table.row_total(row, &mut cells);
+        for l in &self.loaded {
+            let Some(state) = l.state.as_ref() else {
+                continue;
+            };
+            let def = l.status.probe.def();
+            let index = def.index().map(|ix| (ix, &self.index));
+            for (name, tags, key) in state.keys() {
+                let Some(row) = key_row(def.block(), index, key) else {
+                    continue;
+                };
+                let cells = self.diff.cumulative(&self.table, row);
+                if cells[layout::CELL_COUNT] > 0 {
                     out.push((name, tags, cells.to_vec()));
                 }
             }
@@ -473,14 +492,20 @@ impl Kernel {
         out
     }
 
-    /// Kernel memory held by the agent's maps, from the kernel's own accounting
-    /// (`memlock` in /proc/self/fdinfo of each map).
-    pub fn map_memory_bytes(&self) -> u64 {
-        self.ebpf
-            .maps()
-            .filter_map(|(_, map)| map_data(map))
-            .map(|data| fdinfo_memlock(data).unwrap_or(0))
-            .sum()
+    /// Kernel memory held by the agent's maps, from the kernel's own accounting (`memlock` in
+    /// /proc/self/fdinfo of each map), split into the histogram table (grows with CPUs) and the
+    /// other maps (do not).
+    pub fn map_memory_split(&self) -> (u64, u64) {
+        let (mut table, mut rest) = (0, 0);
+        for (name, map) in self.ebpf.maps() {
+            let bytes = map_data(map).and_then(fdinfo_memlock).unwrap_or(0);
+            if name == maps::HIST {
+                table += bytes;
+            } else {
+                rest += bytes;
+            }
+        }
+        (table, rest)
     }
 }
 

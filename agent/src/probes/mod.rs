@@ -28,19 +28,23 @@ use std::{fmt, path::Path, str::FromStr};
 
 #[cfg(test)]
 use agent_common::maps::{GlobalSpec, MapSpec};
-use agent_common::{Event, layout::Block};
+use agent_common::{
+    Event,
+    layout::{Block, Index},
+};
 use aya::Ebpf;
 
 pub use self::kernel::{
     CLASSIC_ENV, Kernel, ProbeError, ProbeOptions, attach_floor, classic_forced,
 };
-use self::table::{HistTable, RowDiff};
+use self::table::{HistTable, RowDiff, RowIndex};
 pub(crate) use crate::watch::sections::Section;
 use crate::{
     catalogue::MetricDef,
     snapshot::{Metric, Tags},
 };
 pub use agent_core::events::EventView;
+pub use table::read_cost;
 
 /// Every probe, in table order (`agent_common::layout` allocates their rows in the same order).
 const REGISTRY: &[&dyn ProbeDef] = &[&syscall::Syscall, &disk::Disk, &tcp::Tcp, &runq::Runq];
@@ -51,6 +55,11 @@ pub trait ProbeDef: Sync {
     fn name(&self) -> &'static str;
     /// Its rows of the histogram table (`agent_common::layout`).
     fn block(&self) -> Block;
+    /// Its row index, when its rows are claimed on first sight of a key (`layout::Index`): then
+    /// [`Rows::delta`] takes keys, else rows of its block.
+    fn index(&self) -> Option<Index> {
+        None
+    }
     /// The program sets that can serve it, preferred first; each attaches whole or not at all.
     fn variants(&self) -> &'static [&'static [Program]];
     /// Maps and load-time globals of its own, as the kernel object must declare them (checked
@@ -96,8 +105,8 @@ pub trait ProbeState: Send {
     fn attached(&mut self, _ebpf: &mut Ebpf) {}
     /// Appends this interval's metrics from its rows (`rows.delta`), counters included.
     fn collect(&mut self, ebpf: &mut Ebpf, rows: &mut Rows<'_>, out: &mut Vec<Metric>);
-    /// Every histogram key of its rows: (latency family, tags, table row), for cumulative
-    /// histograms (`watch`'s exit report).
+    /// Every histogram key of its rows: (latency family, tags, key as [`Rows::delta`] takes
+    /// it), for cumulative histograms (`watch`'s exit report).
     fn keys(&self) -> Vec<(&'static str, Tags, usize)>;
     /// Renders `e` if it is one of this probe's event kinds.
     fn event(&self, e: &Event) -> Option<EventView>;
@@ -108,14 +117,29 @@ pub struct Rows<'a> {
     table: &'a HistTable,
     diff: &'a mut RowDiff,
     block: Block,
+    index: Option<(Index, &'a RowIndex)>,
+}
+
+/// Table row of `key`: a row of `block`, or through its index (`index.keys` = the catch-all).
+/// `None` for a key never seen, or one that shares the catch-all.
+fn key_row(block: Block, index: Option<(Index, &RowIndex)>, key: usize) -> Option<usize> {
+    let Some((ix, map)) = index else {
+        return (key < block.hist_rows()).then(|| block.row(key));
+    };
+    if key == ix.keys {
+        return Some(block.row(ix.other()));
+    }
+    let r = map.row(ix, key)?;
+    (r != ix.other()).then(|| block.row(r))
 }
 
 impl Rows<'_> {
-    /// The change of the probe's histogram row `i` since the last interval, or `None` when
+    /// The change of the probe's key `i` (its histogram row `i`, or through its index the row
+    /// of key `i`, `index.keys` being the catch-all) since the last interval, or `None` when
     /// nothing was recorded (one cache line per CPU read for an unchanged row).
     pub fn delta(&mut self, i: usize) -> Option<&[u64; agent_common::layout::ROW_LEN]> {
-        debug_assert!(i < self.block.hist_rows());
-        self.diff.delta(self.table, self.block.row(i))
+        let row = key_row(self.block, self.index, i)?;
+        self.diff.delta(self.table, row)
     }
 
     /// The change of counter cell `ctr` of the probe's counter row.

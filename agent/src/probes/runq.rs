@@ -136,7 +136,7 @@ impl ProbeState for RunqState {
     }
 
     fn keys(&self) -> Vec<(&'static str, Tags, usize)> {
-        vec![(LATENCY.name, vec![], contract::row(contract::ROW_LATENCY))]
+        vec![(LATENCY.name, vec![], contract::ROW_LATENCY)]
     }
 
     fn event(&self, _e: &Event) -> Option<EventView> {

@@ -5,7 +5,7 @@
 use agent_common::maps::{GlobalSpec, MapSpec};
 use agent_common::{
     Event, EventKind,
-    layout::{self, Block},
+    layout::{self, Block, Index},
     probes::syscall::{self as contract, MAX_SYSCALLS, progs},
 };
 use aya::Ebpf;
@@ -48,6 +48,10 @@ impl ProbeDef for Syscall {
         layout::SYSCALL
     }
 
+    fn index(&self) -> Option<Index> {
+        Some(layout::SYSCALL_INDEX)
+    }
+
     fn variants(&self) -> &'static [&'static [Program]] {
         &[PROGRAMS]
     }
@@ -73,11 +77,15 @@ impl ProbeDef for Syscall {
     }
 
     fn state(&self) -> Box<dyn ProbeState> {
-        Box::new(SyscallState {
-            names: (0..MAX_SYSCALLS).map(name).collect(),
-        })
+        // Keys: the syscall numbers, then the catch-all (`layout::Index`).
+        let mut names: Vec<String> = (0..MAX_SYSCALLS).map(name).collect();
+        names.push(OTHER.to_string());
+        Box::new(SyscallState { names })
     }
 }
+
+/// The `syscall` tag of the catch-all row: syscalls first seen once every row was taken.
+pub const OTHER: &str = "other";
 
 /// Name of syscall `nr` from the architecture's table, or `sys_<nr>` for unknown numbers.
 pub fn name(nr: usize) -> String {
@@ -93,7 +101,8 @@ struct SyscallState {
 
 impl ProbeState for SyscallState {
     /// `syscall.count`, `syscall.errors` and `syscall.latency_us.*` for every syscall called in
-    /// the interval (syscalls not called are omitted: the tag's cardinality is the syscall table).
+    /// the interval (syscalls not called are omitted: the tag's cardinality is the syscall table),
+    /// and for [`OTHER`] when syscalls went to the catch-all row.
     fn collect(&mut self, _ebpf: &mut Ebpf, rows: &mut Rows<'_>, out: &mut Vec<Metric>) {
         for (nr, name) in self.names.iter().enumerate() {
             let Some(d) = rows.delta(nr) else {
@@ -112,13 +121,7 @@ impl ProbeState for SyscallState {
         self.names
             .iter()
             .enumerate()
-            .map(|(nr, name)| {
-                (
-                    LATENCY.name,
-                    vec![("syscall", name.clone())],
-                    contract::row(nr),
-                )
-            })
+            .map(|(nr, name)| (LATENCY.name, vec![("syscall", name.clone())], nr))
             .collect()
     }
 

@@ -192,12 +192,8 @@ impl ProbeState for TcpState {
 
     fn keys(&self) -> Vec<(&'static str, Tags, usize)> {
         vec![
-            (RTT.name, vec![], contract::row(contract::ROW_RTT)),
-            (
-                CONNECT_LATENCY.name,
-                vec![],
-                contract::row(contract::ROW_CONNECT),
-            ),
+            (RTT.name, vec![], contract::ROW_RTT),
+            (CONNECT_LATENCY.name, vec![], contract::ROW_CONNECT),
         ]
     }
 

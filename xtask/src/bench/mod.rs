@@ -15,6 +15,7 @@ mod disk;
 mod driver;
 mod kernel_costs;
 mod load;
+mod memory;
 pub(crate) mod proc;
 mod report;
 mod ring_buffer;
@@ -132,7 +133,7 @@ pub struct Options {
 }
 
 /// The sections, in the order they run.
-pub const SECTIONS: [&str; 11] = [
+pub const SECTIONS: [&str; 12] = [
     "syscalls",
     "disk",
     "disk_loop",
@@ -144,6 +145,7 @@ pub const SECTIONS: [&str; 11] = [
     "accuracy_disk",
     "kernel_costs",
     "kernel_costs_peers",
+    "memory",
 ];
 
 /// Runs the benchmark from the workspace root.
@@ -194,6 +196,7 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
         Bench::accuracy_disk,
         Bench::kernel_costs,
         Bench::kernel_costs_peers,
+        Bench::memory,
     ];
     for (name, f) in SECTIONS.iter().zip(sections) {
         if opts.only.is_empty() || opts.only.iter().any(|o| o == name) {

@@ -146,6 +146,7 @@ impl Bench {
         };
         ratio_target(self, 2, 0.5, "syscount -L");
         ratio_target(self, 4, 1.3, "the empty-program floor");
+        ratio_target(self, 6, 1.15, "the clock floor");
         Ok(json!({
             "rounds": rounds,
             "samples_per_round": samples,
