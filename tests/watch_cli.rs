@@ -277,7 +277,10 @@ fn watch_marks_what_the_daemons_baseline_finds_unusual_and_never_writes_it() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = common::sleeper(ms.clone(), stop.clone());
 
-    // The daemon learns steady 1 ms sleeps for 7 s (28 intervals, past the warm-up).
+    // The daemon learns steady 1 ms sleeps for 7 s (28 intervals, past the warm-up). Its JSON
+    // is read here as watch's frames will be, a line per interval: this process's blocking
+    // pipe reads are part of the host's usual `read` latency then too, as they will be while
+    // watch runs.
     let daemon = Command::new(env!("CARGO_BIN_EXE_ebpf-agent"))
         .args([
             "run",
@@ -288,7 +291,7 @@ fn watch_marks_what_the_daemons_baseline_finds_unusual_and_never_writes_it() {
             "--duration",
             "7s",
         ])
-        .args(["--output", "none"])
+        .args(["--output", "json"])
         .output()
         .expect("run ebpf-agent");
     assert!(daemon.status.success(), "daemon: {daemon:?}");

@@ -390,7 +390,16 @@ impl Open {
     }
 
     fn report(&self, state: State, change: Option<Change>, local: &LocalTime) -> Incident {
-        let keys: Vec<&Member> = self.ranked().into_iter().take(MAX_KEYS_SHOWN).collect();
+        // One key per subject (a syscall, a disk and op, ...: the family's first word and the
+        // tags): three quantiles of one slow syscall say less than the next subject does.
+        let mut keys: Vec<&Member> = Vec::new();
+        for m in self.ranked() {
+            let subject =
+                |k: &Member| (k.name.split('.').next().map(str::to_owned), k.tags.clone());
+            if keys.len() < MAX_KEYS_SHOWN && !keys.iter().any(|k| subject(k) == subject(m)) {
+                keys.push(m);
+            }
+        }
         let processes = self.processes();
         let mut d = format!(
             "{}: {} since {}",

@@ -8,6 +8,8 @@ use std::{
 };
 
 use super::sections::{AGENT_PROBE_UP, SYSCALL_COUNT, SYSCALL_LATENCY_MEAN};
+use agent_core::incident::Impact;
+
 use crate::{
     anomaly::State,
     probes::EventView,
@@ -262,11 +264,18 @@ impl Mark {
 
 /// The mark of a row whose metrics `pick` selects: the worst not-ok anomaly among them.
 pub(crate) fn mark(snap: &Snapshot, pick: impl Fn(&Anomaly) -> bool) -> Option<Mark> {
-    // Worst first: the detector sorts its verdicts.
-    snap.annotations
-        .anomalies
-        .iter()
-        .find(|a| tone_of(a.state) != Tone::Normal && pick(a))
+    // Worst first: the detector sorts its verdicts. What a row's arrow says is its impact when
+    // it has one (slower calls, more errors), as the incidents judge it, not the fall in calls
+    // that slower calls bring with them.
+    let off = || {
+        snap.annotations
+            .anomalies
+            .iter()
+            .filter(|a| tone_of(a.state) != Tone::Normal && pick(a))
+    };
+    off()
+        .find(|a| agent_core::incident::impact(&a.name, &a.tags) != Impact::Rate)
+        .or_else(|| off().next())
         .map(|a| {
             if a.value >= a.usual {
                 Mark::Up
