@@ -932,29 +932,11 @@ fn procfs_root_fixture_without_pressure_is_read_quietly() {
         .collect();
     std::fs::write(format!("{root}/meminfo"), meminfo).unwrap();
     std::fs::write(format!("{root}/loadavg"), "3.25 2.50 1.75 1/123 4567\n").unwrap();
-    let out = Command::new(common::bin())
-        .args([
-            "run",
-            "--output",
-            "json",
-            "--probes",
-            "procfs",
-            "--duration",
-            "2s",
-            "--procfs-root",
-            &root,
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let (intervals, err) = run_procfs_root(&root);
     assert!(
         !err.contains("WARN") && !err.contains("ERROR"),
         "no warnings: {err}"
     );
-    let intervals = common::parse_lines(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(intervals.len(), 2);
-    assert_in_catalogue(&intervals);
     assert_eq!(
         values(&intervals, "mem.total_bytes", &[]),
         vec![1234567.0 * 1024.0; 2]
@@ -1277,7 +1259,7 @@ fn kernel_programs_log_rare_paths_at_the_agents_level() {
 /// Runs `run --probes procfs --duration 2s --output json --procfs-root ROOT`: (intervals, stderr).
 fn run_procfs_root(root: &str) -> (Vec<serde_json::Value>, String) {
     let out = Command::new(common::bin())
-        .args([
+        .args(common::with_temp_state(&[
             "run",
             "--output",
             "json",
@@ -1285,8 +1267,9 @@ fn run_procfs_root(root: &str) -> (Vec<serde_json::Value>, String) {
             "procfs",
             "--duration",
             "2s",
-        ])
-        .args(["--procfs-root", root])
+            "--procfs-root",
+            root,
+        ]))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -1377,7 +1360,7 @@ fn procfs_root_malformed_files_are_skipped_counted_and_never_crash() {
 #[test]
 fn a_duration_below_one_interval_runs_one_whole_interval() {
     let out = Command::new(common::bin())
-        .args([
+        .args(common::with_temp_state(&[
             "run",
             "--output",
             "json",
@@ -1385,7 +1368,7 @@ fn a_duration_below_one_interval_runs_one_whole_interval() {
             "procfs",
             "--duration",
             "1ns",
-        ])
+        ]))
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -1394,8 +1377,17 @@ fn a_duration_below_one_interval_runs_one_whole_interval() {
     assert_eq!(intervals[0]["interval_s"], 1.0);
     // Not a multiple of the interval: rounded up to whole intervals too.
     let out = Command::new(common::bin())
-        .args(["run", "--output", "json", "--probes", "procfs"])
-        .args(["--interval", "500ms", "--duration", "700ms"])
+        .args(common::with_temp_state(&[
+            "run",
+            "--output",
+            "json",
+            "--probes",
+            "procfs",
+            "--interval",
+            "500ms",
+            "--duration",
+            "700ms",
+        ]))
         .output()
         .unwrap();
     let intervals = common::parse_lines(&String::from_utf8_lossy(&out.stdout));
@@ -1409,7 +1401,7 @@ fn a_duration_below_one_interval_runs_one_whole_interval() {
 /// Runs the agent with its stdout already closed by the reader (`| head` that has had enough).
 fn with_closed_stdout(args: &[&str]) -> (Option<i32>, String) {
     let mut child = Command::new(common::bin())
-        .args(args)
+        .args(common::with_temp_state(args))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
