@@ -881,7 +881,11 @@ fn sighup_reloads_without_losing_counts() {
 #[test]
 fn without_bpf_capabilities_runs_procfs_only() {
     // Root, but with the capabilities BPF needs dropped from every set.
-    let cmd = format!("exec {} run --output json --duration 1s", common::bin());
+    let cmd = format!(
+        "exec {} run --output json --duration 1s --state-dir {}",
+        common::bin(),
+        common::temp_state_dir()
+    );
     let out = Command::new("capsh")
         .args(["--drop=cap_bpf,cap_perfmon,cap_sys_admin", "--", "-c", &cmd])
         .output()
