@@ -164,10 +164,17 @@ pub fn run(root: &Path, opts: Options) -> Result<()> {
     let agent = work.join("ebpf-agent");
     fs::copy(root.join("target/release/ebpf-agent"), &agent)
         .context("copying target/release/ebpf-agent")?;
-    // An empty configuration file: a /etc/ebpf-agent/config.toml on this machine must not
-    // change what is measured.
-    let config = work.join("empty-config.toml");
-    fs::write(&config, "")?;
+    // The defaults but for the state directory: a /etc/ebpf-agent/config.toml on this machine
+    // must not change what is measured, and the bench must not learn into the host's
+    // /var/lib/ebpf-agent (CI runs it on the machine that runs the tests).
+    let state = work.join("state");
+    let _ = fs::remove_dir_all(&state);
+    fs::create_dir_all(&state).context("creating target/bench/state")?;
+    let config = work.join("defaults-config.toml");
+    fs::write(
+        &config,
+        format!("state_dir = {:?}\n", state.display().to_string()),
+    )?;
     let mut b = Bench {
         plan: Plan::new(opts.smoke),
         smoke: opts.smoke,
