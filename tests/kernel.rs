@@ -396,13 +396,21 @@ fn check_reports_every_probe() {
     let out = Command::new(common::bin()).arg("check").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "check failed:\n{text}");
-    for probe in ["syscall", "disk", "tcp", "runq", "memory", "tracefs"] {
+    for probe in ["syscall", "disk", "tcp", "runq", "memory", "tracefs", "cgroup"] {
         let line = text
             .lines()
             .find(|l| l.starts_with(probe))
             .unwrap_or_else(|| panic!("no {probe} line:\n{text}"));
         assert!(line.contains(" ok "), "{line}");
     }
+    // The cgroup v2 hierarchy this host has (hybrid here: /sys/fs/cgroup/unified), counted.
+    let root = agent_core::cgroup::v2_root(std::path::Path::new("/sys/fs/cgroup"))
+        .expect("this host has a cgroup v2 hierarchy");
+    let cg = text.lines().find(|l| l.starts_with("cgroup")).unwrap();
+    assert!(
+        cg.contains(&format!(" at {}, ", root.display())) && cg.contains(" cgroup"),
+        "{cg}"
+    );
     // The kernel map budget: at most 2 MiB per possible CPU.
     let mem = text.lines().find(|l| l.starts_with("memory")).unwrap();
     let per_cpu: f64 = mem

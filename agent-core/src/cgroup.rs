@@ -283,6 +283,72 @@ pub fn top_k(
     kept
 }
 
+/// What `ebpf-agent check` says of cgroups: the v2 hierarchy below `sys_fs_cgroup`, how many
+/// cgroups it holds, and whether Kubernetes pod cgroups resolve to names through `pods_dir` /
+/// `containers_dir`. `false` when there is no v2 hierarchy (per-cgroup metrics are then absent).
+pub fn describe(sys_fs_cgroup: &Path, pods_dir: &Path, containers_dir: &Path) -> (bool, String) {
+    let Some(root) = v2_root(sys_fs_cgroup) else {
+        return (
+            false,
+            format!(
+                "no cgroup v2 hierarchy at {} or {}/unified: per-cgroup metrics absent \
+                 (mount one: mount -t cgroup2 none {}/unified)",
+                sys_fs_cgroup.display(),
+                sys_fs_cgroup.display(),
+                sys_fs_cgroup.display()
+            ),
+        );
+    };
+    let kind = if root == sys_fs_cgroup {
+        "v2"
+    } else {
+        "hybrid, v2 unified"
+    };
+    let ix = Index::scan(&root);
+    let n = ix.len();
+    let mut line = format!(
+        "{kind} at {}, {n} cgroup{}",
+        root.display(),
+        if n == 1 { "" } else { "s" }
+    );
+    if ix.truncated > 0 {
+        line += &format!(" ({} beyond {MAX_CGROUPS} unnamed)", ix.truncated);
+    }
+    let pods = Pods::load(pods_dir, Some(containers_dir));
+    // Pod cgroups (the pod level, not its containers) and how many of them have a name.
+    let (mut pod_cgroups, mut named) = (0usize, 0usize);
+    for path in ix.by_id.values() {
+        let Some(last) = path.rsplit('/').next() else {
+            continue;
+        };
+        if !path.starts_with("kubepods") {
+            continue;
+        }
+        if let Some(uid) = pod_uid_of(last) {
+            pod_cgroups += 1;
+            named += usize::from(pods.by_uid.contains_key(&uid));
+        }
+    }
+    line += &match (pod_cgroups, pods.len()) {
+        (0, 0) => format!(
+            "; no Kubernetes pods (pod names would come from {})",
+            pods_dir.display()
+        ),
+        (0, n) => format!(
+            "; {n} pods in {}, none in this hierarchy",
+            pods_dir.display()
+        ),
+        (p, _) if named == p => format!("; pod names resolve ({p} of {p} pods)"),
+        (p, 0) => format!(
+            "; pod names do not resolve (0 of {p} pods: mount the node's {} read-only; \
+             containers are named by runtime id)",
+            pods_dir.display()
+        ),
+        (p, _) => format!("; pod names resolve for {named} of {p} pods"),
+    };
+    (true, line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,6 +511,45 @@ mod tests {
         assert_eq!(v2_root(d.path()), Some(d.path().join("unified")));
         fs::write(d.path().join("cgroup.controllers"), "cpu io memory").unwrap();
         assert_eq!(v2_root(d.path()), Some(d.path().to_path_buf()));
+    }
+
+    #[test]
+    fn describe_says_hierarchy_count_and_whether_pods_resolve() {
+        let d = tempdir::Dir::new("describe");
+        let fs_root = d.path().join("sys/fs/cgroup");
+        let (ok, line) = describe(&fs_root, &d.path().join("pods"), &d.path().join("logs"));
+        assert!(!ok);
+        assert!(line.contains("no cgroup v2 hierarchy"), "{line}");
+
+        let unified = fs_root.join("unified");
+        fs::create_dir_all(&unified).unwrap();
+        fs::write(unified.join("cgroup.controllers"), "").unwrap();
+        fs::create_dir_all(unified.join("system.slice/nginx.service")).unwrap();
+        let (ok, line) = describe(&fs_root, &d.path().join("pods"), &d.path().join("logs"));
+        assert!(ok);
+        assert!(line.starts_with("hybrid, v2 unified at "), "{line}");
+        assert!(line.contains(", 3 cgroups; no Kubernetes pods"), "{line}");
+
+        let uid_ = UID.replace('-', "_");
+        fs::create_dir_all(unified.join(format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{CID}.scope"
+        )))
+        .unwrap();
+        fs::create_dir_all(unified.join(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod99999999_2222_3333_4444_555555555555.slice",
+        ))
+        .unwrap();
+        let (_, line) = describe(&fs_root, &d.path().join("pods"), &d.path().join("logs"));
+        assert!(
+            line.contains("; pod names do not resolve (0 of 2 pods: mount the node's "),
+            "{line}"
+        );
+        let (pods, _) = fixture();
+        let (_, line) = describe(&fs_root, pods.path(), &pods.path().join("containers"));
+        assert!(
+            line.ends_with("; pod names resolve for 1 of 2 pods"),
+            "{line}"
+        );
     }
 
     /// A temporary directory removed on drop (no crate needed for this much).

@@ -73,6 +73,12 @@ pub async fn check() -> Result<ExitCode> {
             "no /proc/pressure: psi.* metrics absent"
         },
     )?;
+    let (cg_ok, cg_line) = agent_core::cgroup::describe(
+        Path::new("/sys/fs/cgroup"),
+        Path::new("/var/log/pods"),
+        Path::new("/var/log/containers"),
+    );
+    line("cgroup", cg_ok, &cg_line)?;
 
     let opts = ProbeOptions {
         probes: Probe::ALL.to_vec(),
