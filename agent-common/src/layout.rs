@@ -117,14 +117,17 @@ pub const SYSCALL: Block = Block::first(probes::syscall::ROWS);
 pub const DISK: Block = SYSCALL.then(probes::disk::ROWS);
 pub const TCP: Block = DISK.then(probes::tcp::ROWS);
 pub const RUNQ: Block = TCP.then(probes::runq::ROWS);
+pub const CGROUP: Block = RUNQ.then(probes::cgroup::ROWS);
 /// Rows per CPU slice.
-pub const ROWS: usize = RUNQ.end();
+pub const ROWS: usize = CGROUP.end();
 
 // ---- the probes' row indexes (a probe with few keys in use among many: one line here) ----
 pub const SYSCALL_INDEX: Index = Index::first(SYSCALL, probes::syscall::MAX_SYSCALLS);
 pub const DISK_INDEX: Index = SYSCALL_INDEX.then(DISK, probes::disk::KEYS);
+/// First cell of the cgroup index (its own layout: `probes::cgroup`).
+pub const CGROUP_INDEX: usize = DISK_INDEX.end();
 /// `u64` cells of the ROW_INDEX map.
-pub const INDEX_CELLS: usize = DISK_INDEX.end();
+pub const INDEX_CELLS: usize = CGROUP_INDEX + probes::cgroup::INDEX_CELLS;
 
 /// A block's rows claimed on first sight of a key: key → histogram row, in the shared
 /// ROW_INDEX array (not per CPU: read by every CPU, written only on a first sight).
@@ -261,7 +264,8 @@ mod tests {
         assert_eq!(DISK.start, SYSCALL.end());
         assert_eq!(TCP.start, DISK.end());
         assert_eq!(RUNQ.start, TCP.end());
-        assert_eq!(ROWS, RUNQ.end());
+        assert_eq!(CGROUP.start, RUNQ.end());
+        assert_eq!(ROWS, CGROUP.end());
         assert_eq!(SYSCALL.counters(), DISK.start - 1);
         assert_eq!(SYSCALL_INDEX.start, 0);
         assert_eq!(DISK_INDEX.start, SYSCALL_INDEX.end());

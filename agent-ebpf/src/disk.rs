@@ -17,8 +17,11 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 
-use crate::shared::{
-    config, count, emit, field, indexed_row, kload, now_ns, pointer_key, record, record_head,
+use crate::{
+    cgroup,
+    shared::{
+        config, count, emit, field, indexed_row, kload, now_ns, pointer_key, record, record_head,
+    },
 };
 
 #[map]
@@ -85,7 +88,7 @@ fn issue(slot_dev: u32, key: u64, dev: u32, bytes: u32, op: u32) -> Option<()> {
                 op,
                 pid: (id >> 32) as u32,
                 tid: id as u32,
-                _pad: 0,
+                cgroup: cgroup::current_slot(),
                 comm,
             };
             return Some(());
@@ -126,6 +129,7 @@ fn complete(slot_dev: u32, key: u64, dev: Option<u32>) -> Option<()> {
         delta,
         inflight.bytes as u64,
     );
+    cgroup::disk(inflight.cgroup, op, delta, inflight.bytes);
     let cfg = config()?;
     if delta >= cfg.slow_disk_ns {
         emit(

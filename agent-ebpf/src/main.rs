@@ -12,6 +12,7 @@
 #![feature(core_intrinsics, adt_const_params)]
 #![no_main]
 
+mod cgroup;
 mod disk;
 mod floor;
 mod runq;

@@ -54,19 +54,20 @@ fn enqueue(tid: u32) {
     };
 }
 
-/// `tid` is switched in: its wait ends.
+/// `tid` is switched in: its wait ends (returned, for its cgroup).
 #[inline(always)]
-fn dequeue(tid: u32) {
+fn dequeue(tid: u32) -> Option<u64> {
     if tid == 0 {
-        return;
+        return None;
     }
-    let Some(s) = slot(tid) else { return };
+    let s = slot(tid)?;
     if s.start_ns == 0 || s.tid != tid {
-        return;
+        return None;
     }
     let delta = now_ns().saturating_sub(s.start_ns);
     s.start_ns = 0;
     record(runq::row(ROW_LATENCY), delta, 0);
+    Some(delta)
 }
 
 // ---- classic tracepoints ----
@@ -109,7 +110,7 @@ fn try_switch(ctx: &TracePointContext) -> Option<()> {
     if state == 0 || state == TASK_REPORT_MAX {
         enqueue(prev);
     }
-    dequeue(next);
+    let _ = dequeue(next);
     Some(())
 }
 
@@ -146,6 +147,9 @@ pub fn btf_sched_switch(ctx: BtfTracePointContext) -> i32 {
     if preempt & 0xff != 0 || state as u32 == 0 {
         enqueue(task_tid(prev));
     }
-    dequeue(task_tid(next));
+    // Only here is the task itself at hand (the classic tracepoints give its pid alone).
+    if let Some(delta) = dequeue(task_tid(next)) {
+        crate::cgroup::runq(next, delta);
+    }
     0
 }

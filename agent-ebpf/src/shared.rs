@@ -49,6 +49,18 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// This CPU's `row` of the table.
+#[inline(always)]
+pub fn table_row(r: usize) -> Option<&'static mut Row> {
+    row(cpu(), r)
+}
+
+/// A cell of ROW_INDEX, for indexes with their own layout (`probes::cgroup`).
+#[inline(always)]
+pub fn index_cell(cell: usize) -> Option<*mut u64> {
+    ROW_INDEX.get_ptr_mut(cell as u32)
+}
+
 #[inline(always)]
 fn row(cpu: u32, row: usize) -> Option<&'static mut Row> {
     let ptr = HIST.get_ptr_mut(layout::row_index(cpu as usize, row) as u32)?;
@@ -116,7 +128,7 @@ pub fn indexed_row(index: Index, key: usize) -> Option<usize> {
 /// the counter stays contended, the catch-all at `claimable`). Returns the key's row in its
 /// block. Out of line: it runs once per key, and keeps the hot path's image small.
 #[inline(never)]
-fn claim(cell: u32, counter: u32, claimable: u64) -> u64 {
+pub fn claim(cell: u32, counter: u32, claimable: u64) -> u64 {
     let (Some(cell), Some(counter)) = (ROW_INDEX.get_ptr_mut(cell), ROW_INDEX.get_ptr_mut(counter))
     else {
         return claimable;

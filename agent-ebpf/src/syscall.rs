@@ -125,6 +125,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Option<()> {
         delta,
         (ret < 0) as u64,
     );
+    crate::cgroup::syscall(delta, ret < 0);
     if delta >= config()?.slow_syscall_ns {
         slow_syscall(delta, nr, ret);
     }

@@ -52,6 +52,7 @@ fn sock_state(
 ) -> Option<()> {
     let (kind, latency_ns, pid, tid, comm) = if new == TCP_SYN_SENT {
         // In the connecting task's context: remember who and when.
+        crate::cgroup::connect();
         let id = bpf_get_current_pid_tgid();
         let val = TcpInflight {
             start_ns: now_ns(),

@@ -91,7 +91,8 @@ pub struct DiskInflight {
     /// The issuing task, while slow-request events are on (else 0).
     pub pid: u32,
     pub tid: u32,
-    pub _pad: u32,
+    /// The issuing task's cgroup slot + 1 (`probes::cgroup`), 0 when not attributed.
+    pub cgroup: u32,
     pub comm: [u8; 16],
 }
 const _: () = assert!(size_of::<DiskInflight>() == 56);

@@ -2,6 +2,7 @@
 //! (allocated in [`crate::layout`]), its counters, in-flight records, load-time globals, maps
 //! and program names.
 
+pub mod cgroup;
 pub mod disk;
 pub mod floor;
 pub mod runq;

@@ -91,6 +91,16 @@ pub struct Kernel {
     stats_warned: bool,
     /// Per program: (run time, run count, when read).
     prev_stats: HashMap<&'static str, (Duration, u64, Instant)>,
+    /// Whether the programs were loaded with per-cgroup attribution.
+    cgroup_on: bool,
+}
+
+/// The cgroup attribution's registry entry.
+fn cgroup_probe() -> Probe {
+    Probe::ALL
+        .into_iter()
+        .find(|p| p.name() == super::ProbeDef::name(&super::cgroup::Cgroup))
+        .expect("cgroup is in the registry")
 }
 
 /// Whether any error in `e`'s chain is EPERM/EACCES.
@@ -144,6 +154,13 @@ impl Kernel {
         }
         // BTF tracepoints are preferred where the kernel's BTF has every member they read.
         let btf_probes = prepare_btf(&mut globals);
+        // Per-cgroup attribution is compiled into the other probes' programs or out of them
+        // (a load-time constant: off, it costs nothing), so it is decided here, once per load.
+        let cgroup_on = opts.probes.contains(&cgroup_probe());
+        globals.set(
+            agent_common::probes::cgroup::GLOBAL_ON,
+            &u32::from(cgroup_on),
+        );
         // The classic tracepoints' field offsets come from tracefs, read before load (they are
         // load-time globals) for every probe, so a probe switched on later by a reload can
         // attach too. tracefs is mounted only when a probe has no BTF tracepoints to use; when
@@ -246,6 +263,7 @@ impl Kernel {
             stats_tick: 0,
             stats_warned: false,
             prev_stats: Default::default(),
+            cgroup_on,
         };
         kernel.set_probes(&opts.probes);
         Ok(kernel)
@@ -271,6 +289,22 @@ impl Kernel {
                     }
                 }
                 (Some(i), true) if self.loaded[i].status.result.is_ok() => {}
+                (current, true) if probe == cgroup_probe() && !self.cgroup_on => {
+                    let e = "per-cgroup attribution was off when the programs were loaded: switching it on takes a restart".to_string();
+                    tracing::warn!("probe {probe} disabled: {e}");
+                    let loaded = Loaded {
+                        status: ProbeStatus {
+                            probe,
+                            result: Err(e),
+                            programs: &[],
+                        },
+                        state: None,
+                    };
+                    match current {
+                        Some(i) => self.loaded[i] = loaded,
+                        None => self.loaded.push(loaded),
+                    }
+                }
                 (current, true) => {
                     let btf = if self.btf_probes.contains(&probe) {
                         aya_btf.get_or_insert_with(load_aya_btf).as_ref()
@@ -375,6 +409,7 @@ impl Kernel {
                 diff: &mut self.diff,
                 block: probe.def().block(),
                 index: probe.def().index().map(|ix| (ix, &self.index)),
+                cells: &self.index,
             };
             state.collect(&mut self.ebpf, &mut rows, out);
             let tags: Tags = vec![("probe", probe.name().to_string())];
@@ -637,6 +672,13 @@ fn prepare_btf(globals: &mut Globals) -> Vec<Probe> {
             return vec![];
         }
     };
+    // Probes without BTF programs that read kernel structs from BTF programs of others (cgroup:
+    // the woken task's cgroup in runq's sched_switch); without the offsets they do less.
+    for probe in Probe::ALL.into_iter().filter(|p| !candidates.contains(p)) {
+        if let Err(e) = probe.def().set_btf_globals(&ours, globals) {
+            tracing::info!("probe {probe}: {e}; part of it is off");
+        }
+    }
     candidates
         .into_iter()
         .filter(|&probe| match probe.def().set_btf_globals(&ours, globals) {

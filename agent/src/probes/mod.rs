@@ -14,6 +14,7 @@
 //! does not load.
 
 mod btf;
+pub(crate) mod cgroup;
 pub(crate) mod disk;
 pub(crate) mod events;
 mod kernel;
@@ -47,7 +48,13 @@ pub use agent_core::events::EventView;
 pub use table::read_cost;
 
 /// Every probe, in table order (`agent_common::layout` allocates their rows in the same order).
-const REGISTRY: &[&dyn ProbeDef] = &[&syscall::Syscall, &disk::Disk, &tcp::Tcp, &runq::Runq];
+const REGISTRY: &[&dyn ProbeDef] = &[
+    &syscall::Syscall,
+    &disk::Disk,
+    &tcp::Tcp,
+    &runq::Runq,
+    &cgroup::Cgroup,
+];
 
 /// What a probe is, to the rest of the agent. Implemented once per probe module.
 pub trait ProbeDef: Sync {
@@ -118,6 +125,8 @@ pub struct Rows<'a> {
     diff: &'a mut RowDiff,
     block: Block,
     index: Option<(Index, &'a RowIndex)>,
+    /// The whole ROW_INDEX (indexes with their own layout).
+    cells: &'a RowIndex,
 }
 
 /// Table row of `key`: a row of `block`, or through its index (`index.keys` = the catch-all).
@@ -140,6 +149,25 @@ impl Rows<'_> {
     pub fn delta(&mut self, i: usize) -> Option<&[u64; agent_common::layout::ROW_LEN]> {
         let row = key_row(self.block, self.index, i)?;
         self.diff.delta(self.table, row)
+    }
+
+    /// The change of histogram row `i`, read whole (no bucket masks), when head cell `a` or `b`
+    /// changed.
+    pub fn delta_all(
+        &mut self,
+        i: usize,
+        a: usize,
+        b: usize,
+    ) -> Option<&[u64; agent_common::layout::ROW_LEN]> {
+        if i >= self.block.hist_rows() {
+            return None;
+        }
+        self.diff.delta_all(self.table, self.block.row(i), a, b)
+    }
+
+    /// ROW_INDEX cell `cell`, as it is now.
+    pub fn index_cell(&self, cell: usize) -> u64 {
+        self.cells.cell(cell)
     }
 
     /// The change of counter cell `ctr` of the probe's counter row.

@@ -248,6 +248,23 @@ impl HistTable {
     }
 }
 
+impl HistTable {
+    /// Sum over CPUs of a whole row, every head cell and every bucket (modulo 2^32): for rows
+    /// with their own cells and no bucket masks (`agent_common::probes::cgroup`).
+    pub fn row_total_all(&self, row: usize, out: &mut [u64; ROW_LEN]) {
+        out.fill(0);
+        for cpu in 0..self.ncpus {
+            let at = layout::row_offset(cpu, row);
+            for (c, o) in out[..HEAD].iter_mut().enumerate() {
+                *o = o.wrapping_add(self.map.u64_at(at + c * 8));
+            }
+            for (b, o) in out[CELL_BUCKETS..].iter_mut().enumerate() {
+                *o = u64::from((*o as u32).wrapping_add(self.map.u32_at(at + HEAD * 8 + b * 4)));
+            }
+        }
+    }
+}
+
 /// Read-only view of the kernel's `ROW_INDEX` array (key → row of the indexed probes).
 pub struct RowIndex {
     map: Mapping,
@@ -260,6 +277,14 @@ impl RowIndex {
         Ok(Self {
             map: Mapping::new(map, bytes)?,
         })
+    }
+
+    /// Cell `cell` as it is now (indexes with their own layout: `probes::cgroup`).
+    pub fn cell(&self, cell: usize) -> u64 {
+        if cell >= INDEX_CELLS {
+            return 0;
+        }
+        self.map.u64_at(cell * 8)
     }
 
     /// The histogram row (in `index`'s block) of `key`; `None` while the key was never seen.
@@ -340,8 +365,15 @@ impl RowDiff {
 
     /// Primes every row so the first real interval only counts what happened after this call.
     pub fn prime(&mut self, table: &HistTable, rows: impl Iterator<Item = usize>) {
+        let whole = layout::CGROUP.start..layout::CGROUP.end();
         for row in rows {
-            self.advance(table, row);
+            if whole.contains(&row) {
+                // Rows without bucket masks: read whole (see `delta_all`).
+                table.row_total_all(row, &mut self.scratch);
+                self.rows[row].raw = *self.scratch;
+            } else {
+                self.advance(table, row);
+            }
         }
     }
 
@@ -353,6 +385,37 @@ impl RowDiff {
             return None;
         }
         Some(self.advance(table, row))
+    }
+
+    /// Like [`Self::delta`] for a row read whole ([`HistTable::row_total_all`]): changed when
+    /// head cell `a` or `b` changed. Every cell diffed modulo its width (u64 head, u32 buckets).
+    pub fn delta_all(
+        &mut self,
+        table: &HistTable,
+        row: usize,
+        a: usize,
+        b: usize,
+    ) -> Option<&[u64; ROW_LEN]> {
+        let st = &mut self.rows[row];
+        if table.total(row, a) == st.raw[a] && table.total(row, b) == st.raw[b] {
+            return None;
+        }
+        table.row_total_all(row, &mut self.scratch);
+        let cur = *self.scratch;
+        for (c, p) in self.scratch[..HEAD].iter_mut().zip(&st.raw) {
+            *c = c.wrapping_sub(*p);
+        }
+        for (c, p) in self.scratch[CELL_BUCKETS..]
+            .iter_mut()
+            .zip(&st.raw[CELL_BUCKETS..])
+        {
+            *c = u64::from((*c as u32).wrapping_sub(*p as u32));
+        }
+        st.raw = cur;
+        for (t, d) in st.total.iter_mut().zip(self.scratch.iter()) {
+            *t = t.wrapping_add(*d);
+        }
+        Some(&self.scratch)
     }
 
     /// Change of plain counter cell `ctr` of `row` (always read).

@@ -1,0 +1,383 @@
+//! The cgroup "probe": per-cgroup attribution of the syscall, disk, tcp and runq probes' events
+//! (their programs add to the cgroup rows when the object was loaded with it on: it has no
+//! programs of its own). Kernel side: `agent-ebpf/src/cgroup.rs`; contract:
+//! `agent_common::probes::cgroup`.
+//!
+//! Each interval: the slots' cgroup ids from the index, the changed rows read whole, named by
+//! `agent_core::cgroup` (path below the v2 root, containers and pods shortened), merged by name,
+//! then the top K by syscall time plus `cgroup=other` (every count adds up to the host's).
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicUsize, Ordering},
+};
+
+#[cfg(test)]
+use agent_common::maps::{GlobalSpec, MapSpec};
+use agent_common::{
+    Event, hist,
+    layout::{self, Block, CELL_BUCKETS, CLAIMING},
+    probes::cgroup::{
+        self as contract, CELL_DISK_BYTES, CELL_EVENTS, CELL_SYS_COUNT, CELL_SYS_ERRORS,
+        CELL_SYS_TIME_NS, CELL_TCP_CONNECTS, CG_BUCKETS, CgroupBtf, HASH_ENTRIES, HIST_DISK,
+        HIST_RUNQ, HIST_SYSCALL, OPS_DISK, OVERFLOW, SLOTS, cell_id, cell_slot, fine_range,
+    },
+};
+use agent_core::cgroup::{Index, OTHER, Pods, readable, top_k, v2_root};
+use aya::Ebpf;
+
+use super::{
+    Globals, ProbeDef, ProbeState, Program, Rows,
+    btf::{Btf, BtfError},
+};
+use crate::{
+    catalogue::MetricDef,
+    snapshot::{Metric, Tags},
+};
+use agent_core::events::EventView;
+
+const T: &[&str] = &["cgroup"];
+const T_OP: &[&str] = &["cgroup", "op"];
+
+pub const SYS_COUNT: MetricDef = MetricDef::counter(
+    "cgroup.syscall.count",
+    T,
+    "syscalls completed by the cgroup's tasks (the top K cgroups by syscall time, the rest in cgroup=other: they add up to syscall.count)",
+);
+pub const SYS_ERRORS: MetricDef = MetricDef::counter(
+    "cgroup.syscall.errors",
+    T,
+    "syscalls of the cgroup's tasks that returned an error",
+);
+pub const SYS_TIME: MetricDef = MetricDef::counter(
+    "cgroup.syscall.time_us",
+    T,
+    "time the cgroup's tasks spent in syscalls",
+);
+pub const SYS_P50: MetricDef = MetricDef::gauge(
+    "cgroup.syscall.latency_us.p50",
+    T,
+    "syscall latency of the cgroup's tasks (buckets 2 per power of two: within 25%)",
+);
+pub const SYS_P99: MetricDef = MetricDef::gauge(
+    "cgroup.syscall.latency_us.p99",
+    T,
+    "syscall latency of the cgroup's tasks (buckets 2 per power of two: within 25%)",
+);
+pub const SYS_MAX: MetricDef = MetricDef::gauge(
+    "cgroup.syscall.latency_us.max",
+    T,
+    "syscall latency of the cgroup's tasks (buckets 2 per power of two: within 25%)",
+);
+pub const DISK_OPS: MetricDef = MetricDef::counter(
+    "cgroup.disk.ops",
+    T_OP,
+    "block requests completed, by the cgroup of the task that issued them",
+);
+pub const DISK_BYTES: MetricDef = MetricDef::counter(
+    "cgroup.disk.bytes",
+    T_OP,
+    "bytes of the block requests the cgroup's tasks issued",
+);
+pub const DISK_P50: MetricDef = MetricDef::gauge(
+    "cgroup.disk.latency_us.p50",
+    T,
+    "block request latency, by the issuing task's cgroup (within 25%)",
+);
+pub const DISK_P99: MetricDef = MetricDef::gauge(
+    "cgroup.disk.latency_us.p99",
+    T,
+    "block request latency, by the issuing task's cgroup (within 25%)",
+);
+pub const TCP_CONNECTS: MetricDef = MetricDef::counter(
+    "cgroup.tcp.connects",
+    T,
+    "TCP connects the cgroup's tasks started (SYN sent)",
+);
+pub const RUNQ_P50: MetricDef = MetricDef::gauge(
+    "cgroup.runq.latency_us.p50",
+    T,
+    "run-queue latency of the cgroup's tasks (BTF tracepoints only; within 25%)",
+);
+pub const RUNQ_P99: MetricDef = MetricDef::gauge(
+    "cgroup.runq.latency_us.p99",
+    T,
+    "run-queue latency of the cgroup's tasks (BTF tracepoints only; within 25%)",
+);
+
+/// Cgroups reported per interval besides `other` (`cgroup_top`); set by the collector.
+pub static TOP: AtomicUsize = AtomicUsize::new(DEFAULT_TOP);
+pub const DEFAULT_TOP: usize = 20;
+
+/// Where the node's pod logs are (mounted read-only into the DaemonSet).
+const PODS_DIR: &str = "/var/log/pods";
+const CONTAINERS_DIR: &str = "/var/log/containers";
+
+pub struct Cgroup;
+
+impl ProbeDef for Cgroup {
+    fn name(&self) -> &'static str {
+        "cgroup"
+    }
+
+    fn block(&self) -> Block {
+        layout::CGROUP
+    }
+
+    /// No programs of its own: the others' programs record for it.
+    fn variants(&self) -> &'static [&'static [Program]] {
+        &[&[]]
+    }
+
+    #[cfg(test)]
+    fn maps(&self) -> &'static [MapSpec] {
+        contract::MAPS
+    }
+
+    #[cfg(test)]
+    fn globals(&self) -> &'static [GlobalSpec] {
+        contract::GLOBALS
+    }
+
+    fn set_btf_globals(&self, btf: &Btf, g: &mut Globals) -> Result<(), BtfError> {
+        g.set(contract::GLOBAL_BTF, &btf_offsets(btf)?);
+        Ok(())
+    }
+
+    fn metrics(&self) -> &'static [MetricDef] {
+        &[
+            SYS_COUNT,
+            SYS_ERRORS,
+            SYS_TIME,
+            SYS_P50,
+            SYS_P99,
+            SYS_MAX,
+            DISK_OPS,
+            DISK_BYTES,
+            DISK_P50,
+            DISK_P99,
+            TCP_CONNECTS,
+            RUNQ_P50,
+            RUNQ_P99,
+        ]
+    }
+
+    fn state(&self) -> Box<dyn ProbeState> {
+        let root = v2_root(Path::new("/sys/fs/cgroup"));
+        if root.is_none() {
+            tracing::warn!(
+                "no cgroup v2 hierarchy under /sys/fs/cgroup: cgroups are named by their id"
+            );
+        }
+        Box::new(CgroupState {
+            root,
+            names: HashMap::new(),
+            pods: None,
+        })
+    }
+}
+
+/// `task->cgroups->dfl_cgrp->kn->id` from the kernel's BTF (runq waits by the woken task).
+pub fn btf_offsets(btf: &Btf) -> Result<CgroupBtf, BtfError> {
+    Ok(CgroupBtf {
+        task_cgroups: btf.member_sized("task_struct", "cgroups", 8)?,
+        css_set_dfl_cgrp: btf.member_sized("css_set", "dfl_cgrp", 8)?,
+        cgroup_kn: btf.member_sized("cgroup", "kn", 8)?,
+        kn_id: btf.member_sized("kernfs_node", "id", 8)?,
+        on: 1,
+        _pad: 0,
+    })
+}
+
+struct CgroupState {
+    root: Option<PathBuf>,
+    /// Readable name by cgroup id (cgroups never change paths; ids are not reused while the
+    /// hierarchy is mounted).
+    names: HashMap<u64, String>,
+    pods: Option<Pods>,
+}
+
+impl CgroupState {
+    /// Names every id of `ids` not named yet: one walk of the hierarchy (and of the pod logs)
+    /// per interval that saw a new cgroup.
+    fn name_all(&mut self, ids: &[u64]) {
+        if ids.iter().all(|id| *id == 0 || self.names.contains_key(id)) {
+            return;
+        }
+        let index = self.root.as_deref().map(Index::scan).unwrap_or_default();
+        let pods = self.pods.get_or_insert_with(|| {
+            Pods::load(Path::new(PODS_DIR), Some(Path::new(CONTAINERS_DIR)))
+        });
+        for &id in ids {
+            if id == 0 || self.names.contains_key(&id) {
+                continue;
+            }
+            let name = match index.path(id) {
+                Some(path) => readable(path, pods),
+                // Gone before it could be named (a short-lived cgroup).
+                None => format!("id-{id}"),
+            };
+            self.names.insert(id, name);
+        }
+    }
+}
+
+/// `q`-quantile of a coarse histogram in µs (the coarse bucket's midpoint).
+pub fn coarse_quantile(buckets: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+    let mut seen = 0;
+    let i = buckets.iter().position(|&c| {
+        seen += c;
+        seen >= rank
+    })?;
+    Some(coarse_mid_us(i))
+}
+
+fn coarse_mid_us(i: usize) -> f64 {
+    let (lo, hi) = fine_range(i);
+    let (lo, hi) = (hist::bucket_lo(lo), hist::bucket_hi(hi - 1));
+    (lo + (hi - lo) / 2) as f64 / 1000.0
+}
+
+fn coarse_max(buckets: &[u64]) -> Option<f64> {
+    buckets.iter().rposition(|&c| c != 0).map(coarse_mid_us)
+}
+
+/// Turns one interval's cgroup rows (name, cells in `layout` order) into metrics.
+pub fn metrics_of(rows: Vec<(String, Vec<u64>)>, k: usize, out: &mut Vec<Metric>) {
+    let ranked = top_k(rows, k, |c| c.get(CELL_SYS_TIME_NS).copied().unwrap_or(0));
+    for (name, c) in ranked {
+        let tags: Tags = vec![("cgroup", name)];
+        let hist = |at: usize| &c[CELL_BUCKETS + at..CELL_BUCKETS + at + CG_BUCKETS];
+        out.push(SYS_COUNT.count(tags.clone(), c[CELL_SYS_COUNT]));
+        out.push(SYS_ERRORS.count(tags.clone(), c[CELL_SYS_ERRORS]));
+        out.push(SYS_TIME.count(tags.clone(), c[CELL_SYS_TIME_NS] / 1000));
+        let sys = hist(HIST_SYSCALL);
+        if let (Some(p50), Some(p99), Some(max)) = (
+            coarse_quantile(sys, 0.5),
+            coarse_quantile(sys, 0.99),
+            coarse_max(sys),
+        ) {
+            out.push(SYS_P50.level(tags.clone(), p50));
+            out.push(SYS_P99.level(tags.clone(), p99));
+            out.push(SYS_MAX.level(tags.clone(), max));
+        }
+        for (op, op_name) in super::disk::OPS.iter().enumerate() {
+            let ops = c[CELL_BUCKETS + OPS_DISK + op];
+            if ops > 0 {
+                let t: Tags = vec![("cgroup", tags[0].1.clone()), ("op", op_name.to_string())];
+                out.push(DISK_OPS.count(t.clone(), ops));
+                out.push(DISK_BYTES.count(t, c[CELL_DISK_BYTES + op]));
+            }
+        }
+        let disk = hist(HIST_DISK);
+        if let (Some(p50), Some(p99)) = (coarse_quantile(disk, 0.5), coarse_quantile(disk, 0.99)) {
+            out.push(DISK_P50.level(tags.clone(), p50));
+            out.push(DISK_P99.level(tags.clone(), p99));
+        }
+        if c[CELL_TCP_CONNECTS] > 0 {
+            out.push(TCP_CONNECTS.count(tags.clone(), c[CELL_TCP_CONNECTS]));
+        }
+        let runq = hist(HIST_RUNQ);
+        if let (Some(p50), Some(p99)) = (coarse_quantile(runq, 0.5), coarse_quantile(runq, 0.99)) {
+            out.push(RUNQ_P50.level(tags.clone(), p50));
+            out.push(RUNQ_P99.level(tags, p99));
+        }
+    }
+}
+
+impl ProbeState for CgroupState {
+    fn attached(&mut self, _ebpf: &mut Ebpf) {}
+
+    fn collect(&mut self, _ebpf: &mut Ebpf, rows: &mut Rows<'_>, out: &mut Vec<Metric>) {
+        // Slot → cgroup id, from the index's entries (a few KiB, read through the mapping).
+        let mut ids = [0u64; SLOTS];
+        for e in 0..HASH_ENTRIES {
+            let id = rows.index_cell(layout::CGROUP_INDEX + cell_id(e));
+            let v = rows.index_cell(layout::CGROUP_INDEX + cell_slot(e));
+            if id != 0 && v != 0 && v != CLAIMING && ((v - 1) as usize) < SLOTS {
+                ids[(v - 1) as usize] = id;
+            }
+        }
+        let mut changed = Vec::new();
+        for slot in 0..=OVERFLOW {
+            if let Some(d) = rows.delta_all(slot, CELL_SYS_COUNT, CELL_EVENTS) {
+                changed.push((slot, d.to_vec()));
+            }
+        }
+        let live: Vec<u64> = changed
+            .iter()
+            .filter(|(s, _)| *s < SLOTS)
+            .map(|(s, _)| ids[*s])
+            .collect();
+        self.name_all(&live);
+        let named = changed
+            .into_iter()
+            .map(|(slot, cells)| {
+                let name = match ids.get(slot) {
+                    Some(&id) if id != 0 => self.names.get(&id).cloned().unwrap_or_default(),
+                    // The overflow row (or a slot whose id is not visible yet).
+                    _ => OTHER.to_string(),
+                };
+                (name, cells)
+            })
+            .collect();
+        metrics_of(named, TOP.load(Ordering::Relaxed), out);
+        let overflow = rows.counter(contract::CTR_OVERFLOW);
+        if overflow > 0 {
+            tracing::debug!("{overflow} events of cgroups without a slot went to cgroup=other");
+        }
+    }
+
+    fn keys(&self) -> Vec<(&'static str, Tags, usize)> {
+        vec![]
+    }
+
+    fn event(&self, _e: &Event) -> Option<EventView> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> Vec<u64> {
+        vec![0; layout::ROW_LEN]
+    }
+
+    #[test]
+    fn counts_add_up_and_quantiles_come_from_coarse_buckets() {
+        let mut a = row();
+        a[CELL_SYS_COUNT] = 100;
+        a[CELL_SYS_TIME_NS] = 50_000;
+        // 99 calls at ~1 µs, 1 at ~1 ms.
+        a[CELL_BUCKETS + HIST_SYSCALL + contract::coarse_bucket(1_000)] = 99;
+        a[CELL_BUCKETS + HIST_SYSCALL + contract::coarse_bucket(1_000_000)] = 1;
+        let mut b = row();
+        b[CELL_SYS_COUNT] = 7;
+        b[CELL_SYS_TIME_NS] = 10;
+        b[CELL_BUCKETS + HIST_SYSCALL + contract::coarse_bucket(100)] = 7;
+        let mut out = Vec::new();
+        metrics_of(vec![("a".into(), a), ("b".into(), b)], 1, &mut out);
+        let get = |name: &str, cg: &str| {
+            out.iter()
+                .find(|m| m.name == name && m.tags[0].1 == cg)
+                .map(|m| m.value)
+        };
+        assert_eq!(get("cgroup.syscall.count", "a"), Some(100.0));
+        assert_eq!(get("cgroup.syscall.count", "other"), Some(7.0));
+        assert_eq!(get("cgroup.syscall.time_us", "a"), Some(50.0));
+        let p50 = get("cgroup.syscall.latency_us.p50", "a").unwrap();
+        assert!((0.75..=1.5).contains(&p50), "{p50}");
+        let p99 = get("cgroup.syscall.latency_us.p99", "a").unwrap();
+        assert!((0.75..=1.5).contains(&p99), "{p99}");
+        let max = get("cgroup.syscall.latency_us.max", "a").unwrap();
+        assert!((750.0..=1500.0).contains(&max), "{max}");
+    }
+}
