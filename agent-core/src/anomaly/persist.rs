@@ -323,6 +323,7 @@ fn decode_model(d: &mut Dec<'_>) -> Result<Model, LoadError> {
         hot: d.u16()?,
         seen: d.u16()?,
         peak: d.pos32()?,
+        streak: 0,
     };
     let sp = &m.surprise;
     if ![sp.recent, sp.mean, sp.sq, sp.peak]

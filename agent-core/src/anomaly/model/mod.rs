@@ -132,7 +132,7 @@ const P_SAME_PRIOR: f32 = 0.5;
 const SHIFT_SIDE_Z: f64 = 1.0;
 /// An anomalous point coming within this many points of the previous one, after calm ones,
 /// teaches the tail: spikes that keep coming back are this series' nature.
-const RECURRING_EPISODE_POINTS: u16 = 300;
+pub(super) const RECURRING_EPISODE_POINTS: u16 = 300;
 /// What the model learns is judged at this sensitivity, whatever the configured one: the
 /// sensitivity moves what is reported, never what is learnt (so the same data teaches the same
 /// model at any sensitivity).
@@ -689,6 +689,8 @@ impl Model {
 mod tests {
     use super::*;
 
+    const CRIT_SCORE_TEST: f64 = 0.75;
+
     fn params() -> Params {
         Params {
             interval_s: 60.0,
@@ -745,6 +747,93 @@ mod tests {
         assert!(a.score > 0.99);
         let a = m.step(15_204.0, 101.0 * 60.0, &p);
         assert_eq!(a.state, State::Critical);
+    }
+
+    /// A deterministic uniform noise in [-1, 1] (an LCG): tests stay reproducible.
+    fn noise(seed: &mut u64) -> f64 {
+        *seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((*seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    }
+
+    #[test]
+    fn a_changed_day_of_a_learnt_rhythm_is_caught() {
+        // 5-minute data, a daily square wave (20, and 75 from 09:00 to 18:00) with noise; on
+        // day 11 the high phase doubles. Before the rhythm is learnt its daily steps look like
+        // spikes; once the profile is trusted those early z's must not keep the series' tail
+        // wide, or the changed day scores nothing (NAB's art_daily_jumpsup scored 0.24).
+        let p = Params {
+            interval_s: 300.0,
+            warmup: 150,
+            ..params()
+        };
+        let mut m = Model::new();
+        let mut seed = 7;
+        let (mut normal_day, mut changed_day) = (0.0_f64, 0.0_f64);
+        for i in 0..(11 * 288) {
+            let t = f64::from(i) * 300.0;
+            let day = i / 288;
+            let hour = (i % 288) / 12;
+            let high = (9..18).contains(&hour);
+            // As in NAB's series: the high phase is also much noisier.
+            let (level, spread) = match (high, day) {
+                (false, _) => (20.0, 1.5),
+                (true, 10) => (150.0, 12.0),
+                (true, _) => (75.0, 12.0),
+            };
+            let a = m.step(level + spread * noise(&mut seed), t, &p);
+            match day {
+                9 => normal_day = normal_day.max(a.score),
+                10 => changed_day = changed_day.max(a.score),
+                _ => {}
+            }
+        }
+        assert!(
+            changed_day >= CRIT_SCORE_TEST,
+            "changed day scored {changed_day}"
+        );
+        assert!(normal_day < WARN_SCORE, "a normal day scored {normal_day}");
+    }
+
+    #[test]
+    fn a_sustained_level_shift_stays_anomalous_then_is_learnt() {
+        let p = Params {
+            interval_s: 300.0,
+            warmup: 150,
+            raise_after: 1,
+            clear_after: 2,
+            ..params()
+        };
+        let mut m = Model::new();
+        let mut seed = 11;
+        let mut t = 0.0;
+        for _ in 0..600 {
+            t += 300.0;
+            m.step(100.0 + 2.0 * noise(&mut seed), t, &p);
+        }
+        let (mut held, mut first_score, mut late_score) = (0, 0.0, 0.0_f64);
+        let mut late_ok = true;
+        for i in 0..300 {
+            t += 300.0;
+            let a = m.step(130.0 + 2.0 * noise(&mut seed), t, &p);
+            if i == 0 {
+                first_score = a.score;
+            }
+            if a.state != State::Ok && held == i {
+                held += 1;
+            }
+            if i >= 200 {
+                late_ok &= a.state == State::Ok;
+                late_score = late_score.max(a.score);
+            }
+        }
+        // News at once, anomalous for the acceptance period (an hour: 12 points)...
+        assert!(first_score >= WARN_SCORE, "{first_score}");
+        assert!(held >= p.accept_len(), "anomalous for {held} points");
+        // ...then the new level is the usual.
+        assert!(late_ok && late_score < WARN_SCORE, "{late_score}");
+        assert!((m.usual() - 130.0).abs() < 3.0, "{}", m.usual());
     }
 
     #[test]

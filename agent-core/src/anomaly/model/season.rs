@@ -2,6 +2,7 @@
 //! they predict hours out of sample clearly better than a flat line.
 
 use super::super::time::{HOUR_S, hour_index, hour_of_day, hour_of_week};
+use super::tail::fade_hist;
 use super::{Model, Params, ewma};
 
 /// Slots of the daily profile: one per hour of the day.
@@ -167,6 +168,15 @@ impl Model {
         (wd, ww)
     }
 
+    /// Weight of the profiles together (what [`Season::weight`] is when both are usable).
+    fn trust(&self) -> f64 {
+        if self.hours < SEASON_MIN_HOURS {
+            return 0.0;
+        }
+        let (wd, ww) = self.rhythm_weights();
+        ww + (1.0 - ww) * wd
+    }
+
     /// What the trusted profiles expect at `t` ([`Season::NONE`] when none is trusted).
     pub(super) fn season(&self, t: f64, p: &Params) -> Season {
         if !p.seasonal() || self.hours < SEASON_MIN_HOURS {
@@ -255,6 +265,7 @@ impl Model {
         if self.acc_n == 0 {
             return;
         }
+        let trusted_before = self.trust() >= PROFILE_TRUSTED_WEIGHT;
         let n = f64::from(self.acc_n);
         let mean = self.acc_sum / n;
         let sigma = f64::from(self.acc_abs) / n;
@@ -332,6 +343,11 @@ impl Model {
             (1.0 / WEEK_REF_MEMORY_H).max(1.0 / hours),
         );
         self.hours = self.hours.saturating_add(1);
+        if !trusted_before && self.trust() >= PROFILE_TRUSTED_WEIGHT {
+            // The yardstick changed: the z's of the hours before the rhythm was learnt (its
+            // daily steps judged as spikes) no longer describe this series' tail.
+            fade_hist(&mut self.hist);
+        }
         self.acc_sum = 0.0;
         self.acc_abs = 0.0;
         self.acc_n = 0;

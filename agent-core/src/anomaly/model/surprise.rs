@@ -10,11 +10,15 @@
 //!
 //! After a surprise (≥ [`Z_MID`]) the score rests for [`REST_POINTS`] points: one episode, one
 //! high score, unless a surprise twice as strong comes (a bigger fault); the state (hysteresis)
-//! still follows every point.
+//! still follows every point. A surprise at least half as strong as the last one that comes
+//! within [`RECUR_POINTS`] of it is a recurrence; from the second recurrence in a row it is the
+//! series' habit (a daily job's spike, a burst that keeps coming back) and scores only by how
+//! much it outgrows the last one: a warning's worth ([`Z_MID`]) when it is no bigger.
 //!
 //! Everything here is judged at sensitivity 1: the sensitivity only scales the final score, so
 //! it moves how much is reported, never what the model learns.
 
+use super::RECURRING_EPISODE_POINTS;
 use super::tail::{Z_MID, score_of};
 
 /// Points of the recent mean strength (EWMA memory).
@@ -33,8 +37,13 @@ const ESCALATION: f64 = 2.0;
 const LIKELY_MIN_POINTS: u16 = 32;
 /// Points after a surprise during which the score rests at 0.
 pub(super) const REST_POINTS: u16 = 100;
+/// A surprise within this many points of the last one, and about as strong, is a recurrence
+/// (the same horizon as the tail's recurring spikes).
+const RECUR_POINTS: u16 = RECURRING_EPISODE_POINTS;
+/// Recurrences in a row that make a habit.
+const HABIT_RECURRENCES: u16 = 2;
 
-/// Score state of one series: 20 bytes.
+/// Score state of one series: 24 bytes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Surprise {
     /// Recent mean strength (transient).
@@ -50,6 +59,8 @@ pub(crate) struct Surprise {
     pub seen: u16,
     /// The strongest score of the current rest (transient).
     pub peak: f32,
+    /// Recurrences in a row (transient; not persisted).
+    pub streak: u16,
 }
 
 impl Default for Surprise {
@@ -62,6 +73,7 @@ impl Default for Surprise {
             hot: 0,
             seen: 0,
             peak: 0.0,
+            streak: 0,
         }
     }
 }
@@ -94,8 +106,9 @@ impl Surprise {
         self.sq += a * (strength * strength - self.sq);
 
         let out = onset.max(likely);
-        if self.rest < REST_POINTS {
-            self.rest += 1;
+        let since = self.rest;
+        self.rest = self.rest.saturating_add(1);
+        if since < REST_POINTS {
             if out >= ESCALATION * f64::from(self.peak) {
                 self.peak = out as f32;
                 return out;
@@ -104,7 +117,20 @@ impl Surprise {
         }
         if out >= Z_MID {
             self.rest = 0;
+            let last = f64::from(self.peak);
             self.peak = out as f32;
+            // The same kind of burst coming back soon (at least 1/ESCALATION of the last one),
+            // again and again, is this series' habit (contextOSE's remembered contexts, in two
+            // numbers): news only by how much it outgrows the last one. Once may be a fault
+            // coming back, so the first recurrence still scores in full.
+            if since < RECUR_POINTS && out * ESCALATION >= last {
+                self.streak = self.streak.saturating_add(1);
+                if self.streak >= HABIT_RECURRENCES {
+                    return out.min(Z_MID * out / last);
+                }
+            } else {
+                self.streak = 0;
+            }
         }
         out
     }
@@ -135,6 +161,33 @@ mod tests {
             s.step(f64::from(i % 3));
         }
         assert!(s.step(20.0) >= 20.0);
+    }
+
+    #[test]
+    fn a_burst_that_recurs_soon_stops_alerting() {
+        let mut s = Surprise::default();
+        let calm = |s: &mut Surprise, n: u16| {
+            for i in 0..n {
+                s.step(f64::from(i % 3));
+            }
+        };
+        calm(&mut s, 500);
+        assert!(s.step(20.0) >= 20.0);
+        // The same burst again 150 points later (after the rest) may be a fault coming back:
+        // news in full once...
+        calm(&mut s, 150);
+        assert!(s.step(20.0) >= 20.0);
+        // ...but a third time in a row it is the series' habit: at most a warning's worth.
+        calm(&mut s, 150);
+        let again = s.step(20.0);
+        assert!(again <= Z_MID + 1e-9, "{again}");
+        // One more than twice as strong is news by how much it outgrows the last one.
+        calm(&mut s, 150);
+        let bigger = s.step(45.0);
+        assert!(bigger >= 2.0 * Z_MID, "{bigger}");
+        // Long after the last one, the same burst is news again.
+        calm(&mut s, RECUR_POINTS + 1);
+        assert!(s.step(45.0) >= 45.0);
     }
 
     #[test]

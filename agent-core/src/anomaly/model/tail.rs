@@ -82,6 +82,13 @@ pub(crate) fn hist_add(hist: &mut [u16; HIST_BINS], z: f64) {
     hist[k] += 1;
 }
 
+/// Keeps an eighth of the histogram: what it learnt stays as a prior, new points soon outweigh it.
+pub(crate) fn fade_hist(hist: &mut [u16; HIST_BINS]) {
+    for c in hist.iter_mut() {
+        *c /= 8;
+    }
+}
+
 /// |z| exceeded by a fraction `frac` of the histogram (log-interpolated within a bin, linearly
 /// within the first one, [0, 1.5)).
 fn hist_quantile(hist: &[u16; HIST_BINS], total: f64, frac: f64) -> f64 {
