@@ -2,23 +2,29 @@
 //! (preferred) or classic ones (contract: `agent_common::probes::runq`).
 
 use agent_common::{
+    EventKind,
+    event::{EventBudget, RUNQ_PREEMPTED, RUNQ_WOKEN},
     layout::{self, RUNQ},
     probes::runq::{
-        self, INFLIGHT_ENTRIES, ROW_LATENCY, RunqBtf, RunqInflight, RunqTpOffsets, STALE_NS,
-        TASK_REPORT_MAX,
+        self, CTR_EVENTS_LIMITED, INFLIGHT_ENTRIES, ROW_LATENCY, RunqBtf, RunqInflight,
+        RunqTpOffsets, STALE_NS, TASK_REPORT_MAX,
     },
 };
 use aya_ebpf::{
     Global,
     macros::{btf_tracepoint, map, tracepoint},
-    maps::Array,
+    maps::{Array, PerCpuArray},
     programs::{BtfTracePointContext, TracePointContext},
 };
 
-use crate::shared::{count, field, kload, now_ns, record, record_head};
+use crate::shared::{
+    config, count, emit, field, kload, now_ns, record, record_head, within_budget,
+};
 
 #[map]
 static RUNQ_INFLIGHT: Array<RunqInflight> = Array::with_max_entries(INFLIGHT_ENTRIES, 0);
+#[map]
+static RUNQ_EV_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
 
 #[unsafe(no_mangle)]
 static RUNQ_TP: Global<RunqTpOffsets> = Global::new(RunqTpOffsets::UNSET);
@@ -37,7 +43,7 @@ fn slot(tid: u32) -> Option<&'static mut RunqInflight> {
 /// wait (as runqlat): a task woken while still on its CPU (about to sleep) never waits in the
 /// queue, and its next real wakeup must not inherit that time.
 #[inline(always)]
-fn enqueue(tid: u32) {
+fn enqueue(tid: u32, why: u32) {
     // The idle task never waits.
     if tid == 0 {
         return;
@@ -50,23 +56,35 @@ fn enqueue(tid: u32) {
     *s = RunqInflight {
         start_ns: now,
         tid,
-        _pad: 0,
+        why,
     };
 }
 
-/// `tid` is switched in: its wait ends.
+/// `tid` is switched in: its wait ends. Returns the wait and how it began when the wait is at
+/// least the slow threshold (the caller then names the task in an event).
 #[inline(always)]
-fn dequeue(tid: u32) {
+fn dequeue(tid: u32) -> Option<(u64, u32)> {
     if tid == 0 {
-        return;
+        return None;
     }
-    let Some(s) = slot(tid) else { return };
+    let s = slot(tid)?;
     if s.start_ns == 0 || s.tid != tid {
-        return;
+        return None;
     }
     let delta = now_ns().saturating_sub(s.start_ns);
     s.start_ns = 0;
     record(runq::row(ROW_LATENCY), delta, 0);
+    (delta >= config()?.slow_runq_ns).then_some((delta, s.why))
+}
+
+/// A wait over the threshold: its event, within this CPU's budget (a saturated host has many
+/// such waits). Out of line, so the switch's common path stays small.
+#[inline(never)]
+fn slow_wait(wait: u64, tgid: u32, tid: u32, comm: &[u8; 16], why: u32) {
+    if !within_budget(&RUNQ_EV_BUDGET, RUNQ, CTR_EVENTS_LIMITED) {
+        return;
+    }
+    emit(EventKind::RunqWait, tgid, tid, *comm, wait, 0, why, 0, RUNQ);
 }
 
 // ---- classic tracepoints ----
@@ -87,7 +105,7 @@ pub fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
 fn try_wakeup(ctx: &TracePointContext, pid_off: u16) -> Option<()> {
     let head: [u8; 32] = record_head(ctx, RUNQ)?;
     let pid: u32 = field(ctx, &head, pid_off, RUNQ)?;
-    enqueue(pid);
+    enqueue(pid, RUNQ_WOKEN);
     Some(())
 }
 
@@ -107,9 +125,13 @@ fn try_switch(ctx: &TracePointContext) -> Option<()> {
     // Still runnable when switched out: preempted (reported as TASK_REPORT_MAX) or yielding
     // (TASK_RUNNING, 0).
     if state == 0 || state == TASK_REPORT_MAX {
-        enqueue(prev);
+        enqueue(prev, RUNQ_PREEMPTED);
     }
-    dequeue(next);
+    if let Some((wait, why)) = dequeue(next) {
+        // The classic record has the thread id only: it stands for the process.
+        let comm: [u8; 16] = field(ctx, &head, off.next_comm, RUNQ).unwrap_or([0; 16]);
+        slow_wait(wait, next, next, &comm, why);
+    }
     Some(())
 }
 
@@ -125,13 +147,13 @@ fn task_tid(task: *const u8) -> u32 {
 
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn btf_sched_wakeup(ctx: BtfTracePointContext) -> i32 {
-    enqueue(task_tid(ctx.arg(0)));
+    enqueue(task_tid(ctx.arg(0)), RUNQ_WOKEN);
     0
 }
 
 #[btf_tracepoint(function = "sched_wakeup_new")]
 pub fn btf_sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
-    enqueue(task_tid(ctx.arg(0)));
+    enqueue(task_tid(ctx.arg(0)), RUNQ_WOKEN);
     0
 }
 
@@ -144,8 +166,14 @@ pub fn btf_sched_switch(ctx: BtfTracePointContext) -> i32 {
     let next: *const u8 = ctx.arg(2);
     let state: u64 = ctx.arg(3);
     if preempt & 0xff != 0 || state as u32 == 0 {
-        enqueue(task_tid(prev));
+        enqueue(task_tid(prev), RUNQ_PREEMPTED);
     }
-    dequeue(task_tid(next));
+    let tid = task_tid(next);
+    if let Some((wait, why)) = dequeue(tid) {
+        let o = RUNQ_BTF.load();
+        let tgid: u32 = kload(next, o.task_tgid);
+        let comm: [u8; 16] = kload(next, o.task_comm);
+        slow_wait(wait, tgid, tid, &comm, why);
+    }
     0
 }
