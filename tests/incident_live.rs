@@ -16,7 +16,7 @@
 //! and the connect storm as its leading process (slow writes; failed connects), the CPU hogs
 //! among its processes (its wakeups' long run-queue waits; the hogs' own waits are
 //! preemptions, said apart as the busy ones). Printed: the notifications, and the run-queue
-//! wait's p50 and p99 per phase (what tells hogs from a benign burst).
+//! wait's mean, p50 and p99 per phase (what tells hogs from a benign burst).
 
 mod common;
 
@@ -222,7 +222,7 @@ fn named_within(
         })
 }
 
-/// The run-queue wait's p50 and p99 over `[a, b]`: median and highest interval, in ms.
+/// The run-queue wait's mean, p50 and p99 over `[a, b]`: median and highest interval, in ms.
 fn runq_waits(intervals: &[Value], a: f64, b: f64) -> String {
     let q = |name: &str| {
         let mut v: Vec<f64> = intervals
@@ -239,7 +239,8 @@ fn runq_waits(intervals: &[Value], a: f64, b: f64) -> String {
         }
     };
     format!(
-        "p50 {}, p99 {}",
+        "mean {}, p50 {}, p99 {}",
+        q("runq.latency_us.mean"),
         q("runq.latency_us.p50"),
         q("runq.latency_us.p99")
     )
@@ -448,7 +449,7 @@ fn one_incident_per_episode_on_the_real_kernel() {
         ));
     }
     eprintln!(
-        "run-queue wait (median / highest interval) p50, p99: learning {}; benign {}",
+        "run-queue wait (median / highest interval): learning {}; benign {}",
         runq_waits(&intervals, benign_start - 40.0, benign_start - 5.0),
         runq_waits(&intervals, benign_start, benign_end + 5.0)
     );
