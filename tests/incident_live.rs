@@ -11,15 +11,18 @@
 //! closed port. The agent's JSON intervals are read afterwards: notifications are incident
 //! opens and escalations (a close is a resolution, not a call to act).
 //!
-//! Asserted: the benign phase (at most one notification, nothing critical), the throttled
-//! writes (one critical incident within 10 s whose leading process is the service) and the
-//! connect storm (one critical incident within 10 s). Printed only:
-//! - the CPU hogs: on this 2-vCPU VM the service's calls (sleep, fdatasync) stay within 3x of
-//!   usual under 4 hogs, and cpu pressure alone cannot tell hogs from a build (other
-//!   engineers' builds keep it near 100% on this shared machine): a warning, not critical,
-//!   until a run-queue latency family gives the scheduler's wait as a latency;
-//! - who storms: a refused connect returns in microseconds, so it is never a slow event, and
-//!   the ring buffer carries TCP opens only once established: no event names the process.
+//! Asserted: the benign phase (at most one notification, nothing critical); the throttled
+//! writes and the connect storm, one critical incident within 10 s naming the service as its
+//! leading process within those 10 s (slow writes; failed connects). Printed only: the CPU
+//! hogs, which should be the same with the service among the processes (its wakeups' long
+//! run-queue waits; the hogs' own waits are preemptions, said apart as the busy ones). Three
+//! runs on this shared 2-vCPU VM gave no critical incident: in the first, another engineer's
+//! 14-rustc build kept an earlier incident open and the hogs joined it; in the second the mean
+//! wait went from 0.04 to 1.55 ms, a warning naming the service (the 1 ms floor for the mean
+//! came after it); in the third the mean went to 2.6 ms but the detector did not find it
+//! unusual after a minute of others' work (load 1.6) it had learnt, and no long wait of the
+//! service was among the events. The run-queue wait's mean, p50 and p99 per phase (and the
+//! half minute before the hogs) are printed to tell which.
 
 mod common;
 
@@ -195,6 +198,60 @@ fn notifications(intervals: &[Value]) -> Vec<Note> {
     out
 }
 
+/// Whether an interval in `[a, b]` shows one of incidents `ids` naming `me` (`comm[pid]`):
+/// as its leading process, or (`leading` false) among its processes.
+fn named_within(
+    intervals: &[Value],
+    ids: &std::collections::BTreeSet<u64>,
+    a: f64,
+    b: f64,
+    me: &str,
+    leading: bool,
+) -> bool {
+    intervals
+        .iter()
+        .filter(|i| (a..=b).contains(&i["time"].as_f64().unwrap()))
+        .flat_map(|i| i["incidents"].as_array().into_iter().flatten())
+        .filter(|inc| ids.contains(&inc["id"].as_u64().unwrap()))
+        .any(|inc| {
+            let names: Vec<String> = inc["processes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| format!("{}[{}]", p["comm"].as_str().unwrap(), p["pid"]))
+                .collect();
+            if leading {
+                names.first().map(String::as_str) == Some(me)
+            } else {
+                names.iter().any(|n| n == me)
+            }
+        })
+}
+
+/// The run-queue wait's mean, p50 and p99 over `[a, b]`: median and highest interval, in ms.
+fn runq_waits(intervals: &[Value], a: f64, b: f64) -> String {
+    let q = |name: &str| {
+        let mut v: Vec<f64> = intervals
+            .iter()
+            .filter(|i| (a..=b).contains(&i["time"].as_f64().unwrap()))
+            .flat_map(|i| i["metrics"].as_array().into_iter().flatten())
+            .filter(|m| m["name"] == name)
+            .filter_map(|m| m["value"].as_f64())
+            .collect();
+        v.sort_by(f64::total_cmp);
+        match (v.get(v.len() / 2), v.last()) {
+            (Some(m), Some(x)) => format!("{:.2}/{:.2} ms", m / 1000.0, x / 1000.0),
+            _ => "-".into(),
+        }
+    };
+    format!(
+        "mean {}, p50 {}, p99 {}",
+        q("runq.latency_us.mean"),
+        q("runq.latency_us.p50"),
+        q("runq.latency_us.p99")
+    )
+}
+
 /// Killed with the test's thread, even if the test itself is killed: the children inherit the
 /// bpf lock's descriptor, and one left running would hold the machine-wide lock.
 fn dies_with_parent(cmd: &mut Command) -> &mut Command {
@@ -302,8 +359,10 @@ fn one_incident_per_episode_on_the_real_kernel() {
         &config_s,
         "--output",
         "json",
+        // Low enough that the service's long waits for a CPU under the hogs (2-40 ms, most
+        // under 20 ms on this VM) are events that name it.
         "--slow-threshold",
-        "20ms",
+        "5ms",
         // The syscall probe watches the service: the machine this runs on is shared, and the
         // other processes' syscalls (builds starting and stopping) are not the test's to judge.
         // Disks, pressure, CPU, memory and TCP stay host-wide.
@@ -395,12 +454,17 @@ fn one_incident_per_episode_on_the_real_kernel() {
             benign.len()
         ));
     }
-    // (phase, asserted, must name the service): see the module's doc for why the CPU hogs
-    // are only printed and the connect storm's processes are not asserted.
-    for (name, a, b, asserted, naming) in [
-        ("disk writes throttled", disk_start, disk_end, true, true),
-        ("cpu hogs", cpu_start, cpu_end, false, false),
-        ("connect storm", storm_start, storm_end, true, false),
+    eprintln!(
+        "run-queue wait (median / highest interval): learning {}; benign {}; before the hogs {}",
+        runq_waits(&intervals, benign_start - 40.0, benign_start - 5.0),
+        runq_waits(&intervals, benign_start, benign_end + 5.0),
+        runq_waits(&intervals, cpu_start - 30.0, cpu_start)
+    );
+    // (phase, the service must lead its processes, or only be among them)
+    for (name, a, b, leading) in [
+        ("disk writes throttled", disk_start, disk_end, true),
+        ("cpu hogs", cpu_start, cpu_end, false),
+        ("connect storm", storm_start, storm_end, true),
     ] {
         let crit: Vec<&Note> = during(a, b + 5.0)
             .into_iter()
@@ -408,15 +472,16 @@ fn one_incident_per_episode_on_the_real_kernel() {
             .collect();
         let ids: std::collections::BTreeSet<u64> = crit.iter().map(|n| n.id).collect();
         let first = crit.first().map(|n| n.t - a);
-        let named = crit
-            .first()
-            .is_some_and(|n| n.processes.first() == Some(&me));
+        let named = named_within(&intervals, &ids, a, a + WITHIN_S, &me, leading);
         eprintln!(
-            "{name}: {} critical incident(s), first after {}, naming the service first: {named}",
+            "{name}: {} critical incident(s), first after {}, naming the service{} within {WITHIN_S} s: {named}; run-queue wait {}",
             ids.len(),
             first.map_or("-".into(), |s| format!("{s:.1} s")),
+            if leading { " first" } else { "" },
+            runq_waits(&intervals, a, b)
         );
-        if asserted && (ids.len() != 1 || first.is_none_or(|s| s > WITHIN_S) || naming && !named) {
+        let asserted = name != "cpu hogs";
+        if asserted && (ids.len() != 1 || first.is_none_or(|s| s > WITHIN_S) || !named) {
             failures.push(format!(
                 "{name}: {} critical incidents, first after {first:?} s, named: {named}",
                 ids.len()

@@ -1481,6 +1481,227 @@ fn a_closed_stdout_ends_every_command_quietly_with_0() {
 /// Two threads pinned to one CPU passing a byte back and forth through pipes `n` times: each
 /// pass puts the other thread to sleep and wakes it, so every round trip is exactly two
 /// run-queue waits that end (one per thread switched in).
+/// Refused connects are events naming the caller, within the tcp probe's per-CPU budget.
+#[test]
+fn refused_connects_are_events_within_a_budget() {
+    refused_connects(false);
+}
+
+/// The same through the classic tracepoints, which serve on kernels without BTF.
+#[test]
+fn refused_connects_are_events_within_a_budget_through_classic_tracepoints() {
+    refused_connects(true);
+}
+
+/// Connects to a closed port: Q spaced ones are Q `tcp_connect_failed` events naming this
+/// process and both ends; a storm of S is either sent or counted in
+/// `agent.events_limited{probe=tcp}`, every one, and what is sent stays within the budget
+/// (a burst of 20, then 100/s per CPU).
+fn refused_connects(classic: bool) {
+    const Q: usize = 10;
+    const S: usize = 3000;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let state = common::temp_state_dir();
+    let agent = start_on_tracepoints(
+        classic,
+        &[
+            "run",
+            "--output",
+            "json",
+            "--probes",
+            "tcp",
+            "--interval",
+            "250ms",
+            "--duration",
+            "4s",
+            "--state-dir",
+            &state,
+        ],
+        ("btf_sock_state", "inet_sock_set_state"),
+    );
+    let refused = || {
+        let e = TcpStream::connect(("127.0.0.1", port)).expect_err("the port is closed");
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+    };
+    for _ in 0..Q {
+        refused();
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    // Let the budget fill again (20 events' worth at 100/s), then storm.
+    std::thread::sleep(Duration::from_millis(300));
+    let storm = Instant::now();
+    for _ in 0..S {
+        refused();
+    }
+    let storm_s = storm.elapsed().as_secs_f64();
+    let intervals = agent.intervals(FINISH);
+    assert_in_catalogue(&intervals);
+    let me = std::process::id();
+    let events: Vec<serde_json::Value> = intervals
+        .iter()
+        .flat_map(|i| i["events"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["kind"] == "tcp_connect_failed")
+        .collect();
+    let to_port = format!(" -> 127.0.0.1:{port}");
+    let mine: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["pid"] == me && e["target"].as_str().unwrap().ends_with(&to_port))
+        .collect();
+    if let Some(e) = mine.iter().find(|e| {
+        e["comm"].as_str().is_none_or(str::is_empty)
+            || !e["target"].as_str().unwrap().starts_with("127.0.0.1:")
+    }) {
+        panic!("a failed connect without its caller or source: {e}");
+    }
+    let limited = sum(&intervals, "agent.events_limited", &[("probe", "tcp")]);
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
+    let budget = cpus * (20.0 + 100.0 * storm_s) + Q as f64;
+    eprintln!(
+        "{} refused connects ({Q} spaced, {S} in {storm_s:.2} s): {} events, {limited} limited; budget {budget:.0}",
+        Q + S,
+        mine.len()
+    );
+    // Each of the spaced ones, sent whole; the storm was limited, and nothing vanished.
+    let first_q = mine.iter().take(Q).count();
+    assert_eq!(first_q, Q, "the {Q} spaced refused connects are events");
+    assert!(
+        limited > 0.0,
+        "a storm of {S} in {storm_s:.2} s was not limited"
+    );
+    assert!(
+        mine.len() as f64 <= budget,
+        "{} events exceed the budget {budget:.0}",
+        mine.len()
+    );
+    // Other processes' failed connects (host-wide) may add to the limited count, never less.
+    assert!(
+        mine.len() as f64 + limited >= (Q + S) as f64,
+        "{} sent + {limited} limited < {} refused",
+        mine.len(),
+        Q + S
+    );
+}
+
+/// Busy threads named `hog` pinned three to a CPU: each waits at least two of the others'
+/// slices (a tick or more each) every time it is preempted, so with a 1 ms threshold their
+/// waits are `runq_preempted` events naming them, each at least the threshold, within the
+/// probe's budget.
+#[test]
+fn long_run_queue_waits_are_events_naming_who_waited() {
+    long_run_queue_waits(false);
+}
+
+#[test]
+fn long_run_queue_waits_are_events_through_classic_tracepoints() {
+    long_run_queue_waits(true);
+}
+
+fn long_run_queue_waits(classic: bool) {
+    const HOGS: usize = 3;
+    let state = common::temp_state_dir();
+    let agent = start_on_tracepoints(
+        classic,
+        &[
+            "run",
+            "--output",
+            "json",
+            "--probes",
+            "runq",
+            "--slow-threshold",
+            "1ms",
+            "--interval",
+            "250ms",
+            "--duration",
+            "3s",
+            "--state-dir",
+            &state,
+        ],
+        ("btf_sched_switch", "sched_switch"),
+    );
+    let until = Instant::now() + Duration::from_secs(2);
+    let hogs: Vec<_> = (0..HOGS)
+        .map(|_| {
+            std::thread::Builder::new()
+                .name("hog".into())
+                .spawn(move || {
+                    pin_to(0);
+                    // SAFETY: gettid has no preconditions.
+                    let tid = unsafe { libc::gettid() } as u64;
+                    let mut x = 0u64;
+                    while Instant::now() < until {
+                        x = std::hint::black_box(x.wrapping_add(1));
+                    }
+                    tid
+                })
+                .unwrap()
+        })
+        .collect();
+    let tids: Vec<u64> = hogs.into_iter().map(|h| h.join().unwrap()).collect();
+    let intervals = agent.intervals(FINISH);
+    assert_in_catalogue(&intervals);
+    let me = u64::from(std::process::id());
+    let events: Vec<serde_json::Value> = intervals
+        .iter()
+        .flat_map(|i| i["events"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["kind"] == "runq_preempted" || e["kind"] == "runq_wait")
+        .collect();
+    assert!(
+        events
+            .iter()
+            .all(|e| e["latency_us"].as_f64().unwrap() >= 1000.0),
+        "a wait under the threshold was sent"
+    );
+    // Their first wait is a new thread's, woken before it names itself: the preempted ones.
+    let ours: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| tids.contains(&e["tid"].as_u64().unwrap()) && e["kind"] == "runq_preempted")
+        .collect();
+    // The classic record has no process id: the thread id stands for it.
+    let pid_of = |e: &serde_json::Value| {
+        if classic {
+            e["tid"].as_u64().unwrap()
+        } else {
+            me
+        }
+    };
+    if let Some(e) = ours
+        .iter()
+        .find(|e| e["comm"] != "hog" || e["pid"].as_u64() != Some(pid_of(e)))
+    {
+        panic!("a hog's wait names another task: {e}");
+    }
+    let limited = sum(&intervals, "agent.events_limited", &[("probe", "runq")]);
+    eprintln!(
+        "{} long waits of the hogs among {} run-queue events, {limited} limited",
+        ours.len(),
+        events.len()
+    );
+    assert!(ours.len() >= 10, "{} events name the hogs", ours.len());
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
+    let budget = cpus * (20.0 + 100.0 * 3.5);
+    assert!(
+        events.len() as f64 <= budget,
+        "{} run-queue events exceed the budget {budget:.0}",
+        events.len()
+    );
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays within it for a small index.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
 fn pinned_ping_pong(n: usize) {
     fn pin_to(cpu: usize) {
         // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays within it for a small index.

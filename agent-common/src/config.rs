@@ -13,11 +13,15 @@ pub struct RuntimeConfig {
     /// 1 = only count tasks whose comm equals `filter_comm`.
     pub filter_comm_on: u32,
     pub filter_comm: [u8; 16],
-    /// 1 = send every TCP connect/accept to the ring buffer.
+    /// 1 = send every TCP connect/accept, and failed connects (rate-limited), to the ring
+    /// buffer.
     pub tcp_events_on: u32,
     pub _pad: u32,
+    /// Run-queue waits at least this long (ns) go to the ring buffer (rate-limited);
+    /// `u64::MAX` = none. Host-wide: the pid/comm filters do not apply.
+    pub slow_runq_ns: u64,
 }
-const _: () = assert!(size_of::<RuntimeConfig>() == 48);
+const _: () = assert!(size_of::<RuntimeConfig>() == 56);
 
 impl RuntimeConfig {
     pub const OFF: u64 = u64::MAX;
@@ -33,6 +37,7 @@ impl Default for RuntimeConfig {
             filter_comm: [0; 16],
             tcp_events_on: 1,
             _pad: 0,
+            slow_runq_ns: Self::OFF,
         }
     }
 }

@@ -141,6 +141,11 @@ pub mod agent {
         &["probe"],
         "samples lost to the bounded in-flight tables",
     );
+    pub const EVENTS_LIMITED: MetricDef = MetricDef::counter(
+        "agent.events_limited",
+        &["probe"],
+        "events over the probe's per-CPU budget of 100/s (failed connects, run-queue waits), counted instead of sent; sent only when not 0",
+    );
     pub const READ_ERRORS: MetricDef = MetricDef::counter(
         "agent.read_errors",
         &["probe"],
@@ -191,6 +196,7 @@ pub mod agent {
         PROBE_UP,
         EVENTS_LOST,
         INFLIGHT_DROPPED,
+        EVENTS_LIMITED,
         READ_ERRORS,
         EVENTS,
         HEARTBEAT,

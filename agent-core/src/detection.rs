@@ -82,6 +82,12 @@ impl Detection {
         }
     }
 
+    /// Takes over `old`'s incidents (a reload that restarts detection): ids go on rather than
+    /// start again at 1, and incidents open at the reload close when calm, once.
+    pub fn carry_incidents_from(&mut self, old: Detection) {
+        self.incidents = old.incidents;
+    }
+
     /// Judges with the baseline in `state_dir` but never writes it (`watch`: a short session
     /// must not disturb what the daemon learnt).
     pub fn read_only(cfg: DetectorConfig, state_dir: &Path) -> Detection {
@@ -280,5 +286,36 @@ mod tests {
         );
         assert!(!stale.exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A reload that restarts detection keeps counting incidents, and closes the open one.
+    #[test]
+    fn incident_ids_go_on_across_a_restart_of_detection() {
+        let mut old = Detection::open(DetectorConfig::default(), None);
+        let resets = Signal {
+            name: "tcp.resets".into(),
+            tags: vec![],
+            kind: Kind::Counter,
+            value: 900.0,
+            usual: 0.0,
+            state: State::Critical,
+            calls: None,
+        };
+        let local = old.detector.local_time().clone();
+        let t0 = 1_764_684_000.0;
+        let out = old.incidents.step(t0, 1.0, &[resets], &[], &local);
+        assert_eq!(out[0].id, 1);
+        let mut new = Detection::open(DetectorConfig::default(), None);
+        new.carry_incidents_from(old);
+        assert_eq!(new.incidents.next_id(), 2);
+        let mut closes = vec![];
+        for k in 1..30 {
+            for i in new.incidents.step(t0 + k as f64, 1.0, &[], &[], &local) {
+                if i.change.is_some() {
+                    closes.push((i.id, i.state));
+                }
+            }
+        }
+        assert_eq!(closes, [(1, State::Ok)]);
     }
 }

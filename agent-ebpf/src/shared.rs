@@ -2,7 +2,9 @@
 //! settings, and the helpers that record into them.
 
 use agent_common::{
-    Event, EventKind, RuntimeConfig, hist,
+    Event, EventKind, RuntimeConfig,
+    event::EventBudget,
+    hist,
     layout::{self, Block, CLAIMING, Index, Row},
 };
 use aya_ebpf::{
@@ -12,7 +14,7 @@ use aya_ebpf::{
     },
     helpers::{bpf_get_current_comm, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::map,
-    maps::{Array, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
@@ -346,4 +348,20 @@ pub fn kload<T: Copy>(base: *const u8, off: u32) -> T {
 pub fn pointer_key(p: *const u8) -> u64 {
     let anchor = &KEY_ANCHOR as *const Global<u64> as u64;
     (p as u64).wrapping_sub(anchor)
+}
+
+/// Whether this CPU's `budget` (a one-entry per-CPU array) allows one more event of a kind
+/// that comes in storms; an event over budget is counted in `block`'s counter `ctr` instead.
+#[inline(always)]
+pub fn within_budget(budget: &PerCpuArray<EventBudget>, block: Block, ctr: usize) -> bool {
+    let Some(b) = budget.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's element of a per-CPU array; a program runs to completion on its CPU.
+    if unsafe { (*b).take(now_ns()) } {
+        true
+    } else {
+        count(block, ctr, 1);
+        false
+    }
 }

@@ -3,27 +3,31 @@
 
 use agent_common::{
     Event, EventKind,
+    event::EventBudget,
     layout::{self, TCP},
     probes::tcp::{
-        self, CTR_ACCEPTS, CTR_CONNECTS, CTR_RESETS, CTR_RETRANSMITS, INFLIGHT_ENTRIES,
-        ROW_CONNECT, ROW_RTT, TcpBtf, TcpInflight, TcpTpOffsets,
+        self, CTR_ACCEPTS, CTR_CONNECTS, CTR_EVENTS_LIMITED, CTR_RESETS, CTR_RETRANSMITS,
+        INFLIGHT_ENTRIES, ROW_CONNECT, ROW_RTT, TcpBtf, TcpInflight, TcpTpOffsets,
     },
 };
 use aya_ebpf::{
     Global,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_skc_to_tcp_sock},
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
-    maps::LruHashMap,
+    maps::{LruHashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 
 use crate::shared::{
     config, count, event, field, kload, now_ns, pointer_key, read, record, record_head, send,
+    within_budget,
 };
 
 #[map]
 static TCP_INFLIGHT: LruHashMap<u64, TcpInflight> =
     LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
+#[map]
+static TCP_EV_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
 
 #[unsafe(no_mangle)]
 static TCP_TP: Global<TcpTpOffsets> = Global::new(TcpTpOffsets::UNSET);
@@ -35,14 +39,15 @@ const AF_INET: u16 = 2;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
 
 /// A socket's addresses for a connect/accept event: family, local and remote port (host
 /// order), local and remote address (IPv4 in the first 4 bytes).
 type SockAddrs = (u16, u16, u16, [u8; 16], [u8; 16]);
 
 /// A TCP socket's state change: times connects (SYN_SENT → ESTABLISHED) and counts connects
-/// and accepts, sending each as an event when on. `sk` names the socket; `addrs` is read only
-/// for an event.
+/// and accepts, sending each as an event when on, and failed connects (SYN_SENT → CLOSE)
+/// within the probe's per-CPU budget. `sk` names the socket; `addrs` is read only for an event.
 #[inline(always)]
 fn sock_state(
     sk: u64,
@@ -68,20 +73,38 @@ fn sock_state(
         // SAFETY: a plain lookup; the value is copied at once.
         let started = unsafe { TCP_INFLIGHT.get(&sk) }.copied();
         let _ = TCP_INFLIGHT.remove(&sk);
-        if new != TCP_ESTABLISHED {
-            return Some(()); // failed connect (TCP_CLOSE) or other
+        if new == TCP_CLOSE {
+            // Refused, unreachable, timed out or abandoned: named by who connected (the
+            // failure arrives in whatever context received the reset). A storm of them is
+            // bounded by the budget.
+            let started = started?;
+            if config()?.tcp_events_on == 0
+                || !within_budget(&TCP_EV_BUDGET, TCP, CTR_EVENTS_LIMITED)
+            {
+                return Some(());
+            }
+            (
+                EventKind::TcpConnectFailed,
+                now_ns().saturating_sub(started.start_ns),
+                started.pid,
+                started.tid,
+                started.comm,
+            )
+        } else if new != TCP_ESTABLISHED {
+            return Some(());
+        } else {
+            count(TCP, CTR_CONNECTS, 1);
+            let started = started?; // connect began before we attached: counted, not timed
+            let delta = now_ns().saturating_sub(started.start_ns);
+            record(tcp::row(ROW_CONNECT), delta, 0);
+            (
+                EventKind::TcpConnect,
+                delta,
+                started.pid,
+                started.tid,
+                started.comm,
+            )
         }
-        count(TCP, CTR_CONNECTS, 1);
-        let started = started?; // connect began before we attached: counted, not timed
-        let delta = now_ns().saturating_sub(started.start_ns);
-        record(tcp::row(ROW_CONNECT), delta, 0);
-        (
-            EventKind::TcpConnect,
-            delta,
-            started.pid,
-            started.tid,
-            started.comm,
-        )
     } else if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
         count(TCP, CTR_ACCEPTS, 1);
         let id = bpf_get_current_pid_tgid();

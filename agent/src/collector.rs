@@ -266,10 +266,12 @@ fn probe_options(args: &Settings, probes: &[Probe]) -> ProbeOptions {
         let ns = t.as_nanos().min(u64::MAX as u128 - 1) as u64;
         runtime.slow_syscall_ns = ns;
         runtime.slow_disk_ns = ns;
+        runtime.slow_runq_ns = ns;
     }
     if !args.enable.slow_events {
         runtime.slow_syscall_ns = RuntimeConfig::OFF;
         runtime.slow_disk_ns = RuntimeConfig::OFF;
+        runtime.slow_runq_ns = RuntimeConfig::OFF;
         runtime.tcp_events_on = 0;
     }
     if let Some(pid) = args.pid {

@@ -137,14 +137,19 @@ async fn apply(
         || new.anomaly != args.anomaly
         || new.state_dir != args.state_dir
     {
-        // Keep what was learnt: save, then start again from the saved baseline.
-        if let Some(d) = detection {
+        // Keep what was learnt: save, then start again from the saved baseline, with the
+        // incidents (their ids go on).
+        let mut old = detection.take();
+        if let Some(d) = &mut old {
             d.save();
         }
         *detection = new
             .enable
             .anomaly
             .then(|| Detection::start(new.anomaly.clone(), Some(&new.state_dir)));
+        if let (Some(d), Some(old)) = (detection.as_mut(), old) {
+            d.carry_incidents_from(old);
+        }
     }
     *args = new;
     Ok(())

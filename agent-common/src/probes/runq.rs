@@ -14,6 +14,9 @@ pub const ROW_LATENCY: usize = 0;
 /// One histogram row, then the counter row.
 pub const ROWS: usize = 2;
 
+/// Slow waits over the events' budget (`agent_common::event::EventBudget`), not sent.
+pub const CTR_EVENTS_LIMITED: usize = layout::CTR_PROBE0;
+
 /// Table row of one of the probe's histogram rows.
 #[inline(always)]
 pub const fn row(i: usize) -> usize {
@@ -40,6 +43,8 @@ pub const INFLIGHT_ENTRIES: u32 = 1 << INFLIGHT_BITS;
 pub const GLOBAL_TP: &str = "RUNQ_TP";
 /// Load-time global holding [`RunqBtf`].
 pub const GLOBAL_BTF: &str = "RUNQ_BTF";
+/// Per-CPU budget of slow-wait events (one `EventBudget`).
+pub const MAP_BUDGET: &str = "RUNQ_EV_BUDGET";
 
 /// A slot holding another thread for longer than this is taken over silently (that thread
 /// exited or was migrated without being seen to run); a younger one counts as in-flight
@@ -50,11 +55,18 @@ pub const STALE_NS: u64 = 10_000_000_000;
 /// (`TASK_REPORT_MAX`, stable since Linux 4.14); 0 is `TASK_RUNNING` (a yield).
 pub const TASK_REPORT_MAX: u64 = 0x100;
 
-pub const MAPS: &[MapSpec] = &[MapSpec {
-    name: MAP_INFLIGHT,
-    value_size: size_of::<RunqInflight>(),
-    max_entries: INFLIGHT_ENTRIES,
-}];
+pub const MAPS: &[MapSpec] = &[
+    MapSpec {
+        name: MAP_INFLIGHT,
+        value_size: size_of::<RunqInflight>(),
+        max_entries: INFLIGHT_ENTRIES,
+    },
+    MapSpec {
+        name: MAP_BUDGET,
+        value_size: size_of::<crate::event::EventBudget>(),
+        max_entries: 1,
+    },
+];
 pub const GLOBALS: &[GlobalSpec] = &[
     GlobalSpec {
         name: GLOBAL_TP,
@@ -74,7 +86,9 @@ pub struct RunqInflight {
     pub start_ns: u64,
     /// Its thread id (the kernel's `pid`), to tell slot sharers apart.
     pub tid: u32,
-    pub _pad: u32,
+    /// How it became runnable: `event::RUNQ_WOKEN` or `event::RUNQ_PREEMPTED` (for its
+    /// slow-wait event).
+    pub why: u32,
 }
 const _: () = assert!(size_of::<RunqInflight>() == 16);
 
@@ -98,7 +112,9 @@ pub struct RunqTpOffsets {
     pub prev_pid: u16,
     pub prev_state: u16,
     pub next_pid: u16,
-    pub _pad: [u16; 3],
+    /// `sched:sched_switch`'s `next_comm` (char[16]): who waited, for a slow-wait event.
+    pub next_comm: u16,
+    pub _pad: [u16; 2],
 }
 const _: () = assert!(size_of::<RunqTpOffsets>() == 16);
 
@@ -112,7 +128,8 @@ impl RunqTpOffsets {
         prev_pid: MISSING,
         prev_state: MISSING,
         next_pid: MISSING,
-        _pad: [0; 3],
+        next_comm: MISSING,
+        _pad: [0; 2],
     };
 }
 
@@ -122,13 +139,19 @@ impl RunqTpOffsets {
 pub struct RunqBtf {
     /// `task_struct.pid` (pid_t: the thread id).
     pub task_pid: u32,
+    /// `task_struct.tgid` (pid_t: the process id) and `comm` (char[16]): who waited, for a
+    /// slow-wait event.
+    pub task_tgid: u32,
+    pub task_comm: u32,
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<RunqBtf>() == 8);
+const _: () = assert!(size_of::<RunqBtf>() == 16);
 
 impl RunqBtf {
     pub const UNSET: Self = Self {
         task_pid: 0,
+        task_tgid: 0,
+        task_comm: 0,
         _pad: 0,
     };
 }

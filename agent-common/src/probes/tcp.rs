@@ -24,7 +24,9 @@ pub const CTR_CONNECTS: usize = layout::CTR_PROBE0;
 pub const CTR_ACCEPTS: usize = layout::CTR_PROBE0 + 1;
 pub const CTR_RETRANSMITS: usize = layout::CTR_PROBE0 + 2;
 pub const CTR_RESETS: usize = layout::CTR_PROBE0 + 3;
-const _: () = assert!(CTR_RESETS < layout::CTRS);
+/// Failed-connect events over the budget (`agent_common::event::EventBudget`), not sent.
+pub const CTR_EVENTS_LIMITED: usize = layout::CTR_PROBE0 + 4;
+const _: () = assert!(CTR_EVENTS_LIMITED < layout::CTRS);
 
 pub mod progs {
     pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
@@ -44,12 +46,22 @@ pub const INFLIGHT_ENTRIES: u32 = 1024;
 pub const GLOBAL_TP: &str = "TCP_TP";
 /// Load-time global holding [`TcpBtf`].
 pub const GLOBAL_BTF: &str = "TCP_BTF";
+/// Per-CPU budget of failed-connect events (one `EventBudget`): a storm of refused connects
+/// must not flood the ring buffer.
+pub const MAP_BUDGET: &str = "TCP_EV_BUDGET";
 
-pub const MAPS: &[MapSpec] = &[MapSpec {
-    name: MAP_INFLIGHT,
-    value_size: size_of::<TcpInflight>(),
-    max_entries: INFLIGHT_ENTRIES,
-}];
+pub const MAPS: &[MapSpec] = &[
+    MapSpec {
+        name: MAP_INFLIGHT,
+        value_size: size_of::<TcpInflight>(),
+        max_entries: INFLIGHT_ENTRIES,
+    },
+    MapSpec {
+        name: MAP_BUDGET,
+        value_size: size_of::<crate::event::EventBudget>(),
+        max_entries: 1,
+    },
+];
 pub const GLOBALS: &[GlobalSpec] = &[
     GlobalSpec {
         name: GLOBAL_TP,

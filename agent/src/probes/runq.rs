@@ -8,7 +8,7 @@ use std::path::Path;
 #[cfg(test)]
 use agent_common::maps::{GlobalSpec, MapSpec};
 use agent_common::{
-    Event,
+    Event, EventKind, event as kevent,
     layout::{self, Block},
     probes::runq::{self as contract, RunqBtf, RunqTpOffsets, progs},
 };
@@ -21,11 +21,11 @@ use super::{
     tracefs::{self, TracefsError},
 };
 use crate::{
-    catalogue::MetricDef,
+    catalogue::{MetricDef, agent::EVENTS_LIMITED},
     histogram::LatencyStats,
     snapshot::{Metric, Tags},
 };
-use agent_core::events::EventView;
+use agent_core::events::{self, EventView, comm_str};
 
 pub const COUNT: MetricDef = MetricDef::counter(
     "runq.count",
@@ -81,6 +81,8 @@ impl ProbeDef for Runq {
             contract::GLOBAL_BTF,
             &RunqBtf {
                 task_pid: btf.member_sized("task_struct", "pid", 4)?,
+                task_tgid: btf.member_sized("task_struct", "tgid", 4)?,
+                task_comm: btf.member_sized("task_struct", "comm", 16)?,
                 _pad: 0,
             },
         );
@@ -117,7 +119,8 @@ pub fn read_offsets(tracefs: &Path) -> Result<RunqTpOffsets, TracefsError> {
         prev_pid: f.offset(tp, "prev_pid", 4)?,
         prev_state: f.offset(tp, "prev_state", 8)?,
         next_pid: f.offset(tp, "next_pid", 4)?,
-        _pad: [0; 3],
+        next_comm: f.offset(tp, "next_comm", 16)?,
+        _pad: [0; 2],
     })
 }
 
@@ -125,6 +128,10 @@ struct RunqState;
 
 impl ProbeState for RunqState {
     fn collect(&mut self, _ebpf: &mut Ebpf, rows: &mut Rows<'_>, out: &mut Vec<Metric>) {
+        let limited = rows.counter(contract::CTR_EVENTS_LIMITED);
+        if limited > 0 {
+            out.push(EVENTS_LIMITED.count(vec![("probe", Runq.name().into())], limited));
+        }
         let Some(d) = rows.delta(contract::ROW_LATENCY) else {
             out.push(COUNT.count(vec![], 0));
             return;
@@ -139,8 +146,25 @@ impl ProbeState for RunqState {
         vec![(LATENCY.name, vec![], contract::ROW_LATENCY)]
     }
 
-    fn event(&self, _e: &Event) -> Option<EventView> {
-        None
+    fn event(&self, e: &Event) -> Option<EventView> {
+        if EventKind::from_u32(e.kind)? != EventKind::RunqWait {
+            return None;
+        }
+        Some(EventView {
+            // A task pushed off a CPU it was using, or one woken to do something: who is busy,
+            // and who waits to answer (incidents tell them apart).
+            kind: if e.op == kevent::RUNQ_PREEMPTED {
+                events::RUNQ_PREEMPTED
+            } else {
+                events::RUNQ_WOKEN
+            },
+            pid: e.pid,
+            tid: e.tid,
+            comm: comm_str(&e.comm),
+            latency_us: e.latency_ns as f64 / 1000.0,
+            target: format!("cpu {}", e.cpu),
+            ret: None,
+        })
     }
 }
 

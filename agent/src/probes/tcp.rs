@@ -188,6 +188,13 @@ impl ProbeState for TcpState {
         ] {
             out.push(def.count(vec![], rows.counter(ctr)));
         }
+        let limited = rows.counter(contract::CTR_EVENTS_LIMITED);
+        if limited > 0 {
+            out.push(
+                crate::catalogue::agent::EVENTS_LIMITED
+                    .count(vec![("probe", Tcp.name().into())], limited),
+            );
+        }
     }
 
     fn keys(&self) -> Vec<(&'static str, Tags, usize)> {
@@ -201,6 +208,7 @@ impl ProbeState for TcpState {
         let kind = match EventKind::from_u32(e.kind)? {
             EventKind::TcpConnect => "tcp_connect",
             EventKind::TcpAccept => "tcp_accept",
+            EventKind::TcpConnectFailed => agent_core::events::TCP_CONNECT_FAILED,
             _ => return None,
         };
         // SocketAddr brackets IPv6 addresses: [::1]:5432.
