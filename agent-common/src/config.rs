@@ -15,9 +15,12 @@ pub struct RuntimeConfig {
     pub filter_comm: [u8; 16],
     /// 1 = send every TCP connect/accept to the ring buffer.
     pub tcp_events_on: u32,
-    pub _pad: u32,
+    /// Depth below the v2 root of `filter_cgroup` (the root is 0).
+    pub filter_cgroup_level: u32,
+    /// Only count tasks in this cgroup (v2 id) or below it; 0 = every cgroup.
+    pub filter_cgroup: u64,
 }
-const _: () = assert!(size_of::<RuntimeConfig>() == 48);
+const _: () = assert!(size_of::<RuntimeConfig>() == 56);
 
 impl RuntimeConfig {
     pub const OFF: u64 = u64::MAX;
@@ -32,13 +35,14 @@ impl Default for RuntimeConfig {
             filter_comm_on: 0,
             filter_comm: [0; 16],
             tcp_events_on: 1,
-            _pad: 0,
+            filter_cgroup_level: 0,
+            filter_cgroup: 0,
         }
     }
 }
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: #[repr(C)], integers with an explicit padding field.
+    // SAFETY: #[repr(C)], integers without padding (u64s first, then u32 pairs, then a u64).
     unsafe impl aya::Pod for super::RuntimeConfig {}
 }

@@ -10,7 +10,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::RwLock,
 };
 
 #[cfg(test)]
@@ -106,9 +106,36 @@ pub const RUNQ_P99: MetricDef = MetricDef::gauge(
     "run-queue latency of the cgroup's tasks (BTF tracepoints only; within 25%)",
 );
 
-/// Cgroups reported per interval besides `other` (`cgroup_top`); set by the collector.
-pub static TOP: AtomicUsize = AtomicUsize::new(DEFAULT_TOP);
-pub const DEFAULT_TOP: usize = 20;
+/// The settings of per-cgroup attribution, set by the collector from the agent's settings (at
+/// start and on SIGHUP) and read by the probe's state each interval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupConfig {
+    /// Cgroups reported per interval besides `other` (`cgroup_top`).
+    pub top: usize,
+    /// Where the cgroup filesystem is mounted (`cgroup_fs`).
+    pub fs: PathBuf,
+}
+
+static CONFIG: RwLock<Option<CgroupConfig>> = RwLock::new(None);
+
+/// Sets what the cgroup probe's state reads (see [`CgroupConfig`]).
+pub fn configure(c: CgroupConfig) {
+    *CONFIG.write().unwrap_or_else(|e| e.into_inner()) = Some(c);
+}
+
+fn config() -> CgroupConfig {
+    CONFIG
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_else(|| {
+            let d = agent_core::settings::Settings::default();
+            CgroupConfig {
+                top: d.cgroup_top,
+                fs: d.cgroup_fs,
+            }
+        })
+}
 
 /// Where the node's pod logs are (mounted read-only into the DaemonSet).
 const PODS_DIR: &str = "/var/log/pods";
@@ -164,14 +191,10 @@ impl ProbeDef for Cgroup {
     }
 
     fn state(&self) -> Box<dyn ProbeState> {
-        let root = v2_root(Path::new("/sys/fs/cgroup"));
-        if root.is_none() {
-            tracing::warn!(
-                "no cgroup v2 hierarchy under /sys/fs/cgroup: cgroups are named by their id"
-            );
-        }
+        let config = config();
         Box::new(CgroupState {
-            root,
+            root: find_root(&config.fs),
+            config,
             names: HashMap::new(),
             pods: None,
         })
@@ -190,7 +213,21 @@ pub fn btf_offsets(btf: &Btf) -> Result<CgroupBtf, BtfError> {
     })
 }
 
+/// The v2 hierarchy's root below `fs` (warned when there is none).
+fn find_root(fs: &Path) -> Option<PathBuf> {
+    let root = v2_root(fs);
+    if root.is_none() {
+        tracing::warn!(
+            "no cgroup v2 hierarchy under {} (cgroup_fs): cgroups are named by their id; set cgroup_fs to where the host's cgroup filesystem is mounted",
+            fs.display()
+        );
+    }
+    root
+}
+
 struct CgroupState {
+    /// The settings `root` was found with.
+    config: CgroupConfig,
     root: Option<PathBuf>,
     /// Readable name by cgroup id (cgroups never change paths; ids are not reused while the
     /// hierarchy is mounted).
@@ -295,6 +332,13 @@ impl ProbeState for CgroupState {
     fn attached(&mut self, _ebpf: &mut Ebpf) {}
 
     fn collect(&mut self, _ebpf: &mut Ebpf, rows: &mut Rows<'_>, out: &mut Vec<Metric>) {
+        let config = config();
+        if config.fs != self.config.fs {
+            // Moved by a reload: ids stay, their names come from the new mount.
+            self.root = find_root(&config.fs);
+            self.names.clear();
+        }
+        self.config = config;
         // Slot → cgroup id, from the index's entries (a few KiB, read through the mapping).
         let mut ids = [0u64; SLOTS];
         for e in 0..HASH_ENTRIES {
@@ -327,7 +371,7 @@ impl ProbeState for CgroupState {
                 (name, cells)
             })
             .collect();
-        metrics_of(named, TOP.load(Ordering::Relaxed), out);
+        metrics_of(named, self.config.top, out);
         let overflow = rows.counter(contract::CTR_OVERFLOW);
         if overflow > 0 {
             tracing::debug!("{overflow} events of cgroups without a slot went to cgroup=other");
