@@ -201,6 +201,23 @@ fn wait(pid: libc::pid_t) {
     );
 }
 
+impl TestCgroup {
+    /// Removes the cgroup now (its children reaped), retrying while the kernel still counts
+    /// an exiting task in it.
+    fn remove(self) {
+        for _ in 0..100 {
+            match std::fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("rmdir {}: {e}", self.path.display()),
+            }
+        }
+        panic!("rmdir {}: still busy after 1 s", self.path.display());
+    }
+}
+
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.path);
@@ -527,4 +544,61 @@ fn run_queue_p99_per_cgroup_under_cpu_hogs() {
         busy_p99 >= 1000.0,
         "busy loops' p99 {busy_p99} µs: not a slice"
     );
+}
+
+/// Pod churn: more cgroups than the kernel has slots are created, run a few getppid and are
+/// deleted over the run; the slots of deleted ones are given back, so the later ones still get
+/// rows of their own (none goes to `other`) and each counts exactly its load. Each lives
+/// about two intervals, long enough for the agent to name it. The filter on their parent
+/// keeps other cgroups of the machine out of the slots.
+#[test]
+fn slots_of_deleted_cgroups_are_given_back() {
+    const CGROUPS: usize = 2 * agent_common::probes::cgroup::SLOTS;
+    let parent = TestCgroup::new("churn");
+    let mut agent = Agent::start(&[
+        "run",
+        "--output",
+        "json",
+        "--probes",
+        "syscall,cgroup",
+        "--duration",
+        "6s",
+        "--interval",
+        "250ms",
+        "--cgroup-top",
+        "1000",
+        "--cgroup",
+        &parent.name,
+    ]);
+    agent.wait_ready();
+    let load = |i: usize| 100 + i;
+    let mut live = std::collections::VecDeque::new();
+    let mut names = vec![];
+    for i in 0..CGROUPS {
+        let cg = parent.child(&format!("c{i}"));
+        cg.run_getppid(load(i));
+        names.push(cg.name.clone());
+        live.push_back(cg);
+        if live.len() > 10 {
+            live.pop_front().unwrap().remove();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The last ones are named before they go.
+    std::thread::sleep(Duration::from_millis(600));
+    live.into_iter().for_each(TestCgroup::remove);
+    let intervals = agent.intervals(FINISH);
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(
+            sum(&intervals, "cgroup.syscall.count", &[("cgroup", name)]),
+            load(i) as f64,
+            "cgroup {i} of {CGROUPS}: {name}"
+        );
+    }
+    assert_eq!(
+        sum(&intervals, "cgroup.syscall.count", &[("cgroup", "other")]),
+        0.0
+    );
+    let all: usize = (0..CGROUPS).map(load).sum();
+    assert_eq!(sum(&intervals, "syscall.count", &[]), all as f64);
 }

@@ -19,9 +19,10 @@ use agent_common::{
     Event, hist,
     layout::{self, Block, CELL_BUCKETS, CLAIMING},
     probes::cgroup::{
-        self as contract, CELL_DISK_BYTES, CELL_EVENTS, CELL_SYS_COUNT, CELL_SYS_ERRORS,
-        CELL_SYS_TIME_NS, CELL_TCP_CONNECTS, CG_BUCKETS, CgroupBtf, HASH_ENTRIES, HIST_DISK,
-        HIST_RUNQ, HIST_SYSCALL, OPS_DISK, OVERFLOW, SLOTS, cell_id, cell_slot, fine_range,
+        self as contract, ALL_SLOTS, CELL_DISK_BYTES, CELL_EVENTS, CELL_SYS_COUNT, CELL_SYS_ERRORS,
+        CELL_SYS_TIME_NS, CELL_TAKEN, CELL_TCP_CONNECTS, CG_BUCKETS, CgroupBtf, HASH_ENTRIES,
+        HIST_DISK, HIST_RUNQ, HIST_SYSCALL, OPS_DISK, OVERFLOW, SLOTS, cell_id, cell_slot,
+        fine_range,
     },
 };
 use agent_core::cgroup::{Index, OTHER, Pods, readable, top_k, v2_root};
@@ -230,8 +231,8 @@ struct CgroupState {
     config: CgroupConfig,
     root: Option<PathBuf>,
     /// Readable name by cgroup id (cgroups never change paths; ids are not reused while the
-    /// hierarchy is mounted).
-    names: HashMap<u64, String>,
+    /// hierarchy is mounted), and its path below the root (`None`: gone before it was named).
+    names: HashMap<u64, (String, Option<String>)>,
     pods: Option<Pods>,
 }
 
@@ -243,19 +244,99 @@ impl CgroupState {
             return;
         }
         let index = self.root.as_deref().map(Index::scan).unwrap_or_default();
-        let pods = self.pods.get_or_insert_with(|| {
-            Pods::load(Path::new(PODS_DIR), Some(Path::new(CONTAINERS_DIR)))
-        });
+        // Read again with every new cgroup: pods come and go with them.
+        let pods = self.pods.insert(Pods::load(
+            Path::new(PODS_DIR),
+            Some(Path::new(CONTAINERS_DIR)),
+        ));
         for &id in ids {
             if id == 0 || self.names.contains_key(&id) {
                 continue;
             }
-            let name = match index.path(id) {
-                Some(path) => readable(path, pods),
+            let named = match index.path(id) {
+                Some(path) => (readable(path, pods), Some(path.to_string())),
                 // Gone before it could be named (a short-lived cgroup).
-                None => format!("id-{id}"),
+                None => (format!("id-{id}"), None),
             };
-            self.names.insert(id, name);
+            self.names.insert(id, named);
+        }
+    }
+
+    /// Whether cgroup `id` is still in the hierarchy (`None`: no hierarchy to tell).
+    fn exists(&self, id: u64) -> Option<bool> {
+        use std::os::unix::fs::MetadataExt as _;
+        let root = self.root.as_deref()?;
+        Some(match self.names.get(&id) {
+            Some((_, Some(path))) => {
+                std::fs::metadata(root.join(path)).is_ok_and(|m| m.ino() == id)
+            }
+            // Not in the hierarchy when it was named.
+            Some((_, None)) => false,
+            // Not named yet: it is now, at the next interval.
+            None => true,
+        })
+    }
+
+    /// Gives back the slots and entries of cgroups deleted from the hierarchy whose rows did
+    /// not change this interval (`entries`: index entry, cgroup id, slot cell; `changed`: per
+    /// slot), and lets cgroups that went to the overflow claim a slot again when one is free.
+    ///
+    /// The race accepted: a cgroup can only be removed when no task is left in it, so no
+    /// program is recording for it when its entry goes (its rows were idle for an interval
+    /// besides); only a block request issued by one of its tasks before it was removed and
+    /// completing after its slot went to another cgroup could land in the other's row, and the
+    /// row's baseline, re-read at release, keeps anything before that out of the new owner's
+    /// counts. A cgroup whose entry is unreachable (the same id earlier in its probe chain: it
+    /// claimed a new entry after an entry before its own was released) is released likewise.
+    fn recycle(&mut self, rows: &mut Rows<'_>, entries: &[(usize, u64, u64)], changed: &[bool]) {
+        let at = |cell: usize| layout::CGROUP_INDEX + cell;
+        let mut released = 0;
+        for &(e, id, v) in entries {
+            if v == 0 || v == CLAIMING {
+                continue;
+            }
+            let slot = ((v - 1) as usize).min(OVERFLOW);
+            if changed.get(slot).copied().unwrap_or(false) && slot < SLOTS {
+                continue;
+            }
+            let unreachable = (0..contract::PROBES)
+                .map(|i| (contract::home(id) + i) & (HASH_ENTRIES - 1))
+                .take_while(|&e2| e2 != e)
+                .any(|e2| rows.index_cell(at(cell_id(e2))) == id);
+            let gone = match self.exists(id) {
+                Some(exists) => !exists,
+                // Without the hierarchy nothing is known gone.
+                None => false,
+            };
+            if !(gone || unreachable) {
+                continue;
+            }
+            let ix = rows.index();
+            if !ix.compare_exchange(at(cell_slot(e)), v, 0) {
+                continue;
+            }
+            if slot < SLOTS {
+                rows.reprime_all(slot);
+                rows.index().and(at(CELL_TAKEN), !(1u64 << slot));
+            }
+            rows.index().compare_exchange(at(cell_id(e)), id, 0);
+            if gone {
+                self.names.remove(&id);
+            }
+            released += 1;
+        }
+        // Cgroups first seen while every slot was taken retry at their next event.
+        let mut free = (!rows.index_cell(at(CELL_TAKEN)) & ALL_SLOTS).count_ones();
+        for &(e, _, v) in entries {
+            if free == 0 {
+                break;
+            }
+            if v == OVERFLOW as u64 + 1 && rows.index().compare_exchange(at(cell_slot(e)), v, 0) {
+                free -= 1;
+            }
+        }
+        if released > 0 {
+            tracing::debug!("{released} cgroup slots of deleted cgroups given back");
         }
     }
 }
@@ -341,30 +422,35 @@ impl ProbeState for CgroupState {
         self.config = config;
         // Slot → cgroup id, from the index's entries (a few KiB, read through the mapping).
         let mut ids = [0u64; SLOTS];
+        let mut entries = Vec::new();
         for e in 0..HASH_ENTRIES {
             let id = rows.index_cell(layout::CGROUP_INDEX + cell_id(e));
             let v = rows.index_cell(layout::CGROUP_INDEX + cell_slot(e));
             if id != 0 && v != 0 && v != CLAIMING && ((v - 1) as usize) < SLOTS {
                 ids[(v - 1) as usize] = id;
             }
-        }
-        let mut changed = Vec::new();
-        for slot in 0..=OVERFLOW {
-            if let Some(d) = rows.delta_all(slot, CELL_SYS_COUNT, CELL_EVENTS) {
-                changed.push((slot, d.to_vec()));
+            if id != 0 {
+                entries.push((e, id, v));
             }
         }
-        let live: Vec<u64> = changed
-            .iter()
-            .filter(|(s, _)| *s < SLOTS)
-            .map(|(s, _)| ids[*s])
-            .collect();
-        self.name_all(&live);
+        let mut changed = Vec::new();
+        let mut is_changed = [false; OVERFLOW + 1];
+        for (slot, c) in is_changed.iter_mut().enumerate() {
+            if let Some(d) = rows.delta_all(slot, CELL_SYS_COUNT, CELL_EVENTS) {
+                changed.push((slot, d.to_vec()));
+                *c = true;
+            }
+        }
+        // Every cgroup with an entry is named (and its path known, to tell when it is gone).
+        let all: Vec<u64> = entries.iter().map(|&(_, id, _)| id).collect();
+        self.name_all(&all);
         let named = changed
             .into_iter()
             .map(|(slot, cells)| {
                 let name = match ids.get(slot) {
-                    Some(&id) if id != 0 => self.names.get(&id).cloned().unwrap_or_default(),
+                    Some(&id) if id != 0 => {
+                        self.names.get(&id).map(|n| n.0.clone()).unwrap_or_default()
+                    }
                     // The overflow row (or a slot whose id is not visible yet).
                     _ => OTHER.to_string(),
                 };
@@ -372,6 +458,7 @@ impl ProbeState for CgroupState {
             })
             .collect();
         metrics_of(named, self.config.top, out);
+        self.recycle(rows, &entries, &is_changed);
         let overflow = rows.counter(contract::CTR_OVERFLOW);
         if overflow > 0 {
             tracing::debug!("{overflow} events of cgroups without a slot went to cgroup=other");
