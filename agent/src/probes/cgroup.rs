@@ -29,7 +29,7 @@ use agent_core::cgroup::{Index, OTHER, Pods, readable, top_k, v2_root};
 use aya::Ebpf;
 
 use super::{
-    Globals, ProbeDef, ProbeState, Program, Rows,
+    Globals, ProbeDef, ProbeState, Program, Rows, Section,
     btf::{Btf, BtfError},
 };
 use crate::{
@@ -189,6 +189,10 @@ impl ProbeDef for Cgroup {
             RUNQ_P50,
             RUNQ_P99,
         ]
+    }
+
+    fn watch_section(&self) -> Option<(&'static str, Section)> {
+        Some(("containers", watch_section))
     }
 
     fn state(&self) -> Box<dyn ProbeState> {
@@ -474,9 +478,167 @@ impl ProbeState for CgroupState {
     }
 }
 
+// ---- its section of `watch` ----
+
+use crate::watch::{
+    layout::{Line, spark_width},
+    model::{Scale, mark, sparkline, window},
+    sections::{SectionCtx, marked, probe_down},
+};
+use agent_core::format::{self, Style::Column};
+
+/// Cgroups shown in `watch` (the rest are in the metrics).
+const WATCH_ROWS: usize = 8;
+/// Characters of the cgroup column.
+const NAME_W: usize = 30;
+
+/// `name` within `w` characters: its end, the most specific part (`.../pod/container`).
+fn name_tail(name: &str, w: usize) -> String {
+    let n = name.chars().count();
+    if n <= w {
+        return name.to_string();
+    }
+    let tail: String = name.chars().skip(n - (w - 1)).collect();
+    format!("…{tail}")
+}
+
+/// The busiest cgroups by time in syscalls, with calls/s, syscall p99 and run-queue p99, and a
+/// sparkline of their calls/s; `other` last.
+fn watch_section(ctx: &SectionCtx) -> Vec<Line> {
+    let (snap, h, width) = (ctx.snap, ctx.history, ctx.width);
+    if let Some(lines) = probe_down(snap, Cgroup.name(), "CONTAINERS") {
+        return lines;
+    }
+    let secs = snap.interval.as_secs_f64().max(1e-9);
+    let mut rows: Vec<(&str, f64)> = snap
+        .metrics
+        .iter()
+        .filter(|m| m.name == SYS_TIME.name)
+        .filter_map(|m| m.tags.first().map(|t| (t.1.as_str(), m.value)))
+        .collect();
+    // Largest first, `other` last whatever its size: it is many cgroups.
+    rows.sort_by(|a, b| {
+        (a.0 == OTHER)
+            .cmp(&(b.0 == OTHER))
+            .then(b.1.total_cmp(&a.1))
+            .then(a.0.cmp(b.0))
+    });
+    let shown = rows.len().min(WATCH_ROWS);
+    let mut out = vec![Line::plain(format!(
+        "CONTAINERS (CGROUPS) BY SYSCALL TIME ({shown} of {})",
+        rows.len()
+    ))];
+    let head = format!(
+        "{:<w$}{:>10}{:>10}{:>12}{:>11}  ",
+        "cgroup",
+        "calls/s",
+        "p99 µs",
+        "runq p99 µs",
+        "time ms/s",
+        w = NAME_W
+    );
+    let spark_w = spark_width(width, head.chars().count());
+    let legend = if spark_w > 0 {
+        format!("calls/s, last {}", window(snap))
+    } else {
+        String::new()
+    };
+    out.push(Line::plain(format!("{head}{legend}")));
+    if rows.is_empty() {
+        out.push(Line::plain("  (no cgroup made a syscall in this interval)"));
+    }
+    let num = |v: Option<f64>| v.map_or("-".into(), |v| format::number(v, Column));
+    for &(name, time_us) in rows.iter().take(WATCH_ROWS) {
+        let tag = [("cgroup", name)];
+        let m = mark(snap, |a| {
+            a.name.starts_with("cgroup.") && crate::snapshot::tags_include(&a.tags, &tag)
+        });
+        let calls = snap.value(SYS_COUNT.name, &tag).unwrap_or(0.0);
+        out.push(Line::marked(
+            m,
+            format!(
+                "{:<w$}{:>10}{:>10}{:>12}{:>11}  {}",
+                marked(m, &name_tail(name, NAME_W - 2)),
+                format::count(calls / secs),
+                num(snap.value(SYS_P99.name, &tag)),
+                num(snap.value(RUNQ_P99.name, &tag)),
+                format::number(time_us / 1000.0 / secs, Column),
+                sparkline(&h.points(SYS_COUNT.name, &tag), spark_w, Scale::FromZero),
+                w = NAME_W
+            ),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watch_shows_the_busiest_cgroups_then_other() {
+        use crate::watch::model::History;
+        let mut out =
+            vec![crate::catalogue::agent::PROBE_UP.level(vec![("probe", "cgroup".into())], 1.0)];
+        let long = "shop/checkout-7d9f5c6b8-x2x4q/istio-proxy-and-more";
+        for (name, calls, time_us, p99, runq) in [
+            ("other", 50_000, 900_000, 3.0, 10.0),
+            ("batch/app", 1_000, 2_000, 1.5, 12_000.0),
+            (long, 20_000, 40_000, 2.0, 30.0),
+        ] {
+            let t: Tags = vec![("cgroup", name.to_string())];
+            out.push(SYS_COUNT.count(t.clone(), calls));
+            out.push(SYS_TIME.count(t.clone(), time_us));
+            out.push(SYS_P99.level(t.clone(), p99));
+            out.push(RUNQ_P99.level(t, runq));
+        }
+        let snap = crate::snapshot::Snapshot::new(
+            std::time::SystemTime::UNIX_EPOCH,
+            std::time::Duration::from_secs(2),
+            "h".into(),
+            out,
+        );
+        let mut h = History::default();
+        h.record(&snap);
+        let ctx = SectionCtx {
+            snap: &snap,
+            history: &h,
+            events: &Default::default(),
+            width: 100,
+            syscall_rows: 10,
+        };
+        let lines: Vec<String> = watch_section(&ctx).into_iter().map(|l| l.text).collect();
+        let text = lines.join("\n");
+        assert!(
+            lines[0].starts_with("CONTAINERS (CGROUPS) BY SYSCALL TIME (3 of 3)"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("cgroup") && lines[1].contains("runq p99 µs"),
+            "{text}"
+        );
+        // By time, `other` last; the long name keeps its end.
+        assert!(lines[2].starts_with("…"), "{text}");
+        assert!(lines[2].contains("istio-proxy-and-more"), "{text}");
+        let cols: Vec<&str> = lines[2][NAME_W..].split_whitespace().collect();
+        assert_eq!(&cols[..4], ["10000", "2.00", "30.0", "20.0"], "{text}");
+        let cols: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(
+            &cols[..5],
+            ["batch/app", "500", "1.50", "12000", "1.00"],
+            "{text}"
+        );
+        assert!(lines[4].starts_with("other"), "{text}");
+        // Without the source asked for, no section.
+        let none = crate::snapshot::Snapshot::new(
+            std::time::SystemTime::UNIX_EPOCH,
+            std::time::Duration::from_secs(1),
+            "h".into(),
+            vec![],
+        );
+        let ctx = SectionCtx { snap: &none, ..ctx };
+        assert!(watch_section(&ctx).is_empty());
+    }
 
     fn row() -> Vec<u64> {
         vec![0; layout::ROW_LEN]
