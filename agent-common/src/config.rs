@@ -16,12 +16,15 @@ pub struct RuntimeConfig {
     /// 1 = send every TCP connect/accept, and failed connects (rate-limited), to the ring
     /// buffer.
     pub tcp_events_on: u32,
-    pub _pad: u32,
+    /// Depth below the v2 root of `filter_cgroup` (the root is 0).
+    pub filter_cgroup_level: u32,
+    /// Only count tasks in this cgroup (v2 id) or below it; 0 = every cgroup.
+    pub filter_cgroup: u64,
     /// Run-queue waits at least this long (ns) go to the ring buffer (rate-limited);
-    /// `u64::MAX` = none. Host-wide: the pid/comm filters do not apply.
+    /// `u64::MAX` = none. Host-wide: the pid/comm/cgroup filters do not apply.
     pub slow_runq_ns: u64,
 }
-const _: () = assert!(size_of::<RuntimeConfig>() == 56);
+const _: () = assert!(size_of::<RuntimeConfig>() == 64);
 
 impl RuntimeConfig {
     pub const OFF: u64 = u64::MAX;
@@ -36,7 +39,8 @@ impl Default for RuntimeConfig {
             filter_comm_on: 0,
             filter_comm: [0; 16],
             tcp_events_on: 1,
-            _pad: 0,
+            filter_cgroup_level: 0,
+            filter_cgroup: 0,
             slow_runq_ns: Self::OFF,
         }
     }
@@ -44,6 +48,6 @@ impl Default for RuntimeConfig {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: #[repr(C)], integers with an explicit padding field.
+    // SAFETY: #[repr(C)], integers without padding (u64s first, then u32 pairs, then u64s).
     unsafe impl aya::Pod for super::RuntimeConfig {}
 }

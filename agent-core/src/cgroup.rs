@@ -32,6 +32,67 @@ pub fn v2_root(sys_fs_cgroup: &Path) -> Option<PathBuf> {
         .find(|p| p.join("cgroup.controllers").is_file())
 }
 
+/// A cgroup named by the user (`--cgroup`), found in the v2 hierarchy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// Its cgroup v2 id (its directory's inode number).
+    pub id: u64,
+    /// Its depth below the root (the root is 0): the level of its id among a task's ancestors.
+    pub level: u32,
+    /// Its path below the root ("" for the root).
+    pub path: String,
+}
+
+/// Finds the cgroup `path` names in the v2 hierarchy below `sys_fs_cgroup`: a path below the
+/// hierarchy's root (`system.slice/nginx.service`, or `/system.slice/nginx.service` as
+/// `/proc/PID/cgroup` writes it), or an absolute path below `sys_fs_cgroup`
+/// (`/sys/fs/cgroup/unified/batch`). The error is one line saying what to give instead.
+pub fn find(sys_fs_cgroup: &Path, path: &str) -> Result<Found, String> {
+    let root = v2_root(sys_fs_cgroup).ok_or_else(|| {
+        format!(
+            "{path}: no cgroup v2 hierarchy under {} (set cgroup_fs / --cgroup-fs to where the cgroup filesystem is mounted)",
+            sys_fs_cgroup.display()
+        )
+    })?;
+    let p = Path::new(path);
+    let rel = match (p.strip_prefix(&root), p.strip_prefix(sys_fs_cgroup)) {
+        (Ok(below_root), _) => below_root,
+        (Err(_), Ok(_)) => {
+            return Err(format!(
+                "{path}: not in the cgroup v2 hierarchy (it is at {})",
+                root.display()
+            ));
+        }
+        // Relative to the root, with or without the leading slash.
+        _ => p.strip_prefix("/").unwrap_or(p),
+    };
+    let mut parts = Vec::new();
+    for c in rel.components() {
+        match c {
+            std::path::Component::Normal(n) => parts.push(n.to_string_lossy()),
+            std::path::Component::CurDir => {}
+            _ => {
+                return Err(format!(
+                    "{path}: a path below the cgroup v2 root without \"..\" (e.g. system.slice/nginx.service)"
+                ));
+            }
+        }
+    }
+    let rel = parts.join("/");
+    let dir = root.join(&rel);
+    match fs::metadata(&dir) {
+        Ok(m) if m.is_dir() && dir.join("cgroup.procs").is_file() => Ok(Found {
+            id: m.ino(),
+            level: parts.len() as u32,
+            path: rel,
+        }),
+        _ => Err(format!(
+            "{path}: no such cgroup ({} is not a cgroup; see /proc/PID/cgroup for a process's)",
+            dir.display()
+        )),
+    }
+}
+
 /// cgroup id → path below the root, from one walk of the hierarchy.
 #[derive(Debug, Default)]
 pub struct Index {
@@ -381,6 +442,49 @@ mod tests {
             ["b", "a", "c", "other"]
         );
         assert!(top_k(Vec::new(), 3, |c: &[u64]| c[0]).is_empty());
+    }
+
+    #[test]
+    fn a_cgroup_is_found_by_relative_proc_style_or_absolute_path() {
+        // A hybrid host's layout: v1 controllers beside the v2 hierarchy at unified/.
+        let d = tempdir::Dir::new("cgfs");
+        let root = d.path().join("unified");
+        let app = root.join("batch/app");
+        fs::create_dir_all(&app).unwrap();
+        fs::create_dir_all(d.path().join("memory/batch")).unwrap();
+        for dir in [&root, &root.join("batch"), &app] {
+            fs::write(dir.join("cgroup.procs"), "").unwrap();
+        }
+        fs::write(root.join("cgroup.controllers"), "").unwrap();
+        let ino = fs::metadata(&app).unwrap().ino();
+        let abs = app.to_str().unwrap().to_string();
+        for given in [
+            "batch/app",
+            "/batch/app",
+            "batch/app/",
+            "./batch/app",
+            abs.as_str(),
+        ] {
+            let f = find(d.path(), given).unwrap_or_else(|e| panic!("{given}: {e}"));
+            assert_eq!(
+                (f.id, f.level, f.path.as_str()),
+                (ino, 2, "batch/app"),
+                "{given}"
+            );
+        }
+        let r = find(d.path(), "/").unwrap();
+        assert_eq!((r.level, r.path.as_str()), (0, ""));
+        for bad in [
+            "batch/nope",
+            "batch/app/cgroup.procs",
+            "batch/../batch/app",
+            d.path().join("memory/batch").to_str().unwrap(),
+        ] {
+            let e = find(d.path(), bad).unwrap_err();
+            assert!(e.starts_with(bad) && !e.contains('\n'), "{e}");
+        }
+        let e = find(&d.path().join("memory"), "batch").unwrap_err();
+        assert!(e.contains("no cgroup v2 hierarchy"), "{e}");
     }
 
     const UID: &str = "0d4b2c2e-5f3a-4b8e-9c1d-2e3f4a5b6c7d";

@@ -5,15 +5,16 @@
 use agent_common::{
     layout::{self, CGROUP, CLAIMING, Row},
     probes::cgroup::{
-        CELL_DISK_BYTES, CELL_EVENTS, CELL_SYS_COUNT, CELL_SYS_ERRORS, CELL_SYS_TIME_NS,
-        CELL_TCP_CONNECTS, CTR_OVERFLOW, CgroupBtf, HASH_ENTRIES, HIST_DISK, HIST_RUNQ,
-        HIST_SYSCALL, OPS_DISK, OVERFLOW, PROBES, SLOTS, cell_id, cell_slot, coarse_bucket, home,
+        ALL_SLOTS, CELL_DISK_BYTES, CELL_EVENTS, CELL_SYS_COUNT, CELL_SYS_ERRORS, CELL_SYS_TIME_NS,
+        CELL_TAKEN, CELL_TCP_CONNECTS, CTR_OVERFLOW, CgroupBtf, HASH_ENTRIES, HIST_DISK, HIST_RUNQ,
+        HIST_SYSCALL, OPS_DISK, OVERFLOW, PROBES, bit_index, cell_id, cell_slot, coarse_bucket,
+        home,
     },
 };
 use aya_ebpf::{Global, helpers::bpf_get_current_cgroup_id};
 use core::intrinsics::{AtomicOrdering::Relaxed, atomic_cxchg};
 
-use crate::shared::{claim, count, index_cell, kload, table_row};
+use crate::shared::{count, index_cell, kload, table_row};
 
 #[unsafe(no_mangle)]
 static CGROUP_ON: Global<u32> = Global::new(0);
@@ -64,17 +65,61 @@ fn slot_in(e: usize) -> usize {
     // SAFETY: as in `slot_of`.
     let v = unsafe { core::ptr::read_volatile(cell) };
     let s = match v {
-        0 => claim(
-            at as u32,
-            (layout::CGROUP_INDEX + agent_common::probes::cgroup::CELL_COUNTER) as u32,
-            SLOTS as u64,
-        ),
+        0 => claim_slot(at as u32),
         // Another CPU is claiming it right now: this sample goes to the overflow.
         CLAIMING => OVERFLOW as u64,
         v => v - 1,
     };
     (s as usize).min(OVERFLOW)
 }
+
+/// First sight of a cgroup in the entry whose slot is ROW_INDEX cell `at`: elects one CPU
+/// (compare-and-swap of the cell from 0 to CLAIMING), which takes the lowest free slot of the
+/// taken-slots bitmap (or the overflow when none is free or the bitmap stays contended). Out
+/// of line: once per cgroup (a cell index, not a pointer, crosses the call, as in
+/// `shared::claim`).
+#[inline(never)]
+fn claim_slot(at: u32) -> u64 {
+    let Some(cell) = index_cell(at as usize) else {
+        return OVERFLOW as u64;
+    };
+    // SAFETY: a valid element, only ever written atomically (BPF_CMPXCHG, see `shared::claim`).
+    let (old, won) = unsafe { atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(cell, 0, CLAIMING) };
+    if !won {
+        return if old == CLAIMING {
+            OVERFLOW as u64
+        } else {
+            old.wrapping_sub(1)
+        };
+    }
+    let mut slot = OVERFLOW as u64;
+    if let Some(taken) = index_cell(layout::CGROUP_INDEX + CELL_TAKEN) {
+        // SAFETY: as above (userspace clears bits with an atomic and).
+        let mut b = unsafe { core::ptr::read_volatile(taken) };
+        for _ in 0..CLAIM_TRIES {
+            let free = !b & ALL_SLOTS;
+            if free == 0 {
+                break;
+            }
+            let bit = free & free.wrapping_neg();
+            // SAFETY: as above.
+            let (old, ok) =
+                unsafe { atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(taken, b, b | bit) };
+            if ok {
+                slot = bit_index(bit);
+                break;
+            }
+            b = old;
+        }
+    }
+    // SAFETY: as above; only the winner writes the cell from CLAIMING on (an aligned 64-bit
+    // store is seen whole).
+    unsafe { core::ptr::write_volatile(cell, slot + 1) };
+    slot
+}
+
+/// Attempts at the bitmap before a cgroup settles for the overflow (as `shared::claim`).
+const CLAIM_TRIES: u32 = 16;
 
 /// This CPU's row of `slot` (the overflow counted).
 #[inline(always)]

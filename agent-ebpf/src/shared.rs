@@ -12,7 +12,10 @@ use aya_ebpf::{
     bindings::{
         BPF_F_MMAPABLE, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
     },
-    helpers::{bpf_get_current_comm, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_smp_processor_id,
+        bpf_ktime_get_ns,
+    },
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
     programs::TracePointContext,
@@ -191,10 +194,19 @@ pub fn config() -> Option<&'static RuntimeConfig> {
     CONFIG.get(0)
 }
 
-/// Whether the current task passes the pid/comm filters (both off by default).
+/// Whether the current task passes the pid/comm/cgroup filters (all off by default).
 #[inline(always)]
 pub fn selected(cfg: &RuntimeConfig, tgid: u32) -> bool {
     if cfg.filter_tgid != 0 && cfg.filter_tgid != tgid {
+        return false;
+    }
+    // The cgroup and its descendants: their ancestor at the cgroup's depth is the cgroup (0 for
+    // a task in a shallower cgroup).
+    if cfg.filter_cgroup != 0
+        // SAFETY: a helper taking a plain integer.
+        && unsafe { bpf_get_current_ancestor_cgroup_id(cfg.filter_cgroup_level as i32) }
+            != cfg.filter_cgroup
+    {
         return false;
     }
     if cfg.filter_comm_on != 0 {

@@ -43,8 +43,8 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn try_sys_enter(ctx: &RawTracePointContext) -> Option<()> {
     let cfg = config()?;
-    // The pid filter is the only reader of the tgid here: no helper call when it is off.
-    if cfg.filter_tgid != 0 || cfg.filter_comm_on != 0 {
+    // The filters are the only readers of the tgid and cgroup here: no helper call when off.
+    if cfg.filter_tgid != 0 || cfg.filter_comm_on != 0 || cfg.filter_cgroup != 0 {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         if !selected(cfg, tgid) {
             return None;

@@ -133,6 +133,19 @@ pub fn parse_pid(s: &str) -> Result<u32, String> {
     Ok(p)
 }
 
+pub fn parse_cgroup_top(s: &str) -> Result<usize, String> {
+    let k = s
+        .parse::<usize>()
+        .map_err(|_| format!("`{s}`: a number of cgroups between 1 and 1000"))?;
+    settings::check_cgroup_top(k)?;
+    Ok(k)
+}
+
+pub fn parse_cgroup(s: &str) -> Result<String, String> {
+    settings::check_cgroup(s)?;
+    Ok(s.to_string())
+}
+
 pub fn parse_ring_kib(s: &str) -> Result<u32, String> {
     let k = s
         .parse::<u32>()
@@ -148,7 +161,8 @@ pub fn parse_ring_kib(s: &str) -> Result<u32, String> {
 /// Flags shared by `run` and `watch`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct CommonArgs {
-    /// Sources to enable, comma-separated (syscall, disk, tcp, procfs) [default: all].
+    /// Sources to enable, comma-separated (syscall, disk, tcp, runq, cgroup, procfs)
+    /// [default: all but cgroup].
     #[arg(long, value_delimiter = ',', value_parser = parse_source)]
     pub probes: Option<Vec<String>>,
     /// Length of one interval (intervals are aligned to the wall clock) [default: 1s].
@@ -163,6 +177,19 @@ pub struct CommonArgs {
     /// Only trace tasks with this command name (comm) in the syscall probe.
     #[arg(long, value_parser = parse_comm)]
     pub comm: Option<String>,
+    /// Only trace tasks of this cgroup and its descendants in the syscall probe: a path below
+    /// the cgroup v2 root (system.slice/nginx.service, or /system.slice/nginx.service as
+    /// /proc/PID/cgroup writes it), or absolute below --cgroup-fs.
+    #[arg(long, value_name = "PATH", value_parser = parse_cgroup)]
+    pub cgroup: Option<String>,
+    /// Where the cgroup filesystem is mounted (a container reads the host's, e.g.
+    /// /host/sys/fs/cgroup) [default: /sys/fs/cgroup].
+    #[arg(long = "cgroup-fs", value_name = "PATH")]
+    pub cgroup_fs: Option<PathBuf>,
+    /// Cgroups reported by name each interval by the cgroup source (the top by syscall time;
+    /// the rest add up in cgroup=other), 1 to 1000 [default: 20].
+    #[arg(long = "cgroup-top", value_name = "N", value_parser = parse_cgroup_top)]
+    pub cgroup_top: Option<usize>,
     /// Report syscalls and block requests at least this slow one by one (0 = every one).
     #[arg(long = "slow-threshold", value_parser = parse_threshold)]
     pub slow_threshold: Option<Duration>,
@@ -202,6 +229,9 @@ impl CommonArgs {
             "duration": s.duration => self.duration,
             "pid": s.pid => self.pid,
             "comm": s.comm => self.comm,
+            "cgroup": s.cgroup => self.cgroup,
+            "cgroup_fs": s.cgroup_fs => self.cgroup_fs,
+            "cgroup_top": s.cgroup_top => self.cgroup_top,
             "slow_threshold": s.slow_threshold => self.slow_threshold,
             "procfs_root": s.procfs_root => self.procfs_root,
             "bpf_stats_every": s.bpf_stats_every => self.bpf_stats_every,
@@ -448,10 +478,49 @@ mod tests {
                 "x",
             ],
             &["ebpf-agent", "run", "--sink-queue", "-1"],
+            &["ebpf-agent", "run", "--cgroup-top", "0"],
+            &["ebpf-agent", "watch", "--cgroup-top", "1001"],
+            &["ebpf-agent", "run", "--cgroup-top", "many"],
+            &["ebpf-agent", "watch", "--cgroup", ""],
         ] {
             let e = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{args:?}");
         }
+    }
+
+    #[test]
+    fn cgroup_flags_reach_the_settings_for_run_and_watch() {
+        let Command::Watch(w) = Cli::try_parse_from([
+            "ebpf-agent",
+            "watch",
+            "--cgroup-top",
+            "1",
+            "--cgroup-fs",
+            "/host/sys/fs/cgroup",
+            "--cgroup",
+            "system.slice/nginx.service",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not watch")
+        };
+        let s = w.common.settings();
+        assert_eq!(s.cgroup_top, 1);
+        assert_eq!(s.cgroup_fs, PathBuf::from("/host/sys/fs/cgroup"));
+        assert_eq!(s.cgroup.as_deref(), Some("system.slice/nginx.service"));
+        let Command::Run(r) = Cli::try_parse_from(["ebpf-agent", "run", "--cgroup-top", "1000"])
+            .unwrap()
+            .command
+        else {
+            panic!("not run")
+        };
+        let mut s = Settings::default();
+        assert_eq!(r.overlay(&mut s), ["cgroup_top"]);
+        assert_eq!(s.cgroup_top, 1000);
+        let e = Cli::try_parse_from(["ebpf-agent", "run", "--cgroup-top", "0"]).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("between 1 and 1000"), "{msg}");
     }
 
     #[test]
@@ -481,6 +550,8 @@ mod tests {
             format!("[default: {}]", d.procfs_root.display()),
             format!("[default: {}]", d.bpf_stats_every),
             format!("[default: {}]", d.ring_buffer_kib),
+            format!("[default: {}]", d.cgroup_fs.display()),
+            format!("[default: {}]", d.cgroup_top),
             format!("[default: {}]", d.state_dir.display()),
             format!("[default: {}]", d.sinks.prefix),
             format!("[default: {}]", d.sinks.statsd_max_packet),

@@ -14,7 +14,7 @@ use crate::{
     catalogue::agent as self_metrics,
     cli::PROCFS,
     probes::{
-        Kernel, Probe, ProbeError, ProbeOptions,
+        Kernel, Probe, ProbeError, ProbeOptions, cgroup,
         events::{self, EventLog, EventView},
         klog,
     },
@@ -40,6 +40,7 @@ impl Collector {
     /// Loads the kernel probes (degrading to procfs-only without privilege) and starts consuming
     /// the ring buffer. Must run inside a tokio runtime.
     pub fn start(args: &Settings) -> Collector {
+        configure_cgroup(args);
         let wanted = kernel_probes(args);
         let procfs = args
             .source_on(PROCFS)
@@ -60,6 +61,7 @@ impl Collector {
     /// Applies new settings while running (SIGHUP): probes switched on or off (the others keep
     /// running and lose no counts), kernel-side thresholds and filters, procfs on or off.
     pub fn apply(&mut self, args: &Settings) {
+        configure_cgroup(args);
         let wanted = kernel_probes(args);
         match &mut self.kernel {
             Some(k) => {
@@ -190,6 +192,14 @@ impl Drop for Collector {
     }
 }
 
+/// Per-cgroup attribution's settings, read by its probe each interval.
+fn configure_cgroup(args: &Settings) {
+    cgroup::configure(cgroup::CgroupConfig {
+        top: args.cgroup_top,
+        fs: args.cgroup_fs.clone(),
+    });
+}
+
 /// The kernel probes switched on, each once.
 fn kernel_probes(args: &Settings) -> Vec<Probe> {
     Probe::ALL
@@ -276,6 +286,20 @@ fn probe_options(args: &Settings, probes: &[Probe]) -> ProbeOptions {
     }
     if let Some(pid) = args.pid {
         runtime.filter_tgid = pid;
+    }
+    if let Some(path) = &args.cgroup {
+        match agent_core::cgroup::find(&args.cgroup_fs, path) {
+            Ok(found) => {
+                runtime.filter_cgroup = found.id;
+                runtime.filter_cgroup_level = found.level;
+            }
+            Err(e) => {
+                // Gone since it was checked at start (a reload): trace nothing rather than
+                // everything, and say so.
+                tracing::warn!("--cgroup {e}: the syscall probe now counts nothing");
+                runtime.filter_cgroup = u64::MAX;
+            }
+        }
     }
     if let Some(comm) = &args.comm {
         runtime.filter_comm_on = 1;

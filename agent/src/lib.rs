@@ -8,8 +8,8 @@
 //! tests on stable without root; this crate adds the kernel side and the commands.
 
 pub use agent_core::{
-    anomaly, catalogue, detection, histogram, incident, output, procfs, settings, sinks, snapshot,
-    ticker,
+    anomaly, catalogue, cgroup, detection, histogram, incident, output, procfs, settings, sinks,
+    snapshot, ticker,
 };
 
 pub mod check;

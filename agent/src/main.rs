@@ -69,6 +69,14 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    // Likewise a cgroup that is not in the hierarchy.
+    if let Setup::Run(s, _) | Setup::Watch(_, s) | Setup::Settings(s) = &setup
+        && let Some(path) = &s.cgroup
+        && let Err(e) = ebpf_agent::cgroup::find(&s.cgroup_fs, path)
+    {
+        eprintln!("ebpf-agent: --cgroup {e}");
+        return ExitCode::from(2);
+    }
 
     // One thread: the agent's work is one interval's collection at a time, and tasks handing
     // work to each other across threads would wake two threads where one suffices.

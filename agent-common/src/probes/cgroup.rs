@@ -6,9 +6,9 @@
 //! Rows: [`SLOTS`] cgroups, claimed on first sight of a cgroup id through the cgroup index in
 //! ROW_INDEX (see [`cell_id`]), then the overflow row (cgroups first seen once the slots are
 //! taken, and a sample whose slot another CPU is claiming at that instant), then the counter
-//! row. Slots are never given back while the programs stay loaded: a host that runs more than
-//! [`SLOTS`] distinct cgroups over the agent's life sees the later ones in the overflow row
-//! (`cgroup=other`), counted there.
+//! row. Userspace gives the slots of deleted cgroups back (see [`CELL_TAKEN`]), so pod churn
+//! does not push new cgroups into the overflow row (`cgroup=other`) once [`SLOTS`] distinct
+//! ones were seen; only more than [`SLOTS`] live at once do.
 //!
 //! A cgroup row reuses the table's [`crate::layout::Row`] with its own cells (no bucket masks:
 //! userspace reads a changed cgroup row whole): the head's `u64`s are [`CELL_EVENTS`] ..
@@ -71,11 +71,16 @@ pub const CTR_OVERFLOW: usize = layout::CTR_PROBE0;
 
 // ---- the cgroup index, in ROW_INDEX from `layout::CGROUP_INDEX` ----
 //
-// Cells: the slot claim counter (alone in its cache line), then [`HASH_ENTRIES`] entries of two
-// cells, open-addressed by a hash of the cgroup id ([`home`], probed [`PROBES`] entries on):
-// the cgroup id (0 = free; claimed by compare-and-swap from 0) and its slot as a
+// Cells: the taken-slots bitmap (alone in its cache line), then [`HASH_ENTRIES`] entries of
+// two cells, open-addressed by a hash of the cgroup id ([`home`], probed [`PROBES`] entries
+// on): the cgroup id (0 = free; claimed by compare-and-swap from 0) and its slot as a
 // `layout::Index` cell holds a row (0 = not yet, `layout::CLAIMING` = being claimed, else
 // 1 + slot; past the slots, the overflow).
+//
+// Release (userspace, for a cgroup deleted from the hierarchy and idle for an interval): its
+// slot cell to 0, its row's baseline re-read, its bit cleared, its id cell to 0, in this
+// order, so that the slot is free before the entry is and no new cgroup can find the old
+// slot in a reclaimed entry.
 
 /// Entries of the id hash table (a power of two, a few times [`SLOTS`] so probes are short).
 pub const HASH_BITS: u32 = 8;
@@ -85,8 +90,25 @@ pub const PROBES: usize = 4;
 /// Cells of the cgroup index.
 pub const INDEX_CELLS: usize = layout::HEAD + 2 * HASH_ENTRIES;
 
-/// Cell (from the index's start) of the slot claim counter.
-pub const CELL_COUNTER: usize = 0;
+/// Cell (from the index's start) of the taken-slots bitmap: bit `s` set = slot `s` belongs to
+/// an entry. The kernel sets the lowest clear bit by compare-and-swap on a first sight;
+/// userspace clears a released slot's bit (an atomic `and` on the mapped cell).
+pub const CELL_TAKEN: usize = 0;
+/// The bits of [`CELL_TAKEN`] that are slots.
+pub const ALL_SLOTS: u64 = (1 << SLOTS) - 1;
+const _: () = assert!(SLOTS < 64);
+
+/// Index of the one bit set in `bit` (a power of two), branchless: the kernel side has no
+/// count-trailing-zeros instruction.
+#[inline(always)]
+pub const fn bit_index(bit: u64) -> u64 {
+    ((bit & 0xFFFF_FFFF_0000_0000 != 0) as u64) << 5
+        | ((bit & 0xFFFF_0000_FFFF_0000 != 0) as u64) << 4
+        | ((bit & 0xFF00_FF00_FF00_FF00 != 0) as u64) << 3
+        | ((bit & 0xF0F0_F0F0_F0F0_F0F0 != 0) as u64) << 2
+        | ((bit & 0xCCCC_CCCC_CCCC_CCCC != 0) as u64) << 1
+        | (bit & 0xAAAA_AAAA_AAAA_AAAA != 0) as u64
+}
 /// Cell of entry `e`'s cgroup id.
 #[inline(always)]
 pub const fn cell_id(e: usize) -> usize {
@@ -155,6 +177,14 @@ pub const GLOBALS: &[GlobalSpec] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bit_index_is_trailing_zeros() {
+        for i in 0..64 {
+            assert_eq!(bit_index(1 << i), i as u64);
+        }
+        assert_eq!(ALL_SLOTS.count_ones() as usize, SLOTS);
+    }
 
     #[test]
     fn coarse_buckets_cover_the_fine_ones() {

@@ -170,6 +170,18 @@ impl Rows<'_> {
         self.cells.cell(cell)
     }
 
+    /// The whole ROW_INDEX, for an index userspace writes too (`probes::cgroup`).
+    pub fn index(&self) -> &RowIndex {
+        self.cells
+    }
+
+    /// Takes histogram row `i`'s current values (read whole) as its baseline.
+    pub fn reprime_all(&mut self, i: usize) {
+        if i < self.block.hist_rows() {
+            self.diff.reprime_all(self.table, self.block.row(i));
+        }
+    }
+
     /// The change of counter cell `ctr` of the probe's counter row.
     pub fn counter(&mut self, ctr: usize) -> u64 {
         self.diff.counter(self.table, self.block.counters(), ctr)

@@ -33,12 +33,16 @@ unsafe impl Send for Mapping {}
 
 impl Mapping {
     fn new(map: &MapData, len_bytes: usize) -> io::Result<Self> {
-        // SAFETY: mapping a BPF map fd read-only; the kernel checks the length against the map.
+        Self::with_prot(map, len_bytes, libc::PROT_READ)
+    }
+
+    fn with_prot(map: &MapData, len_bytes: usize, prot: libc::c_int) -> io::Result<Self> {
+        // SAFETY: mapping a BPF map fd; the kernel checks the length against the map.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len_bytes,
-                libc::PROT_READ,
+                prot,
                 libc::MAP_SHARED,
                 map.fd().as_fd().as_raw_fd(),
                 0,
@@ -58,6 +62,15 @@ impl Mapping {
         debug_assert!(off + 4 <= self.len_bytes && off.is_multiple_of(4));
         // SAFETY: as in `u64_at`.
         unsafe { self.base.as_ptr().add(off).cast::<u32>().read_volatile() }
+    }
+
+    /// The `u64` at byte `off` (8-aligned) as an atomic shared with the kernel programs (whose
+    /// compare-and-swaps are the same locked instructions). Only on a writable mapping.
+    fn atomic_u64(&self, off: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(off + 8 <= self.len_bytes && off.is_multiple_of(8));
+        // SAFETY: inside the mapping, aligned, lives as long as `self`; every access to the
+        // word, here and in the kernel, is atomic or a volatile aligned load/store.
+        unsafe { std::sync::atomic::AtomicU64::from_ptr(self.base.as_ptr().add(off).cast()) }
     }
 
     /// The `u64` at byte `off` (8-aligned).
@@ -265,7 +278,9 @@ impl HistTable {
     }
 }
 
-/// Read-only view of the kernel's `ROW_INDEX` array (key → row of the indexed probes).
+/// View of the kernel's `ROW_INDEX` array (key → row of the indexed probes). Read-only but for
+/// the cgroup index, whose entries userspace gives back ([`Self::compare_exchange`],
+/// [`Self::and`]: `agent_common::probes::cgroup`).
 pub struct RowIndex {
     map: Mapping,
 }
@@ -275,8 +290,28 @@ impl RowIndex {
         // The kernel lays out array values 8 bytes apart: u64 cells, no padding.
         let bytes = (INDEX_CELLS * 8).next_multiple_of(page_size());
         Ok(Self {
-            map: Mapping::new(map, bytes)?,
+            map: Mapping::with_prot(map, bytes, libc::PROT_READ | libc::PROT_WRITE)?,
         })
+    }
+
+    /// Sets cell `cell` to `new` if it is `old`; whether it was.
+    pub fn compare_exchange(&self, cell: usize, old: u64, new: u64) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        cell < INDEX_CELLS
+            && self
+                .map
+                .atomic_u64(cell * 8)
+                .compare_exchange(old, new, SeqCst, SeqCst)
+                .is_ok()
+    }
+
+    /// Clears the bits of cell `cell` not in `mask`, atomically.
+    pub fn and(&self, cell: usize, mask: u64) {
+        if cell < INDEX_CELLS {
+            self.map
+                .atomic_u64(cell * 8)
+                .fetch_and(mask, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     /// Cell `cell` as it is now (indexes with their own layout: `probes::cgroup`).
@@ -385,6 +420,13 @@ impl RowDiff {
             return None;
         }
         Some(self.advance(table, row))
+    }
+
+    /// Takes `row`'s current values (read whole) as its baseline: a row given to a new key
+    /// reports only what happens from now on.
+    pub fn reprime_all(&mut self, table: &HistTable, row: usize) {
+        table.row_total_all(row, &mut self.scratch);
+        self.rows[row].raw = *self.scratch;
     }
 
     /// Like [`Self::delta`] for a row read whole ([`HistTable::row_total_all`]): changed when

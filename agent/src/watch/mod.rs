@@ -108,6 +108,9 @@ pub async fn watch(args: WatchArgs, judge: Option<(PathBuf, DetectorConfig)>) ->
     if let Some(comm) = &common.comm {
         filters.push(format!("comm {comm}"));
     }
+    if let Some(cgroup) = &common.cgroup {
+        filters.push(format!("cgroup {cgroup}"));
+    }
     // The kernel applies them to the syscall probe only.
     let filters = if filters.is_empty() {
         String::new()
@@ -119,6 +122,7 @@ pub async fn watch(args: WatchArgs, judge: Option<(PathBuf, DetectorConfig)>) ->
     let mut judge = judge.map(|(dir, mut cfg)| {
         if !filters.is_empty() {
             cfg.exclude.push("syscall.".into());
+            cfg.exclude.push("cgroup.syscall.".into());
         }
         // agent.* describe this watcher (its own events and CPU), not what the daemon learnt.
         cfg.exclude.push("agent.".into());
