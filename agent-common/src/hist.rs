@@ -57,25 +57,45 @@ pub const fn bucket_mid(i: usize) -> u64 {
 /// The rank is `ceil(q * n)`: the smallest value such that at least a fraction `q` of the samples
 /// are at or below it (the "nearest rank" definition).
 pub fn quantile(buckets: &[u64], q: f64) -> Option<u64> {
+    quantiles(buckets, [q]).map(|[v]| v)
+}
+
+/// [`quantile`] of each of `qs`, in one pass over the buckets; `None` when empty.
+pub fn quantiles<const N: usize>(buckets: &[u64], qs: [f64; N]) -> Option<[u64; N]> {
     let total: u64 = buckets.iter().sum();
     if total == 0 {
         return None;
     }
-    let exact = q * total as f64;
-    // ceil() without std.
-    let mut rank = exact as u64;
-    if (rank as f64) < exact {
-        rank += 1;
-    }
-    let rank = rank.clamp(1, total);
+    let ranks = qs.map(|q| {
+        let exact = q * total as f64;
+        // ceil() without std.
+        let mut rank = exact as u64;
+        if (rank as f64) < exact {
+            rank += 1;
+        }
+        rank.clamp(1, total)
+    });
+    let mut out = [0u64; N];
+    let mut found = [false; N];
+    let mut left = N;
     let mut seen = 0u64;
     for (i, &c) in buckets.iter().enumerate() {
+        if c == 0 {
+            continue;
+        }
         seen += c;
-        if seen >= rank {
-            return Some(bucket_mid(i));
+        for k in 0..N {
+            if !found[k] && seen >= ranks[k] {
+                out[k] = bucket_mid(i);
+                found[k] = true;
+                left -= 1;
+            }
+        }
+        if left == 0 {
+            break;
         }
     }
-    None
+    Some(out)
 }
 
 /// Highest non-empty bucket's midpoint (ns), the histogram's view of the maximum.
@@ -175,6 +195,13 @@ mod tests {
                     "round {round} q={q}: got {got}, exact {exact}"
                 );
             }
+            // All at once, exactly the bucket of the sample at each rank.
+            let qs = [0.5, 0.9, 0.99, 0.999, 1.0];
+            let all = quantiles(&hist, qs).unwrap();
+            for (q, got) in qs.into_iter().zip(all) {
+                let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
+                assert_eq!(got, bucket_mid(bucket(values[rank - 1])), "round {round} q={q}");
+            }
             let exact_max = *values.last().unwrap() as f64;
             let got_max = max(&hist).unwrap() as f64;
             assert!((got_max - exact_max).abs() <= exact_max * 0.0625 + 1.0);
@@ -185,6 +212,7 @@ mod tests {
     fn empty_histogram_has_no_quantile() {
         let hist = [0u64; BUCKETS];
         assert_eq!(quantile(&hist, 0.5), None);
+        assert_eq!(quantiles(&hist, [0.5, 0.9]), None);
         assert_eq!(max(&hist), None);
     }
 }
