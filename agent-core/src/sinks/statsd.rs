@@ -116,15 +116,18 @@ impl Writer {
     fn name(&self, m: &Metric, out: &mut Vec<u8>) {
         debug_assert!(out.is_empty());
         out.extend_from_slice(&self.head);
-        let mut segs = m.name.split('.');
         match self.style {
-            StatsdTagStyle::Dogstatsd => segs.for_each(|seg| push_segment(out, seg)),
+            StatsdTagStyle::Dogstatsd => push_segments(out, &m.name),
             StatsdTagStyle::Name => {
-                if let Some(first) = segs.next() {
-                    push_segment(out, first);
-                }
+                let (first, rest) = match m.name.bytes().position(|b| b == b'.') {
+                    Some(dot) => (&m.name[..dot], Some(&m.name[dot + 1..])),
+                    None => (m.name.as_str(), None),
+                };
+                push_segment(out, first);
                 m.tags.iter().for_each(|(_, v)| push_segment(out, v));
-                segs.for_each(|seg| push_segment(out, seg));
+                if let Some(rest) = rest {
+                    push_segments(out, rest);
+                }
             }
         }
     }
@@ -184,6 +187,33 @@ fn push_segment(out: &mut Vec<u8>, seg: &str) {
         out.push(b'.');
     }
     push_sanitized(out, seg, is_name_byte);
+}
+
+/// [`push_segment`] of each of the dotted `name`'s segments, in one pass over its bytes.
+fn push_segments(out: &mut Vec<u8>, name: &str) {
+    if !name.is_ascii() {
+        return name.split('.').for_each(|seg| push_segment(out, seg));
+    }
+    out.reserve(name.len() * 2 + 2);
+    if !out.is_empty() {
+        out.push(b'.');
+    }
+    let mut empty = true;
+    for b in name.bytes() {
+        if b == b'.' {
+            if empty {
+                out.push(b'_');
+            }
+            out.push(b'.');
+            empty = true;
+        } else {
+            out.push(if is_name_byte(b) { b } else { b'_' });
+            empty = false;
+        }
+    }
+    if empty {
+        out.push(b'_');
+    }
 }
 
 /// Appends `k:v`, both sanitised for a DogStatsD tag.
@@ -602,7 +632,11 @@ mod tests {
             c.tags = (0..round % 3)
                 .map(|_| (rng.text(6), rng.text(10)))
                 .collect();
-            let s = random_snapshot(&mut rng, 50);
+            let mut s = random_snapshot(&mut rng, 50);
+            // Names with empty segments, non-ASCII and reserved characters too.
+            for m in s.metrics.iter_mut().step_by(3) {
+                m.name = rng.text(24);
+            }
             let mut want = vec![];
             for m in &s.metrics {
                 assert_eq!(entry(m, &c), reference_entry(m, &c), "{m:?} {c:?}");
