@@ -223,7 +223,11 @@ mod tests {
             let all = quantiles(&hist, qs).unwrap();
             for (q, got) in qs.into_iter().zip(all) {
                 let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
-                assert_eq!(got, bucket_mid(bucket(values[rank - 1])), "round {round} q={q}");
+                assert_eq!(
+                    got,
+                    bucket_mid(bucket(values[rank - 1])),
+                    "round {round} q={q}"
+                );
             }
             let exact_max = *values.last().unwrap() as f64;
             let got_max = max(&hist).unwrap() as f64;

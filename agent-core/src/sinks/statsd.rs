@@ -88,7 +88,9 @@ impl Writer {
     fn new(cfg: &Config) -> Self {
         let mut head = Vec::with_capacity(cfg.prefix.len() + 16);
         if !cfg.prefix.is_empty() {
-            cfg.prefix.split('.').for_each(|seg| push_segment(&mut head, seg));
+            cfg.prefix
+                .split('.')
+                .for_each(|seg| push_segment(&mut head, seg));
         }
         let mut global_tags = Vec::new();
         match cfg.style {
