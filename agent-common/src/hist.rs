@@ -17,15 +17,38 @@ pub const MAX_VALUE: u64 = 1 << MAX_POW;
 pub const BUCKETS: usize = ((MAX_POW - SUB_BITS + 1) as usize) << SUB_BITS;
 const _: () = assert!(BUCKETS == 272);
 
-/// Bucket index of `v` (ns). Branch-free apart from the clamp, cheap enough for every syscall.
+/// Bucket index of `v` (ns). Branch-free apart from two range checks, cheap enough for every
+/// syscall.
 #[inline(always)]
 pub fn bucket(v: u64) -> usize {
     let v = if v >= MAX_VALUE { MAX_VALUE - 1 } else { v };
-    // h = index of the highest set bit, at least SUB_BITS (so v < 8 maps to itself).
-    let h = 63 - (v | SUB_BUCKETS).leading_zeros();
-    let shift = h - SUB_BITS;
-    // For v >= 8, v >> shift lies in [8, 16): it carries the leading 1 plus the sub-bucket bits.
+    // shift = index of the highest set bit of (v | 8), minus SUB_BITS: the highest set bit of
+    // y, in [1, 2^33). Above 2^32 (samples of 34 s or more) it is 32.
+    let y = (v | SUB_BUCKETS) >> SUB_BITS;
+    let shift = if y >> 32 != 0 { 32 } else { msb32(y) };
+    // For v >= 8, v >> shift lies in [8, 16): it carries the leading 1 plus the sub-bucket bits;
+    // below 8, shift is 0 and v is its own bucket.
     ((shift as usize) << SUB_BITS) + (v >> shift) as usize
+}
+
+/// Index of the highest set bit of `y` in [1, 2^32). BPF has no count-leading-zeros
+/// instruction and LLVM emulates `leading_zeros` on 64 bits with 64-bit constants (two-slot
+/// loads): on 32 bits the smear and the population count take 32-bit immediates, and fewer
+/// steps. u64 throughout, so no zero-extension or shift-amount masking is added.
+#[inline(always)]
+fn msb32(y: u64) -> u64 {
+    // Every bit below the highest set one: 2^(m+1) - 1; without the lowest, m ones.
+    let mut s = y | (y >> 1);
+    s |= s >> 2;
+    s |= s >> 4;
+    s |= s >> 8;
+    s |= s >> 16;
+    s >>= 1;
+    // Their population count, by adding bit fields in parallel: m, at most 31.
+    s -= (s >> 1) & 0x5555_5555;
+    s = (s & 0x3333_3333) + ((s >> 2) & 0x3333_3333);
+    s = (s + (s >> 4)) & 0x0f0f_0f0f;
+    ((s * 0x0101_0101) >> 24) & 0x3f
 }
 
 /// Inclusive lower bound of bucket `i` (ns).
@@ -57,25 +80,45 @@ pub const fn bucket_mid(i: usize) -> u64 {
 /// The rank is `ceil(q * n)`: the smallest value such that at least a fraction `q` of the samples
 /// are at or below it (the "nearest rank" definition).
 pub fn quantile(buckets: &[u64], q: f64) -> Option<u64> {
+    quantiles(buckets, [q]).map(|[v]| v)
+}
+
+/// [`quantile`] of each of `qs`, in one pass over the buckets; `None` when empty.
+pub fn quantiles<const N: usize>(buckets: &[u64], qs: [f64; N]) -> Option<[u64; N]> {
     let total: u64 = buckets.iter().sum();
     if total == 0 {
         return None;
     }
-    let exact = q * total as f64;
-    // ceil() without std.
-    let mut rank = exact as u64;
-    if (rank as f64) < exact {
-        rank += 1;
-    }
-    let rank = rank.clamp(1, total);
+    let ranks = qs.map(|q| {
+        let exact = q * total as f64;
+        // ceil() without std.
+        let mut rank = exact as u64;
+        if (rank as f64) < exact {
+            rank += 1;
+        }
+        rank.clamp(1, total)
+    });
+    let mut out = [0u64; N];
+    let mut found = [false; N];
+    let mut left = N;
     let mut seen = 0u64;
     for (i, &c) in buckets.iter().enumerate() {
+        if c == 0 {
+            continue;
+        }
         seen += c;
-        if seen >= rank {
-            return Some(bucket_mid(i));
+        for k in 0..N {
+            if !found[k] && seen >= ranks[k] {
+                out[k] = bucket_mid(i);
+                found[k] = true;
+                left -= 1;
+            }
+        }
+        if left == 0 {
+            break;
         }
     }
-    None
+    Some(out)
 }
 
 /// Highest non-empty bucket's midpoint (ns), the histogram's view of the maximum.
@@ -175,6 +218,17 @@ mod tests {
                     "round {round} q={q}: got {got}, exact {exact}"
                 );
             }
+            // All at once, exactly the bucket of the sample at each rank.
+            let qs = [0.5, 0.9, 0.99, 0.999, 1.0];
+            let all = quantiles(&hist, qs).unwrap();
+            for (q, got) in qs.into_iter().zip(all) {
+                let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
+                assert_eq!(
+                    got,
+                    bucket_mid(bucket(values[rank - 1])),
+                    "round {round} q={q}"
+                );
+            }
             let exact_max = *values.last().unwrap() as f64;
             let got_max = max(&hist).unwrap() as f64;
             assert!((got_max - exact_max).abs() <= exact_max * 0.0625 + 1.0);
@@ -185,6 +239,7 @@ mod tests {
     fn empty_histogram_has_no_quantile() {
         let hist = [0u64; BUCKETS];
         assert_eq!(quantile(&hist, 0.5), None);
+        assert_eq!(quantiles(&hist, [0.5, 0.9]), None);
         assert_eq!(max(&hist), None);
     }
 }

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use procfs::{
     CpuPressure, CpuTime, FromRead, FromReadSI, IoPressure, KernelStats, LoadAverage, Meminfo,
-    PressureRecord, ProcError, ProcResult, VmStat,
+    PressureRecord, ProcError, ProcResult,
 };
 use tracing::{debug, warn};
 
@@ -224,6 +224,32 @@ fn parse_file<T>(
     contained(|| parse(text.as_bytes()))
 }
 
+/// `pswpin` and `pswpout` of /proc/vmstat. Only these two lines are parsed: the crate's parser
+/// built a map of every line's name (about 180 strings) each interval.
+fn swap_pages(text: &str) -> Result<(u64, u64), SourceError> {
+    let (mut pswpin, mut pswpout) = (None, None);
+    for line in text.lines() {
+        let Some((key, v)) = line.split_once(' ') else {
+            continue;
+        };
+        let slot = match key {
+            "pswpin" => &mut pswpin,
+            "pswpout" => &mut pswpout,
+            _ => continue,
+        };
+        let n: i64 = v
+            .trim()
+            .parse()
+            .map_err(|_| SourceError::Malformed(format!("`{line}` is not a page count")))?;
+        // As the crate read them (i64); page counters are never negative.
+        *slot = Some(u64::try_from(n).unwrap_or(0));
+    }
+    let get = |v: Option<u64>, key: &str| {
+        v.ok_or_else(|| SourceError::Malformed(format!("no `{key}` line")))
+    };
+    Ok((get(pswpin, "pswpin")?, get(pswpout, "pswpout")?))
+}
+
 /// A value the kernel cannot have written (NaN, infinite, negative) is dropped and counted.
 fn plausible(x: f32, dropped: &mut u64) -> Option<f32> {
     if x.is_finite() && x >= 0.0 {
@@ -389,14 +415,7 @@ impl ProcfsCollector {
 
     fn collect_vmstat(&mut self, out: &mut Vec<Metric>) {
         let path = self.root.join("vmstat");
-        let read = parse_file(&path, |t| VmStat::from_read(t)).and_then(|v| {
-            let get = |key: &str| match v.0.get(key) {
-                // The values are i64 in the crate; page counters are never negative.
-                Some(&n) => Ok(u64::try_from(n).unwrap_or(0)),
-                None => Err(SourceError::Malformed(format!("no `{key}` line"))),
-            };
-            Ok((get("pswpin")?, get("pswpout")?))
-        });
+        let read = read_source(&path).and_then(|text| swap_pages(&text));
         let (pswpin, pswpout) = match read {
             Ok(pages) => pages,
             Err(e) => {
@@ -779,6 +798,20 @@ mod tests {
         let out = collect(&mut c);
         // The delta would span the gap: primed again instead.
         assert!(out.iter().all(|m| m.kind == Kind::Gauge), "{out:#?}");
+    }
+
+    #[test]
+    fn vmstat_swap_pages_and_bad_lines() {
+        let text = "nr_free_pages 123\npswpin 1200\npswpout 3400\nnr_dirty 7\n";
+        assert_eq!(swap_pages(text).unwrap(), (1200, 3400));
+        for bad in ["pswpin 1\n", "pswpout 1\n", "", "pswpin x\npswpout 2\n"] {
+            assert!(
+                matches!(swap_pages(bad), Err(SourceError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+        // Lines the agent does not use are not checked.
+        assert_eq!(swap_pages("junk\npswpin 0\npswpout 5\n").unwrap(), (0, 5));
     }
 
     #[test]

@@ -29,8 +29,8 @@ mod persist;
 mod sheet;
 mod time;
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
 
 use serde::Deserialize;
 use serde::ser::{SerializeStruct, Serializer};
@@ -344,6 +344,28 @@ fn key_hash(name: &str, tags: &[(&'static str, String)]) -> u64 {
     h.finish()
 }
 
+/// The index's hasher: its keys are [`key_hash`]es already, so they are used as they are
+/// instead of being hashed a second time (per metric, every interval).
+#[derive(Default)]
+struct KeyHashed(u64);
+
+impl Hasher for KeyHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys reach here; anything else still hashes, just not as well.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// Relative precision of a metric's values: the tails of latency (max, p999, p99) jitter by
 /// multiples (see [`TAIL_REL_FLOOR`]); other latency percentiles come from log-linear histograms
 /// (bucket midpoints, within 6.25%), so moves under 3% of the level are noise; memory levels
@@ -380,6 +402,10 @@ struct Entry {
     /// Tick of the last snapshot that carried this key.
     last_seen: u64,
     last_score: f64,
+    /// The key's sensitivity and relative floor: fixed by its name and the configuration, so
+    /// worked out once instead of from the name's text every interval.
+    sensitivity: f64,
+    rel_floor: f64,
     model: Model,
 }
 
@@ -389,7 +415,7 @@ pub struct Detector {
     cfg: DetectorConfig,
     entries: Vec<Entry>,
     /// Key hash → index in `entries` (a 64-bit hash collision leaves the newcomer untracked).
-    index: HashMap<u64, usize>,
+    index: HashMap<u64, usize, BuildHasherDefault<KeyHashed>>,
     tick: u64,
     /// The local time rhythms follow, and its offset at the interval being judged.
     local: LocalTime,
@@ -403,7 +429,7 @@ impl Detector {
             offset_s: 0.0,
             cfg,
             entries: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             tick: 0,
         }
     }
@@ -448,12 +474,12 @@ impl Detector {
     fn params(&self, e: &Entry, interval_s: f64) -> Params {
         Params {
             interval_s,
-            sensitivity: self.cfg.sensitivity_for(&e.name),
+            sensitivity: e.sensitivity,
             warmup: self.cfg.warmup,
             raise_after: self.cfg.raise_after,
             clear_after: self.cfg.clear_after,
             counter: e.kind == Kind::Counter,
-            rel_floor: rel_floor(&e.name),
+            rel_floor: e.rel_floor,
             tz_offset_s: self.offset_s,
         }
     }
@@ -486,6 +512,8 @@ impl Detector {
             hash,
             kind,
             last_seen: self.tick,
+            sensitivity: self.cfg.sensitivity_for(name),
+            rel_floor: rel_floor(name),
             last_score: 0.0,
             model: Model::new(),
         });
@@ -523,9 +551,13 @@ impl Detector {
         // Once per interval: hours, days and weeks are cut on the local clock at `t`.
         self.offset_s = f64::from(self.local.offset_s(t));
         let mut out = Verdicts::default();
-        let mut families: HashSet<&str> = HashSet::new();
+        // A handful of families, in runs: a list is cheaper than hashing every metric's name.
+        let mut families: Vec<&str> = Vec::new();
         for m in &snap.metrics {
-            families.insert(family(&m.name));
+            let f = family(&m.name);
+            if families.last() != Some(&f) && !families.contains(&f) {
+                families.push(f);
+            }
             if !m.value.is_finite() || self.cfg.excluded(&m.name) {
                 continue;
             }
@@ -547,7 +579,7 @@ impl Detector {
             if e.kind == Kind::Counter
                 && e.last_seen < self.tick
                 && e.model.n > 0
-                && families.contains(family(&e.name))
+                && families.contains(&family(&e.name))
             {
                 self.feed(i, 0.0, t, interval_s, &mut out);
             }
@@ -607,6 +639,8 @@ impl Detector {
             model.hyst = Hysteresis::default();
             d.entries.push(Entry {
                 key: key_string(&k.name, &k.tags),
+                sensitivity: d.cfg.sensitivity_for(&k.name),
+                rel_floor: rel_floor(&k.name),
                 name: k.name,
                 tags: k.tags,
                 hash,
