@@ -31,7 +31,7 @@ const UNIT: &str = "packaging/systemd/ebpf-agent.service";
 /// The highest `systemd-analyze security` exposure accepted (0 = locked down, 10 = exposed).
 const MAX_EXPOSURE: f64 = 3.0;
 /// Every probe of a default `run`.
-const PROBES: [&str; 4] = ["syscall", "disk", "tcp", "procfs"];
+const PROBES: [&str; 5] = ["syscall", "disk", "tcp", "runq", "procfs"];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -709,6 +709,10 @@ fn kubernetes_manifests_validate_and_keep_their_promises() {
     );
     assert!(has_pair(&args, "--procfs-root", "/host/proc"), "{args:?}");
     assert!(has_pair(&args, "--host", "$(NODE_NAME)"), "{args:?}");
+    assert!(
+        has_pair(&args, "--cgroup-fs", "/host/sys/fs/cgroup"),
+        "{args:?}"
+    );
     let env = c["env"].as_array().unwrap();
     assert!(
         env.iter().any(|e| e["name"] == "NODE_NAME"
@@ -736,6 +740,10 @@ fn kubernetes_manifests_validate_and_keep_their_promises() {
         ("/host/proc", "/proc"),
         ("/sys/kernel/tracing", "/sys/kernel/tracing"),
         ("/sys/fs/bpf", "/sys/fs/bpf"),
+        // Per-container attribution: the node's cgroup hierarchy and the pod log directories.
+        ("/host/sys/fs/cgroup", "/sys/fs/cgroup"),
+        ("/var/log/pods", "/var/log/pods"),
+        ("/var/log/containers", "/var/log/containers"),
     ] {
         let (path, ro) = host_mount(pod, c, at).unwrap_or_else(|| panic!("no hostPath at {at}"));
         assert_eq!(path, host, "{at}");
@@ -779,6 +787,10 @@ fn configmap_config_passes_config_check() {
     );
     assert!(
         effective.contains("procfs_root = \"/host/proc\""),
+        "{effective}"
+    );
+    assert!(
+        effective.contains("cgroup_fs = \"/host/sys/fs/cgroup\""),
         "{effective}"
     );
     fs::remove_dir_all(&dir).unwrap();
@@ -865,7 +877,14 @@ fn agent_runs_as_the_daemonsets_container() {
         let dst = m["mountPath"].as_str().unwrap();
         let mode = if m["readOnly"] == true { "ro" } else { "rw" };
         let line = if let Some(p) = vol["hostPath"]["path"].as_str() {
-            format!("bind {p} {dst} {mode}")
+            if vol["hostPath"]["type"] == "DirectoryOrCreate" && !Path::new(p).exists() {
+                // The kubelet would create it (a node without pods yet): an empty directory.
+                let empty = dir.join("host").join(p.trim_start_matches('/'));
+                fs::create_dir_all(&empty).unwrap();
+                format!("bind {} {dst} {mode}", empty.display())
+            } else {
+                format!("bind {p} {dst} {mode}")
+            }
         } else if vol["configMap"].is_object() {
             format!("bind {} {dst} ro", config_dir.display())
         } else if vol["emptyDir"].is_object() {
@@ -959,7 +978,8 @@ fn agent_runs_as_the_daemonsets_container() {
     // `PREFIX.TAGS.agent.PROBE.probe_up:V|g` (tag values folded into the name).
     let ups: Vec<&String> = lines.iter().filter(|l| l.contains(".probe_up:")).collect();
     eprintln!("{ups:#?}");
-    for p in PROBES {
+    // The ConfigMap switches per-container attribution on.
+    for p in PROBES.iter().chain(&["cgroup"]) {
         let of_p: Vec<&&String> = ups
             .iter()
             .filter(|l| l.contains(&format!(".agent.{p}.probe_up:")))
@@ -973,6 +993,22 @@ fn agent_runs_as_the_daemonsets_container() {
             "probe {p} down in the container: {of_p:?}"
         );
     }
+    // Per-container attribution is on in the ConfigMap, its cgroups named through the node's
+    // hierarchy mounted at /host/sys/fs/cgroup.
+    // StatsD folds the tag into the name: `PREFIX.cgroup.<name>.syscall.count` (`/`, the root
+    // cgroup this test's container runs in, is `_`).
+    let per_cgroup: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(".cgroup.") && l.contains(".syscall.count:"))
+        .collect();
+    assert!(
+        per_cgroup.iter().any(|l| !l.ends_with(":0|c")),
+        "no cgroup.syscall.count at the StatsD sink: {:#?}",
+        lines
+            .iter()
+            .filter(|l| l.contains("cgroup"))
+            .collect::<Vec<_>>()
+    );
     let _ = fs::remove_dir_all(&dir);
 }
 

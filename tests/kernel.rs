@@ -396,19 +396,35 @@ fn check_reports_every_probe() {
     let out = Command::new(common::bin()).arg("check").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "check failed:\n{text}");
-    for probe in ["syscall", "disk", "tcp", "runq", "memory", "tracefs", "cgroup"] {
+    for probe in [
+        "syscall", "disk", "tcp", "runq", "cgroup", "memory", "tracefs", "cgroupfs",
+    ] {
         let line = text
             .lines()
-            .find(|l| l.starts_with(probe))
+            .find(|l| l.split_whitespace().next() == Some(probe))
             .unwrap_or_else(|| panic!("no {probe} line:\n{text}"));
         assert!(line.contains(" ok "), "{line}");
     }
     // The cgroup v2 hierarchy this host has (hybrid here: /sys/fs/cgroup/unified), counted.
     let root = agent_core::cgroup::v2_root(std::path::Path::new("/sys/fs/cgroup"))
         .expect("this host has a cgroup v2 hierarchy");
-    let cg = text.lines().find(|l| l.starts_with("cgroup")).unwrap();
+    let cg = text.lines().find(|l| l.starts_with("cgroupfs")).unwrap();
     assert!(
         cg.contains(&format!(" at {}, ", root.display())) && cg.contains(" cgroup"),
+        "{cg}"
+    );
+    // It looks where the configuration (or --cgroup-fs) says: a container's view.
+    let d = std::path::PathBuf::from(common::temp_state_dir());
+    let cfg = d.join("config.toml");
+    std::fs::write(&cfg, format!("cgroup_fs = {:?}\n", d.display().to_string())).unwrap();
+    let other = Command::new(common::bin())
+        .args(["check", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let other = String::from_utf8_lossy(&other.stdout);
+    let cg = other.lines().find(|l| l.starts_with("cgroupfs")).unwrap();
+    assert!(
+        cg.contains(" FAIL ") && cg.contains("no cgroup v2 hierarchy"),
         "{cg}"
     );
     // The kernel map budget: at most 2 MiB per possible CPU.

@@ -374,7 +374,16 @@ pub struct WatchArgs {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct CheckArgs {}
+pub struct CheckArgs {
+    /// Configuration file whose `cgroup_fs` to use (default: /etc/ebpf-agent/config.toml when
+    /// it exists), so `check` in a container looks where the agent does.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Where the cgroup filesystem is mounted (e.g. /host/sys/fs/cgroup in a container)
+    /// [default: the file's cgroup_fs, else /sys/fs/cgroup].
+    #[arg(long = "cgroup-fs", value_name = "PATH")]
+    pub cgroup_fs: Option<PathBuf>,
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct RecordArgs {

@@ -50,7 +50,11 @@ fn main() -> ExitCode {
         Command::ReadCost { cpus, intervals } => {
             return ebpf_agent::check::read_cost(*cpus, *intervals);
         }
-        Command::Check(_) | Command::Floor { .. } => Ok(Setup::None),
+        Command::Check(args) => match check_cgroup_fs(args) {
+            Ok(fs) => Ok(Setup::Check(fs)),
+            Err(e) => Err(e),
+        },
+        Command::Floor { .. } => Ok(Setup::None),
     };
     let setup = match checked {
         Ok(s) => s,
@@ -96,7 +100,9 @@ fn main() -> ExitCode {
             (Command::Watch(args), Setup::Watch(judge, _)) => {
                 ebpf_agent::watch::watch(args, judge).await
             }
-            (Command::Check(_), _) => ebpf_agent::check::check().await,
+            (Command::Check(_), Setup::Check(cgroup_fs)) => {
+                ebpf_agent::check::check(&cgroup_fs).await
+            }
             (Command::Floor { duration, clock }, _) => {
                 ebpf_agent::check::floor(duration, clock).await
             }
@@ -127,6 +133,8 @@ enum Setup {
     Run(Settings, config::Reload),
     Watch(Option<(std::path::PathBuf, DetectorConfig)>, Settings),
     Settings(Settings),
+    /// `check`: where the cgroup filesystem is.
+    Check(std::path::PathBuf),
     None,
 }
 
@@ -144,6 +152,20 @@ fn process_exists(pid: u32, procfs_root: &std::path::Path) -> bool {
 }
 
 /// `ebpf-agent config check [PATH]`: prints the effective settings, or the line and reason.
+/// `check`'s cgroup filesystem: its flag, else the configuration file's, else the default. A
+/// file that does not parse is an error: `check` should look where `run` would.
+fn check_cgroup_fs(
+    args: &ebpf_agent::cli::CheckArgs,
+) -> Result<std::path::PathBuf, config::ConfigError> {
+    if let Some(p) = &args.cgroup_fs {
+        return Ok(p.clone());
+    }
+    let loaded = config::path(args.config.as_deref())
+        .map(|p| config::load(&p))
+        .transpose()?;
+    Ok(config::settings(loaded.as_ref(), |_| vec![])?.cgroup_fs)
+}
+
 fn config_check(path: Option<&std::path::Path>) -> ExitCode {
     let Some(path) = config::path(path) else {
         eprintln!(

@@ -139,8 +139,8 @@ fn config() -> CgroupConfig {
 }
 
 /// Where the node's pod logs are (mounted read-only into the DaemonSet).
-const PODS_DIR: &str = "/var/log/pods";
-const CONTAINERS_DIR: &str = "/var/log/containers";
+pub const PODS_DIR: &str = "/var/log/pods";
+pub const CONTAINERS_DIR: &str = "/var/log/containers";
 
 pub struct Cgroup;
 
