@@ -192,14 +192,15 @@ pub async fn floor(duration: Option<std::time::Duration>, clock: bool) -> Result
 
 /// `ebpf-agent read-cost`: userspace's reading cost per interval on a synthetic table (no BPF
 /// needed), as one JSON line for the benchmark.
-pub fn read_cost(cpus: usize, intervals: usize) -> ExitCode {
-    match probes::read_cost(cpus.max(1), intervals.max(1)) {
+pub fn read_cost(cpus: usize, intervals: usize, cgroup: bool) -> ExitCode {
+    match probes::read_cost(cpus.max(1), intervals.max(1), cgroup) {
         Ok(c) => {
             println!(
                 "{}",
                 serde_json::json!({
                     "cpus": c.ncpus,
                     "table_bytes": c.table_bytes,
+                    "rows_read": c.rows_read,
                     "median_ms": c.median_ms,
                     "max_ms": c.max_ms,
                 })

@@ -61,6 +61,10 @@ pub enum Command {
         cpus: usize,
         #[arg(long, default_value_t = 20)]
         intervals: usize,
+        /// Also read the per-cgroup block, every slot taken (the `cgroup` source on; off by
+        /// default, when the agent never reads it).
+        #[arg(long)]
+        cgroup: bool,
     },
 }
 

@@ -47,8 +47,12 @@ fn main() -> ExitCode {
         Command::Detect(args) => {
             return ebpf_agent::reference::detect(&args.file, args.sensitivity);
         }
-        Command::ReadCost { cpus, intervals } => {
-            return ebpf_agent::check::read_cost(*cpus, *intervals);
+        Command::ReadCost {
+            cpus,
+            intervals,
+            cgroup,
+        } => {
+            return ebpf_agent::check::read_cost(*cpus, *intervals, *cgroup);
         }
         Command::Check(args) => match check_cgroup_fs(args) {
             Ok(fs) => Ok(Setup::Check(fs)),

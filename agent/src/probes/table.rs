@@ -140,6 +140,8 @@ impl Mapping {
 pub struct ReadCost {
     pub ncpus: usize,
     pub table_bytes: usize,
+    /// Rows read per interval (on every CPU).
+    pub rows_read: usize,
     /// Milliseconds per interval: median and worst of the intervals.
     pub median_ms: f64,
     pub max_ms: f64,
@@ -150,8 +152,9 @@ pub struct ReadCost {
 /// over `intervals` intervals. Between reads a writer bumps each row's count, sum and one bucket
 /// on every CPU, as the kernel would (so the reader finds them changed, and mostly not in its
 /// cache: the table is bigger than the last-level cache at 256 CPUs); each row's samples spread
-/// over 32 buckets (four powers of two) per CPU.
-pub fn read_cost(ncpus: usize, intervals: usize) -> io::Result<ReadCost> {
+/// over 32 buckets (four powers of two) per CPU. The per-cgroup block is read only with
+/// `cgroup` (its source is off by default, and then the agent never reads it).
+pub fn read_cost(ncpus: usize, intervals: usize, cgroup: bool) -> io::Result<ReadCost> {
     let table_bytes = layout::hist_entries(ncpus) * ROW_BYTES;
     let table = HistTable {
         map: Mapping::anonymous(table_bytes)?,
@@ -160,9 +163,12 @@ pub fn read_cost(ncpus: usize, intervals: usize) -> io::Result<ReadCost> {
     let mut diff = RowDiff::default();
     let mut out = [0u64; ROW_LEN];
     let mut times = Vec::with_capacity(intervals);
+    let rows: Vec<usize> = (0..ROWS)
+        .filter(|r| cgroup || !(layout::CGROUP.start..layout::CGROUP.end()).contains(r))
+        .collect();
     for i in 0..=intervals {
         for cpu in 0..ncpus {
-            for row in 0..ROWS {
+            for &row in &rows {
                 let at = layout::row_offset(cpu, row);
                 let n = 1000 + (cpu * 7 + row * 13 + i) as u64 % 1000;
                 table.map.bump_u64(at + CELL_COUNT * 8, n);
@@ -176,8 +182,14 @@ pub fn read_cost(ncpus: usize, intervals: usize) -> io::Result<ReadCost> {
         }
         let started = std::time::Instant::now();
         let mut samples = 0u64;
-        for row in 0..ROWS {
-            if let Some(d) = diff.delta(&table, row) {
+        for &row in &rows {
+            // Per-cgroup rows are read whole, as the cgroup source reads them.
+            let d = if (layout::CGROUP.start..layout::CGROUP.end()).contains(&row) {
+                diff.delta_all(&table, row, CELL_COUNT, CELL_COUNT)
+            } else {
+                diff.delta(&table, row)
+            };
+            if let Some(d) = d {
                 out.copy_from_slice(d);
                 samples += out[CELL_COUNT];
             }
@@ -192,6 +204,7 @@ pub fn read_cost(ncpus: usize, intervals: usize) -> io::Result<ReadCost> {
     Ok(ReadCost {
         ncpus,
         table_bytes,
+        rows_read: rows.len(),
         median_ms: times.get(times.len() / 2).copied().unwrap_or(0.0),
         max_ms: times.last().copied().unwrap_or(0.0),
     })
