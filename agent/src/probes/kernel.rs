@@ -289,34 +289,25 @@ impl Kernel {
                     }
                 }
                 (Some(i), true) if self.loaded[i].status.result.is_ok() => {}
-                (current, true) if probe == cgroup_probe() && !self.cgroup_on => {
-                    let e = "per-cgroup attribution was off when the programs were loaded: switching it on takes a restart".to_string();
-                    tracing::warn!("probe {probe} disabled: {e}");
-                    let loaded = Loaded {
-                        status: ProbeStatus {
-                            probe,
-                            result: Err(e),
-                            programs: &[],
-                        },
-                        state: None,
-                    };
-                    match current {
-                        Some(i) => self.loaded[i] = loaded,
-                        None => self.loaded.push(loaded),
-                    }
-                }
                 (current, true) => {
-                    let btf = if self.btf_probes.contains(&probe) {
-                        aya_btf.get_or_insert_with(load_aya_btf).as_ref()
+                    // Per-cgroup attribution is a load-time constant of the other probes'
+                    // programs: it cannot be switched on by a reload.
+                    let attached = if probe == cgroup_probe() && !self.cgroup_on {
+                        Err("per-cgroup attribution was off when the programs were loaded: switching it on takes a restart".to_string())
                     } else {
-                        None
+                        let btf = if self.btf_probes.contains(&probe) {
+                            aya_btf.get_or_insert_with(load_aya_btf).as_ref()
+                        } else {
+                            None
+                        };
+                        let no_classic = self
+                            .classic_unavailable
+                            .iter()
+                            .find(|(p, _)| *p == probe)
+                            .map(|(_, e)| e.as_str());
+                        attach_probe(&mut self.ebpf, probe, btf, no_classic)
                     };
-                    let no_classic = self
-                        .classic_unavailable
-                        .iter()
-                        .find(|(p, _)| *p == probe)
-                        .map(|(_, e)| e.as_str());
-                    let loaded = match attach_probe(&mut self.ebpf, probe, btf, no_classic) {
+                    let loaded = match attached {
                         Ok(programs) => {
                             let mut state = probe.def().state();
                             state.attached(&mut self.ebpf);
