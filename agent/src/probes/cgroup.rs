@@ -481,9 +481,9 @@ impl ProbeState for CgroupState {
 // ---- its section of `watch` ----
 
 use crate::watch::{
-    layout::{Line, spark_width},
-    model::{Scale, mark, sparkline, window},
-    sections::{SectionCtx, marked, probe_down},
+    layout::Line,
+    model::{Scale, mark, sparkline},
+    sections::{SectionCtx, marked, probe_down, table_head},
 };
 use agent_core::format::{self, Style::Column};
 
@@ -537,13 +537,8 @@ fn watch_section(ctx: &SectionCtx) -> Vec<Line> {
         "time ms/s",
         w = NAME_W
     );
-    let spark_w = spark_width(width, head.chars().count());
-    let legend = if spark_w > 0 {
-        format!("calls/s, last {}", window(snap))
-    } else {
-        String::new()
-    };
-    out.push(Line::plain(format!("{head}{legend}")));
+    let (head, spark_w) = table_head(head, "calls/s", snap, width);
+    out.push(head);
     if rows.is_empty() {
         out.push(Line::plain("  (no cgroup made a syscall in this interval)"));
     }

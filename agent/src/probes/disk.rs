@@ -327,11 +327,11 @@ impl ProbeState for DiskState {
 
 use crate::snapshot::tags_include;
 use crate::watch::{
-    layout::{Line, spark_width},
-    model::{Scale, mark, named, sparkline, window},
+    layout::Line,
+    model::{Scale, mark, named, sparkline},
     sections::{
         DISK_BYTES, DISK_FAMILY, DISK_LATENCY_P50, DISK_LATENCY_P99, DISK_OPS, SectionCtx, marked,
-        probe_down,
+        probe_down, table_head,
     },
 };
 use agent_core::format::{self, Style::Column};
@@ -347,14 +347,8 @@ fn watch_section(ctx: &SectionCtx) -> Vec<Line> {
         "{:<22}{:>10}{:>10}{:>10}{:>10}  ",
         "device op", "ops/s", "MB/s", "p50 µs", "p99 µs"
     );
-    let spark_w = spark_width(width, head.chars().count());
-    let mut out = vec![Line::plain("DISKS")];
-    let legend = if spark_w > 0 {
-        format!("ops/s, last {}", window(snap))
-    } else {
-        String::new()
-    };
-    out.push(Line::plain(format!("{head}{legend}")));
+    let (head, spark_w) = table_head(head, "ops/s", snap, width);
+    let mut out = vec![Line::plain("DISKS"), head];
     // Devices busy now or within the window.
     let mut keys: Vec<(String, String)> = snap
         .metrics

@@ -103,6 +103,19 @@ pub struct SectionCtx<'a> {
 /// A frame section: its lines, or none when its source is not running.
 pub type Section = fn(&SectionCtx) -> Vec<Line>;
 
+/// A table's column header, followed, when the terminal leaves room for sparklines, by what
+/// they show (`calls/s, last 01:00`); and the sparklines' width.
+pub(crate) fn table_head(head: String, what: &str, snap: &Snapshot, width: usize) -> (Line, usize) {
+    let spark_w = spark_width(width, head.chars().count());
+    if spark_w == 0 {
+        return (Line::plain(head), 0);
+    }
+    (
+        Line::plain(format!("{head}{what}, last {}", window(snap))),
+        spark_w,
+    )
+}
+
 /// `TITLE: probe down ...` when `probe` is down, nothing when it was not asked for.
 pub(crate) fn probe_down(snap: &Snapshot, probe: &str, title: &str) -> Option<Vec<Line>> {
     match probe_state(snap, probe) {
@@ -135,13 +148,8 @@ pub fn syscall_section(ctx: &SectionCtx) -> Vec<Line> {
         "{:<22}{:>10}{:>10}{:>10}{:>8}{:>11}  ",
         "syscall", "calls/s", "mean µs", "p99 µs", "err/s", "time ms/s"
     );
-    let spark_w = spark_width(width, head.chars().count());
-    let legend = if spark_w > 0 {
-        format!("calls/s, last {}", window(snap))
-    } else {
-        String::new()
-    };
-    out.push(Line::plain(format!("{head}{legend}")));
+    let (head, spark_w) = table_head(head, "calls/s", snap, width);
+    out.push(head);
     if rows.is_empty() {
         out.push(Line::plain("  (no syscalls in this interval)"));
     }
