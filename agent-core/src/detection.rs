@@ -198,6 +198,8 @@ impl Detection {
                         .map_or(0.0, |s| s.usual);
                     (now, usual)
                 }),
+                samples: crate::incident::samples_of(&v.name)
+                    .and_then(|count| snap.value(count, &tag_refs(&v.tags))),
                 name: v.name.clone(),
                 tags: v.tags.clone(),
                 value: v.value,
@@ -300,6 +302,7 @@ mod tests {
             usual: 0.0,
             state: State::Critical,
             calls: None,
+            samples: None,
         };
         let local = old.detector.local_time().clone();
         let t0 = 1_764_684_000.0;
