@@ -200,6 +200,9 @@ impl Detection {
                 }),
                 samples: crate::incident::samples_of(&v.name)
                     .and_then(|count| snap.value(count, &tag_refs(&v.tags))),
+                memory: (v.name.starts_with("mem.") || v.name.starts_with("swap."))
+                    .then(|| snap.value("mem.total_bytes", &[]))
+                    .flatten(),
                 name: v.name.clone(),
                 tags: v.tags.clone(),
                 value: v.value,
@@ -303,6 +306,7 @@ mod tests {
             state: State::Critical,
             calls: None,
             samples: None,
+            memory: None,
         };
         let local = old.detector.local_time().clone();
         let t0 = 1_764_684_000.0;

@@ -99,6 +99,32 @@ const PROBING_SYSCALLS: &[&str] = &[
     "rt_sigreturn",
 ];
 
+/// Syscalls that wait by design, until an event, a child or a timeout the caller chose: their
+/// latency is how idle the caller is, not harm (a thread pool waiting longer on its futex has
+/// less work; a sleep loop sleeps what it asks). Their latency is a rate: at most a warning.
+const WAITING_SYSCALLS: &[&str] = &[
+    "nanosleep",
+    "clock_nanosleep",
+    "futex",
+    "futex_waitv",
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "poll",
+    "ppoll",
+    "select",
+    "pselect6",
+    "wait4",
+    "waitid",
+    "pause",
+    "rt_sigsuspend",
+    "rt_sigtimedwait",
+    "accept",
+    "accept4",
+    "msgrcv",
+    "semtimedop",
+];
+
 /// Syscalls whose latency is the disk's (file data I/O).
 const DISK_SYSCALLS: &[&str] = &[
     "read",
@@ -132,7 +158,11 @@ fn tag<'a>(tags: &'a Tags, k: &str) -> Option<&'a str> {
 /// The impact class of a key.
 pub fn impact(name: &str, tags: &Tags) -> Impact {
     let fam = name.split('.').next().unwrap_or(name);
-    if name.contains("latency_us") || name.contains("rtt_us") {
+    if name.starts_with("syscall.latency_us")
+        && tag(tags, "syscall").is_some_and(|s| WAITING_SYSCALLS.contains(&s))
+    {
+        Impact::Rate
+    } else if name.contains("latency_us") || name.contains("rtt_us") {
         Impact::Latency
     } else if fam == "psi"
         || fam == "runq"
@@ -192,6 +222,9 @@ pub struct Signal {
     /// For a latency statistic: how many values it was taken from this interval (see
     /// [`samples_of`]).
     pub samples: Option<f64>,
+    /// For a memory level (`mem.*_bytes`, `swap.*_bytes`): the host's memory
+    /// (`mem.total_bytes`).
+    pub memory: Option<f64>,
 }
 
 /// The counter that says how many values a latency statistic was taken from, with the same
@@ -286,12 +319,18 @@ fn material(s: &Signal, interval_s: f64) -> bool {
     }
 }
 
-/// Memory going the harmless way: more available or free, less used, cached, dirty, swapped.
-/// Measured live: the dirty pages a build left flushed over a minute, and "memory quieter
-/// than usual" was the first incident of a quiet host.
+/// Memory going the harmless way (more available or free, less used, cached, dirty, swapped),
+/// or moving by less than [`MEMORY_MATERIAL`] of the host's memory. Measured live: the dirty
+/// pages a build left flushed over a minute, and "memory quieter than usual" was the first
+/// incident of a quiet host; another time it was "mem writeback 8 KiB (usual 0 B)".
 fn harmless_memory(s: &Signal) -> bool {
     if !(s.name.starts_with("mem.") || s.name.starts_with("swap.")) || !s.name.ends_with("_bytes") {
         return false;
+    }
+    if s.memory
+        .is_some_and(|total| (s.value - s.usual).abs() < MEMORY_MATERIAL * total)
+    {
+        return true;
     }
     let freer = matches!(s.name.as_str(), "mem.available_bytes" | "mem.free_bytes");
     if freer {
@@ -300,6 +339,9 @@ fn harmless_memory(s: &Signal) -> bool {
         s.value < s.usual
     }
 }
+
+/// The share of the host's memory a memory level must move by to be worth a person's look.
+const MEMORY_MATERIAL: f64 = 0.01;
 
 /// A key's contribution to an incident's severity.
 pub fn severity(s: &Signal, interval_s: f64) -> State {
@@ -932,6 +974,7 @@ mod tests {
             state,
             calls: None,
             samples: None,
+            memory: None,
         }
     }
 
@@ -1080,6 +1123,19 @@ mod tests {
         assert_eq!(w("mem.available_bytes", 3e9, 1e9), State::Ok);
         assert_eq!(w("mem.dirty_bytes", 900e6, 5e6), State::Warning);
         assert_eq!(w("mem.available_bytes", 1e8, 2e9), State::Warning);
+        // Moves under 1% of the host's memory are not worth a look.
+        let with_total = |name: &str, value: f64, usual: f64| {
+            let mut s = sig(name, &[], value, usual, State::Critical);
+            s.memory = Some(4e9);
+            severity(&s, 1.0)
+        };
+        assert_eq!(with_total("mem.writeback_bytes", 8192.0, 0.0), State::Ok);
+        assert_eq!(with_total("mem.used_bytes", 2.039e9, 2e9), State::Ok);
+        assert_eq!(with_total("mem.used_bytes", 2.041e9, 2e9), State::Warning);
+        assert_eq!(
+            with_total("mem.available_bytes", 1.9e9, 2e9),
+            State::Warning
+        );
         // Rates either way stay a warning: a service's calls collapsing is news.
         assert_eq!(w("syscall.count", 10.0, 5000.0), State::Warning);
     }
@@ -1141,6 +1197,17 @@ mod tests {
             Critical,
         );
         assert_eq!(severity(&max, i), Warning);
+        // A waiting call's latency is how idle its caller is: at most a warning, either way.
+        for (syscall, v) in [("futex", 9e6), ("epoll_wait", 9e6), ("nanosleep", 10.0)] {
+            let p50 = sig(
+                "syscall.latency_us.p50",
+                &[("syscall", syscall)],
+                v,
+                1e4,
+                Critical,
+            );
+            assert_eq!(severity(&p50, i), Warning, "{syscall}");
+        }
         // Rates alone: at most a warning, whichever way.
         let count = sig(
             "syscall.count",
@@ -1210,7 +1277,7 @@ mod tests {
         let mut inc = Incidents::new(IncidentConfig::default());
         let cpu = sig(
             "syscall.latency_us.p99",
-            &[("syscall", "futex")],
+            &[("syscall", "mprotect")],
             90_000.0,
             50.0,
             State::Critical,
