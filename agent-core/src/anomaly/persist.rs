@@ -268,6 +268,7 @@ fn encode_model(e: &mut Enc, m: &Model) {
     e.u8(nv.filled);
     e.u16(nv.age_in);
     e.u8(nv.age_word);
+    e.f32(nv.mean);
 }
 
 fn decode_model(d: &mut Dec<'_>) -> Result<Model, LoadError> {
@@ -369,6 +370,7 @@ fn decode_model(d: &mut Dec<'_>) -> Result<Model, LoadError> {
     nv.filled = d.u8()?;
     nv.age_in = d.u16()?;
     nv.age_word = d.u8()?;
+    nv.mean = d.f32()?;
     if !nv.valid() {
         return Err(corrupt("novelty memory out of range"));
     }

@@ -487,11 +487,12 @@ impl Model {
         ]);
         // Novelty of the recent pattern (see `novelty.rs`), in levels of the tail-scaled
         // spread around the long-term level: learnt from the first point, counted after the
-        // warm-up. A wholly new pattern adds at most one σ to what the score judges, so it lifts
+        // warm-up, and only beyond what is usual for this series (a noisy one keeps meeting
+        // new contexts). A wholly new pattern adds one σ to what the score judges, so it lifts
         // a borderline onset or a run of odd points but cannot alert on its own; the state
         // (what live alerts follow) stays with the views' z.
         let u = (point.y - self.long) / (point.s * tail);
-        let novel = self.novelty.step(Novelty::level(u));
+        let novel = self.novelty.step(Novelty::level(u), self.n);
         let z_score = if warming {
             z
         } else {

@@ -3,7 +3,8 @@
 //! level and spread; the recent sequences of levels (contexts of 1 to [`MAX_CONTEXT`] points)
 //! are counted in a small table of 2-bit counters indexed by a hash. The novelty of a point is
 //! the share of its contexts the table has not seen (a value at a level never seen is new at
-//! every length; a known level reached in a new order only at the longer ones). A pattern seen
+//! every length; a known level reached in a new order only at the longer ones; seen once counts
+//! half), beyond the series' usual share (a noisy series meets new contexts all the time). A pattern seen
 //! before (a series' normal bursts, a recurring shape) stops being new; one not seen scores at
 //! once. Counters are decremented slowly, one table word at a time, so what is not seen again
 //! is forgotten and memory stays constant.
@@ -22,7 +23,12 @@ const COUNTERS: u32 = (WORDS * 32) as u32;
 /// points, one seen often (counter 3) after three times that.
 pub(crate) const AGE_POINTS: u16 = 64;
 
-/// The novelty memory of one series.
+/// A context seen once is half new: once may be chance, twice is a pattern.
+const SEEN_ONCE_NEW: f64 = 0.5;
+/// Memory, in points, of the series' usual novelty.
+const MEAN_POINTS: f64 = 500.0;
+
+/// The novelty memory of one series: 136 bytes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Novelty {
     /// 2-bit saturating counters.
@@ -34,6 +40,8 @@ pub(crate) struct Novelty {
     /// Points until the next word is aged, and which word.
     pub age_in: u16,
     pub age_word: u8,
+    /// Usual novelty of this series (EWMA over [`MEAN_POINTS`]).
+    pub mean: f32,
 }
 
 impl Default for Novelty {
@@ -44,6 +52,7 @@ impl Default for Novelty {
             filled: 0,
             age_in: AGE_POINTS,
             age_word: 0,
+            mean: 0.0,
         }
     }
 }
@@ -69,6 +78,7 @@ impl Novelty {
             && (1..=AGE_POINTS).contains(&self.age_in)
             && usize::from(self.age_word) < WORDS
             && self.recent < 1 << (3 * (MAX_CONTEXT - 1))
+            && (0.0..=1.0).contains(&self.mean)
     }
 
     fn get(&self, i: u32) -> u64 {
@@ -82,9 +92,19 @@ impl Novelty {
         }
     }
 
-    /// Feeds the newest level; returns the weighted share of its contexts not seen before (in
-    /// [0, 1]) and learns them.
-    pub fn step(&mut self, q: u16) -> f64 {
+    /// Feeds the newest level (the `n`-th point of the series); returns how much more new its
+    /// contexts are than usual for this series (in [0, 1]), and learns them.
+    pub fn step(&mut self, q: u16, n: u32) -> f64 {
+        let raw = self.raw_step(q);
+        let mean = f64::from(self.mean);
+        let a = (1.0 / MEAN_POINTS).max(1.0 / f64::from(n.max(1)));
+        self.mean += (a * (raw - mean)) as f32;
+        ((raw - mean) / (1.0 - mean).max(1e-3)).clamp(0.0, 1.0)
+    }
+
+    /// Feeds the newest level; returns the share of its contexts not seen before (in [0, 1];
+    /// seen once counts half) and learns them.
+    fn raw_step(&mut self, q: u16) -> f64 {
         let mut code = u64::from(q);
         let mut slots = [0u32; MAX_CONTEXT];
         let n = 1 + usize::from(self.filled);
@@ -95,16 +115,18 @@ impl Novelty {
             }
             *s = slot(len, code);
             total += 1.0;
-            if self.get(*s) == 0 {
-                new += 1.0;
-            }
+            new += match self.get(*s) {
+                0 => 1.0,
+                1 => SEEN_ONCE_NEW,
+                _ => 0.0,
+            };
         }
         for &s in &slots[..n] {
             self.bump(s);
         }
         self.recent = ((self.recent << 3) | q) & ((1 << (3 * (MAX_CONTEXT - 1))) - 1);
         self.filled = (self.filled + 1).min((MAX_CONTEXT - 1) as u8);
-        self.age_in -= 1;
+        self.age_in = self.age_in.saturating_sub(1);
         if self.age_in == 0 {
             self.age_in = AGE_POINTS;
             let w = &mut self.table[usize::from(self.age_word)];
@@ -130,41 +152,67 @@ mod tests {
         let mut nv = Novelty::default();
         // A burst pattern (level 4 with a spike to 7 every 10 points): new at first...
         let pattern = |i: u32| if i % 10 == 9 { 7 } else { 4 };
-        let first: Vec<f64> = (0..10).map(|i| nv.step(pattern(i))).collect();
+        let first: Vec<f64> = (0..10).map(|i| nv.raw_step(pattern(i))).collect();
         assert_eq!(first[0], 1.0);
         assert_eq!(first[9], 1.0, "the first spike is new at every length");
-        // ...and the points after it (a known level after a new one); from the second cycle
-        // every context of it is known: the burst stops being news.
-        assert!(nv.step(pattern(10)) > 0.0);
+        // ...and the points after it (a known level after a new one); seen once, a context is
+        // half new, and from the third cycle every context of it is known: the burst stops
+        // being news.
+        assert!(nv.raw_step(pattern(10)) > 0.0);
         for i in 11..20 {
-            nv.step(pattern(i));
+            nv.raw_step(pattern(i));
         }
-        for i in 20..200 {
-            assert_eq!(nv.step(pattern(i)), 0.0, "point {i}");
+        // (a 4 after the spike: three of its four contexts seen once)
+        assert_eq!(nv.raw_step(pattern(20)), 0.375);
+        for i in 21..30 {
+            nv.raw_step(pattern(i));
+        }
+        for i in 30..200 {
+            assert_eq!(nv.raw_step(pattern(i)), 0.0, "point {i}");
         }
         // A level never seen is new at every length; a known level in a new order only at
         // the longer contexts.
-        assert_eq!(nv.step(0), 1.0);
+        assert_eq!(nv.raw_step(0), 1.0);
         for _ in 0..3 {
-            nv.step(4);
+            nv.raw_step(4);
         }
-        assert_eq!(nv.step(7), 0.0);
+        assert_eq!(nv.raw_step(7), 0.0);
         // Two spikes in a row: the level is known, the order is not.
-        let order = nv.step(7);
+        let order = nv.raw_step(7);
         assert!(order > 0.0 && order < 1.0, "{order}");
     }
 
     #[test]
     fn what_is_not_seen_again_is_forgotten() {
         let mut nv = Novelty::default();
-        nv.step(0);
-        nv.step(0);
+        nv.raw_step(0);
+        nv.raw_step(0);
         // Another level for longer than a counter's whole decay cycle: the first is forgotten.
         for _ in 0..(4 * WORDS as u32 * u32::from(AGE_POINTS)) {
-            nv.step(3);
+            nv.raw_step(3);
         }
-        assert!(nv.step(0) > 0.0);
+        assert!(nv.raw_step(0) > 0.0);
         assert!(nv.valid());
+    }
+
+    #[test]
+    fn novelty_counts_beyond_the_usual() {
+        // A series that meets new contexts all the time (levels from a noisy sequence) learns
+        // that as its usual (and fills the table: collisions make contexts look known, the safe
+        // side); a steady one does not, and a new level there is news in full.
+        let (mut noisy, mut steady) = (Novelty::default(), Novelty::default());
+        let mut seed = 1u32;
+        let mut late = 0.0_f64;
+        for n in 1..=3000 {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let got = noisy.step(((seed >> 16) % 8) as u16, n);
+            if n > 2000 {
+                late += got / 1000.0;
+            }
+            steady.step(4, n);
+        }
+        assert!(late < 0.3, "noisy series' mean novelty {late}");
+        assert!(steady.step(0, 3001) > 0.99);
     }
 
     #[test]
