@@ -15,13 +15,14 @@ use std::sync::{Mutex, OnceLock};
 use thiserror::Error;
 
 use super::State;
-use super::model::{Bf16, Hysteresis, Model, Slot, Surprise};
+use super::model::{Bf16, Hysteresis, Model, Novelty, Slot, Surprise};
 use crate::snapshot::{Kind, Tags};
 
 const MAGIC: &[u8; 8] = b"EBPFANOM";
-/// 2: the score's state (`Surprise`) and the model's unit after the hysteresis; version 1 files
-/// are refused (the daemon then starts fresh).
-const VERSION: u32 = 2;
+/// 2: the score's state (`Surprise`) and the model's unit after the hysteresis. 3: weekly slots'
+/// spreads as a byte each against a reference spread, then the novelty memory (`Novelty`). Older files are refused
+/// (the daemon then starts fresh).
+const VERSION: u32 = 3;
 /// Most keys a file (and a detector) may hold.
 pub(crate) const MAX_KEYS: usize = 1 << 16;
 const MAX_NAME: usize = 512;
@@ -250,10 +251,24 @@ fn encode_model(e: &mut Enc, m: &Model) {
     e.u16(s.seen);
     e.f32(s.peak);
     e.u16(m.unit_exp as u16);
-    for s in m.hod.iter().chain(m.how.iter()) {
+    for s in &m.hod {
         e.u16(s.loc.0);
         e.u16(s.sigma.0);
     }
+    for l in &m.how {
+        e.u16(l.0);
+    }
+    e.0.extend_from_slice(&m.how_sigma);
+    e.f32(m.how_ref);
+    let nv = &m.novelty;
+    for w in nv.table {
+        e.0.extend_from_slice(&w.to_le_bytes());
+    }
+    e.u16(nv.recent);
+    e.u8(nv.filled);
+    e.u16(nv.age_in);
+    e.u8(nv.age_word);
+    e.f32(nv.mean);
 }
 
 fn decode_model(d: &mut Dec<'_>) -> Result<Model, LoadError> {
@@ -336,12 +351,30 @@ fn decode_model(d: &mut Dec<'_>) -> Result<Model, LoadError> {
     if !(-1100..=1100).contains(&m.unit_exp) {
         return Err(corrupt("unit out of range"));
     }
-    for s in m.hod.iter_mut().chain(m.how.iter_mut()) {
+    for s in m.hod.iter_mut() {
         *s = Slot {
             loc: Bf16(d.u16()?),
             sigma: Bf16(d.u16()?),
         };
     }
+    for l in m.how.iter_mut() {
+        *l = Bf16(d.u16()?);
+    }
+    m.how_sigma = d.arr()?;
+    m.how_ref = d.pos32()?;
+    let mut nv = Novelty::default();
+    for w in nv.table.iter_mut() {
+        *w = u64::from_le_bytes(d.arr()?);
+    }
+    nv.recent = d.u16()?;
+    nv.filled = d.u8()?;
+    nv.age_in = d.u16()?;
+    nv.age_word = d.u8()?;
+    nv.mean = d.f32()?;
+    if !nv.valid() {
+        return Err(corrupt("novelty memory out of range"));
+    }
+    m.novelty = nv;
     Ok(m)
 }
 
@@ -635,14 +668,14 @@ mod tests {
             decode(b"{\"json\": true}", 10),
             Err(LoadError::Foreign)
         ));
-        // A file of the previous format (version 1, before the score's state) is refused
-        // cleanly; the daemon then learns afresh.
-        let mut v1 = buf.clone();
-        v1[8] = 1;
-        assert!(matches!(decode(&v1, 10), Err(LoadError::Version(1))));
-        let mut v3 = buf.clone();
-        v3[8] = 3;
-        assert!(matches!(decode(&v3, 10), Err(LoadError::Version(3))));
+        // Files of the previous formats (version 1, before the score's state; version 2,
+        // before the novelty memory) are refused cleanly, as is a newer one; the daemon then
+        // learns afresh.
+        for v in [1, 2, 4] {
+            let mut old = buf.clone();
+            old[8] = v;
+            assert!(matches!(decode(&old, 10), Err(LoadError::Version(x)) if x == u32::from(v)));
+        }
     }
 
     fn temp_dir(tag: &str) -> std::path::PathBuf {

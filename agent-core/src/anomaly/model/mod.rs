@@ -18,6 +18,11 @@
 //! the k-th consecutive anomalous point scores as if its z were divided by k, so onsets stand
 //! out and a persisting condition fades from the score while its state stays.
 //!
+//! The score also hears a second, different signal: the **novelty** of the recent pattern
+//! (`novelty.rs`, after contextOSE): short sequences of quantized levels never seen before add up
+//! to one σ to the z the score judges (a new shape lifts a borderline onset; a burst this series
+//! has shown before does not), never to the state.
+//!
 //! Point and seasonal z are divided by a tail factor learnt from the series' own |z| histogram
 //! (its 99th percentile and the steepness of its tail against a normal one; fed by calm points
 //! and by alerts that recur within 300 points): a naturally spiky series is judged against its
@@ -32,7 +37,7 @@
 //!
 //! Seasonality: each hour's mean and spread are folded, at the end of the hour, into 24
 //! hour-of-day and 168 hour-of-week slots (offsets from a slow reference level of their own,
-//! stored as 16-bit floats). A profile is trusted only when it predicts the next hours out of
+//! stored as 16-bit floats; the weekly spreads as a byte each against a reference spread). A profile is trusted only when it predicts the next hours out of
 //! sample clearly better than a flat line (a rhythm exists), its weight ramping in over days
 //! (daily) and weeks (weekly, when it beats the daily one: quiet weekends). The profile is
 //! interpolated between slot centres (smooth rhythms) and also read as a step (a job starting
@@ -42,9 +47,11 @@
 //!
 //! Layout: `views.rs` holds the five views (read-only: the state before the point in, a z out),
 //! `season.rs` the profiles and the hour fold, `tail.rs` the z → score map and tail learning,
-//! `hysteresis.rs` the state machine; [`Model::step`] here composes them and then learns.
+//! `hysteresis.rs` the state machine, `novelty.rs` the pattern memory; [`Model::step`] here
+//! composes them and then learns.
 
 mod hysteresis;
+mod novelty;
 mod season;
 mod surprise;
 mod tail;
@@ -58,6 +65,7 @@ use views::{
 };
 
 pub(crate) use hysteresis::Hysteresis;
+pub(crate) use novelty::Novelty;
 pub(crate) use season::{Bf16, Profile, Slot};
 use season::{DAY_SLOTS, WEEK_SLOTS};
 pub(crate) use surprise::Surprise;
@@ -133,6 +141,8 @@ const SHIFT_SIDE_Z: f64 = 1.0;
 /// An anomalous point coming within this many points of the previous one, after calm ones,
 /// teaches the tail: spikes that keep coming back are this series' nature.
 pub(super) const RECURRING_EPISODE_POINTS: u16 = 300;
+/// σ a wholly new pattern (every context unseen) adds to the z the score judges.
+const NOVELTY_GAIN_SIGMA: f64 = 1.0;
 /// What the model learns is judged at this sensitivity, whatever the configured one: the
 /// sensitivity moves what is reported, never what is learnt (so the same data teaches the same
 /// model at any sensitivity).
@@ -242,7 +252,7 @@ pub(crate) struct Assessment {
     pub previous: State,
 }
 
-/// The whole state of one series: 1024 bytes (see the `size` test). Its fields, in this
+/// The whole state of one series: 992 bytes (see the `size` test). Its fields, in this
 /// order, are the persisted format (`persist.rs`).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Model {
@@ -300,10 +310,14 @@ pub(crate) struct Model {
     pub err_week: f32,
     pub hyst: Hysteresis,
     pub surprise: Surprise,
+    pub novelty: Novelty,
     /// The unit values are modelled in, as a power of two (see [`Model::step`]).
     pub unit_exp: i16,
     pub hod: [Slot; DAY_SLOTS],
-    pub how: [Slot; WEEK_SLOTS],
+    /// Weekly profile: locations, and spreads in a byte against `how_ref` (see `season.rs`).
+    pub how: [Bf16; WEEK_SLOTS],
+    pub how_sigma: [u8; WEEK_SLOTS],
+    pub how_ref: f32,
 }
 
 /// Magnitudes of a first value the model takes as they are; outside, it works in a unit near it.
@@ -368,9 +382,12 @@ impl Model {
             err_week: f32::NAN,
             hyst: Hysteresis::default(),
             surprise: Surprise::default(),
+            novelty: Novelty::default(),
             unit_exp: 0,
             hod: [Slot::EMPTY; DAY_SLOTS],
-            how: [Slot::EMPTY; WEEK_SLOTS],
+            how: [Bf16::EMPTY; WEEK_SLOTS],
+            how_sigma: [0; WEEK_SLOTS],
+            how_ref: 0.0,
         }
     }
 
@@ -468,12 +485,25 @@ impl Model {
             (View::Variance, variance.z),
             (View::Flat, flat.z),
         ]);
+        // Novelty of the recent pattern (see `novelty.rs`), in levels of the tail-scaled
+        // spread around the long-term level: learnt from the first point, counted after the
+        // warm-up, and only beyond what is usual for this series (a noisy one keeps meeting
+        // new contexts). A wholly new pattern adds one σ to what the score judges, so it lifts
+        // a borderline onset or a run of odd points but cannot alert on its own; the state
+        // (what live alerts follow) stays with the views' z.
+        let u = (point.y - self.long) / (point.s * tail);
+        let novel = self.novelty.step(Novelty::level(u), self.n);
+        let z_score = if warming {
+            z
+        } else {
+            z.abs() + NOVELTY_GAIN_SIGMA * novel
+        };
         // The state follows the strength; the score is the surprise (see `surprise.rs`): an
         // onset, or a run of odd points that is unlikely for this series, then a rest.
         let (strength, score) = if warming {
             (0.0, 0.0)
         } else {
-            let surprise = self.surprise.step(z);
+            let surprise = self.surprise.step(z_score);
             (
                 score_of(z * p.sensitivity),
                 score_of(surprise * p.sensitivity),

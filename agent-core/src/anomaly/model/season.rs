@@ -53,6 +53,12 @@ const SLOT_SIGMA_FAST_DOWN_RATE: f64 = 0.5;
 const SLOT_SIGMA_MAX_GROWTH: f64 = 2.0;
 /// Largest magnitude stored in a bfloat16 slot (keeps infinities out).
 const BF16_MAX: f64 = 1e30;
+/// A weekly slot's spread is stored in a byte against the series' reference spread: code `c`
+/// is the reference × 2^((c − 128) / 16) (steps of 4.4%, about 1/256 to 256 times); 0 is
+/// unset, 1 a zero spread.
+const RATIO_ONE: f64 = 128.0;
+const RATIO_MIN_CODE: u8 = 2;
+const RATIO_STEPS: f64 = 16.0;
 
 /// Which seasonal profile shaped the expectation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,34 +202,23 @@ impl Model {
         } else {
             (here, 0.0)
         };
-        let get = |slots: &[Slot], h: i64, field: fn(Slot) -> Bf16| -> Option<f64> {
-            let v = field(
-                slots[if slots.len() == DAY_SLOTS {
-                    hour_of_day(h)
-                } else {
-                    hour_of_week(h)
-                }],
-            );
+        let at = |h: i64| (hour_of_day(h), hour_of_week(h));
+        let get = |h: i64, field: fn(&Model, (usize, usize)) -> Bf16| -> Option<f64> {
+            let v = field(self, at(h));
             v.is_set().then(|| v.get())
         };
-        let lerp = |slots: &[Slot], field: fn(Slot) -> Bf16| -> Option<f64> {
-            match (get(slots, h0, field), get(slots, h0 + 1, field)) {
+        let lerp = |field: fn(&Model, (usize, usize)) -> Bf16| -> Option<f64> {
+            match (get(h0, field), get(h0 + 1, field)) {
                 (Some(a), Some(b)) => Some(a * (1.0 - frac) + b * frac),
                 (a, b) => a.or(b),
             }
         };
-        let loc = |s: Slot| s.loc;
-        let sig = |s: Slot| s.sigma;
-        let day = (
-            lerp(&self.hod, loc),
-            get(&self.hod, here, loc),
-            lerp(&self.hod, sig),
-        );
-        let week = (
-            lerp(&self.how, loc),
-            get(&self.how, here, loc),
-            lerp(&self.how, sig),
-        );
+        let day_loc = |m: &Model, (d, _): (usize, usize)| m.hod[d].loc;
+        let sig = |m: &Model, (d, _): (usize, usize)| m.hod[d].sigma;
+        let week_loc = |m: &Model, (_, w): (usize, usize)| m.how[w];
+        let week_sig = |m: &Model, (_, w): (usize, usize)| m.week_sigma(w);
+        let day = (lerp(day_loc), get(here, day_loc), lerp(sig));
+        let week = (lerp(week_loc), get(here, week_loc), lerp(week_sig));
         let usable = |v: &(Option<f64>, Option<f64>, Option<f64>)| v.0.is_some() && v.2.is_some();
         let ww = if usable(&week) { ww } else { 0.0 };
         let wd = if usable(&day) { wd } else { 0.0 };
@@ -260,6 +255,50 @@ impl Model {
         self.acc_calm += u16::from(calm);
     }
 
+    /// Spread of an hour-of-week slot: a byte, relative to the series' reference spread.
+    fn week_sigma(&self, w: usize) -> Bf16 {
+        let c = self.how_sigma[w];
+        if c == 0 {
+            return Bf16::EMPTY;
+        }
+        let r = f64::from(self.how_ref);
+        Bf16::new(if r > 0.0 && c >= RATIO_MIN_CODE {
+            r * ((f64::from(c) - RATIO_ONE) / RATIO_STEPS).exp2()
+        } else {
+            0.0
+        })
+    }
+
+    /// Stores an hour-of-week slot's spread; the first non-zero one fixes the reference, which
+    /// moves (and every code with it) when a spread falls outside what the codes reach.
+    fn set_week_sigma(&mut self, w: usize, sigma: f64) {
+        if sigma.is_nan() || sigma <= 0.0 {
+            self.how_sigma[w] = 1;
+            return;
+        }
+        let lo = f64::from(RATIO_MIN_CODE);
+        if self.how_ref.is_nan() || self.how_ref <= 0.0 {
+            self.how_ref = sigma as f32;
+        }
+        let code = |s: f64, r: f32| RATIO_ONE + RATIO_STEPS * (s / f64::from(r)).log2();
+        let c = code(sigma, self.how_ref).round();
+        let shift = if c > 255.0 {
+            c - 255.0
+        } else if c < lo {
+            c - lo
+        } else {
+            0.0
+        };
+        if shift != 0.0 {
+            // Rebase: the others keep their spread, saturating at the far end.
+            self.how_ref = (f64::from(self.how_ref) * (shift / RATIO_STEPS).exp2()) as f32;
+            for k in self.how_sigma.iter_mut().filter(|k| **k >= RATIO_MIN_CODE) {
+                *k = (f64::from(*k) - shift).round().clamp(lo, 255.0) as u8;
+            }
+        }
+        self.how_sigma[w] = code(sigma, self.how_ref).round().clamp(lo, 255.0) as u8;
+    }
+
     /// Folds the finished hour into the profiles and the rhythm test.
     pub(super) fn fold_hour(&mut self) {
         if self.acc_n == 0 {
@@ -292,7 +331,7 @@ impl Model {
 
         // Out of sample: how well would each profile have predicted this hour?
         let sd = self.hod[d].loc.is_set().then(|| self.hod[d].loc.get());
-        let sw = self.how[w].loc.is_set().then(|| self.how[w].loc.get());
+        let sw = self.how[w].is_set().then(|| self.how[w].get());
         if let Some(sd) = sd {
             let ef = clip(dev_d.abs(), self.err_flat);
             let ed = clip((dev_d - sd).abs(), self.err_day);
@@ -326,7 +365,13 @@ impl Model {
             } else {
                 f32::NAN
             };
-            learn_slot(&mut self.how[w], dev_w, sigma, a, lim, down);
+            let mut slot = Slot {
+                loc: self.how[w],
+                sigma: self.week_sigma(w),
+            };
+            learn_slot(&mut slot, dev_w, sigma, a, lim, down);
+            self.how[w] = slot.loc;
+            self.set_week_sigma(w, slot.sigma.get());
         }
         let hours = f64::from(self.hours) + 1.0;
         let lim = if self.err_flat > 0.0 {
@@ -388,6 +433,30 @@ fn learn_slot(slot: &mut Slot, dev: f64, sigma: f64, a: f64, lim: f32, fast_down
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weekly_spreads_in_a_byte() {
+        let mut m = Model::new();
+        assert!(!m.week_sigma(0).is_set());
+        let close = |a: f64, b: f64| (a - b).abs() <= 0.023 * b;
+        m.set_week_sigma(0, 3.0);
+        m.set_week_sigma(1, 0.5);
+        m.set_week_sigma(2, 0.0);
+        assert!(close(m.week_sigma(0).get(), 3.0));
+        assert!(close(m.week_sigma(1).get(), 0.5));
+        assert_eq!(m.week_sigma(2).get(), 0.0);
+        // Beyond what the codes reach from the reference: it moves, the others keep their
+        // spread while the codes' span (about 57,000 times) holds them...
+        m.set_week_sigma(3, 10_000.0);
+        assert!(close(m.week_sigma(3).get(), 10_000.0));
+        assert!(close(m.week_sigma(0).get(), 3.0));
+        assert!(close(m.week_sigma(1).get(), 0.5));
+        // ...and the smallest saturate when it does not.
+        m.set_week_sigma(4, 1e7);
+        assert!(close(m.week_sigma(4).get(), 1e7));
+        assert!(close(m.week_sigma(1).get(), 1e7 / 2f64.powf(253.0 / 16.0)));
+        assert_eq!(m.week_sigma(2).get(), 0.0);
+    }
 
     #[test]
     fn bf16_round_trip() {
