@@ -704,7 +704,7 @@ mod tests {
     }
 
     fn names(out: &[Metric]) -> Vec<&str> {
-        out.iter().map(|m| m.name.as_str()).collect()
+        out.iter().map(|m| &*m.name).collect()
     }
 
     const COUNTERS: [&str; 8] = [

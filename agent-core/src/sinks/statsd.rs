@@ -123,7 +123,7 @@ impl Writer {
             StatsdTagStyle::Name => {
                 let (first, rest) = match m.name.bytes().position(|b| b == b'.') {
                     Some(dot) => (&m.name[..dot], Some(&m.name[dot + 1..])),
-                    None => (m.name.as_str(), None),
+                    None => (&*m.name, None),
                 };
                 push_segment(out, first);
                 m.tags.iter().for_each(|(_, v)| push_segment(out, v));
@@ -715,7 +715,7 @@ mod tests {
             let mut s = random_snapshot(&mut rng, 50);
             // Names with empty segments, non-ASCII and reserved characters too.
             for m in s.metrics.iter_mut().step_by(3) {
-                m.name = rng.text(24);
+                m.name = rng.text(24).into();
             }
             let mut want = vec![];
             for m in &s.metrics {
