@@ -359,7 +359,7 @@ impl Totals {
     fn add(&mut self, sinks: &Sinks) {
         for m in sinks.self_metrics() {
             let sink = m.tag("sink").unwrap().to_owned();
-            *self.0.entry((m.name.clone(), sink)).or_default() += m.value;
+            *self.0.entry((m.name.to_string(), sink)).or_default() += m.value;
         }
     }
 

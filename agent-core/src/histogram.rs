@@ -35,20 +35,32 @@ impl LatencyStats {
     }
 
     /// Appends `<base>.mean`, `.p50`, `.p90`, `.p99`, `.p999`, `.max` as gauges in µs.
-    pub fn push_us(&self, base: &str, tags: &Tags, out: &mut Vec<Metric>) {
+    pub fn push_us(&self, base: &'static str, tags: &Tags, out: &mut Vec<Metric>) {
         let us = |ns: f64| ns / 1000.0;
-        // Concatenated rather than `format!`ed: six names per histogram every interval.
-        let name = |suffix: &str| [base, ".", suffix].concat();
-        out.push(Metric::gauge(name("mean"), tags.clone(), us(self.mean_ns)));
-        for ((suffix, _), q) in QUANTILES.iter().zip(self.quantiles_ns) {
-            out.push(Metric::gauge(name(suffix), tags.clone(), us(q as f64)));
+        let [mean, quantiles @ .., max] = latency_names(base);
+        out.push(Metric::gauge(*mean, tags.clone(), us(self.mean_ns)));
+        for (name, q) in quantiles.iter().zip(self.quantiles_ns) {
+            out.push(Metric::gauge(*name, tags.clone(), us(q as f64)));
         }
-        out.push(Metric::gauge(
-            name("max"),
-            tags.clone(),
-            us(self.max_ns as f64),
-        ));
+        out.push(Metric::gauge(*max, tags.clone(), us(self.max_ns as f64)));
     }
+}
+
+/// `<base>.mean`, `.p50`, `.p90`, `.p99`, `.p999`, `.max`, made once per latency family and kept
+/// for the life of the process (a handful of families): six names per histogram every interval
+/// were built anew before, the most frequent allocation of the idle agent.
+fn latency_names(base: &'static str) -> &'static [&'static str; 6] {
+    type Names = &'static [&'static str; 6];
+    static MADE: std::sync::Mutex<Vec<(&'static str, Names)>> = std::sync::Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, names)) = made.iter().find(|(b, _)| *b == base) {
+        return names;
+    }
+    let names: Names = Box::leak(Box::new(
+        crate::catalogue::LATENCY_SUFFIXES.map(|s| &*format!("{base}.{s}").leak()),
+    ));
+    made.push((base, names));
+    names
 }
 
 #[cfg(test)]
@@ -74,7 +86,7 @@ mod tests {
         assert!(within(s.max_ns, 10_000_000.0));
         let mut out = vec![];
         s.push_us("x.latency_us", &vec![("k", "v".into())], &mut out);
-        let names: Vec<_> = out.iter().map(|m| m.name.as_str()).collect();
+        let names: Vec<_> = out.iter().map(|m| &*m.name).collect();
         assert_eq!(
             names,
             [

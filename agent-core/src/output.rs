@@ -52,7 +52,7 @@ pub fn write_text(w: &mut impl Write, snap: &Snapshot, events: &[EventView]) -> 
     for m in &snap.metrics {
         let tags: Vec<String> = m.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let name = if tags.is_empty() {
-            m.name.clone()
+            m.name.to_string()
         } else {
             format!("{}{{{}}}", m.name, tags.join(","))
         };

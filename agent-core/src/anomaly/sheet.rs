@@ -163,7 +163,7 @@ impl SheetBuilder {
                 self.keys.insert(
                     key.clone(),
                     Acc {
-                        name: m.name.clone(),
+                        name: m.name.to_string(),
                         tags: m
                             .tags
                             .iter()

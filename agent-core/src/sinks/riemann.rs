@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 
 // `State` here is Riemann's protobuf message; the detector's states are `AnomalyState`.
 use crate::anomaly::State as AnomalyState;
-use crate::snapshot::{Kind, Metric, Snapshot, Tags};
+use crate::snapshot::{Kind, Metric, Name, Snapshot, Tags};
 
 use super::{Datagram, Encoded, Endpoint, Shared};
 
@@ -159,7 +159,7 @@ pub fn event(snap: &Snapshot, m: &Metric, cfg: &Config) -> Option<Event> {
         .as_micros() as i64;
     let mut service = String::with_capacity(cfg.prefix.len() + m.name.len() + 16);
     for word in std::iter::once(cfg.prefix.as_str())
-        .chain(std::iter::once(m.name.as_str()))
+        .chain(std::iter::once(&*m.name))
         .chain(m.tags.iter().map(|(_, v)| v.as_str()))
     {
         if word.is_empty() && !service.is_empty() {
@@ -267,7 +267,7 @@ pub fn events(snap: &Snapshot, cfg: &Config) -> (Vec<Event>, u64) {
 pub struct KeepAlive {
     window: Duration,
     /// Counter keys and the end of the last interval that had them.
-    last_seen: HashMap<(String, Tags), SystemTime>,
+    last_seen: HashMap<(Name, Tags), SystemTime>,
 }
 
 impl KeepAlive {

@@ -120,7 +120,7 @@ impl History {
                 points: VecDeque::with_capacity(HISTORY),
                 rate,
                 active: tick,
-                name: m.name.clone(),
+                name: m.name.to_string(),
                 tags: m
                     .tags
                     .iter()
