@@ -265,8 +265,9 @@ impl Mark {
 /// The mark of a row whose metrics `pick` selects: the worst not-ok anomaly among them.
 pub(crate) fn mark(snap: &Snapshot, pick: impl Fn(&Anomaly) -> bool) -> Option<Mark> {
     // Worst first: the detector sorts its verdicts. What a row's arrow says is its impact when
-    // it has one (slower calls, more errors), as the incidents judge it, not the fall in calls
-    // that slower calls bring with them.
+    // it has one (slower calls, more errors), as the incidents judge it, or its latency (a
+    // waiting call's, which judges as a rate), not the fall in calls that slower calls bring
+    // with them.
     let off = || {
         snap.annotations
             .anomalies
@@ -274,7 +275,10 @@ pub(crate) fn mark(snap: &Snapshot, pick: impl Fn(&Anomaly) -> bool) -> Option<M
             .filter(|a| tone_of(a.state) != Tone::Normal && pick(a))
     };
     off()
-        .find(|a| agent_core::incident::impact(&a.name, &a.tags) != Impact::Rate)
+        .find(|a| {
+            agent_core::incident::impact(&a.name, &a.tags) != Impact::Rate
+                || a.name.contains(".latency_us.")
+        })
         .or_else(|| off().next())
         .map(|a| {
             if a.value >= a.usual {
@@ -362,6 +366,28 @@ mod tests {
     use super::super::testkit::{snap, syscall};
     use super::*;
     use crate::snapshot::Metric;
+
+    /// A row's arrow follows its latency before its count, even for a waiting call (whose
+    /// latency judges as a rate): slower sleeps are ▲ though their calls fell further.
+    #[test]
+    fn a_rows_arrow_follows_its_latency() {
+        use super::super::testkit::anomaly;
+        let t = || vec![("syscall", "nanosleep".to_string())];
+        let mut s = snap(vec![]);
+        s.annotations.anomalies = vec![
+            anomaly("syscall.count", t(), State::Critical, 64.0, 912.0),
+            anomaly(
+                "syscall.latency_us.mean",
+                t(),
+                State::Warning,
+                15_100.0,
+                1_100.0,
+            ),
+        ];
+        assert_eq!(mark(&s, |_| true), Some(Mark::Up));
+        s.annotations.anomalies.truncate(1);
+        assert_eq!(mark(&s, |_| true), Some(Mark::Down));
+    }
 
     #[test]
     fn sparkline_scales_to_the_window() {
