@@ -8,7 +8,8 @@
 //! learning; benign (2,500 short processes, a `find /usr` metadata scan, then a build: `make
 //! -j<CPUs>` of generated C files); the service's direct writes throttled (blkio
 //! `throttle.write_iops_device` on a cgroup v1 group the test creates and removes); CPU hogs,
-//! twice the CPU count; the service's connects storming a closed port. The agent's JSON intervals are read afterwards: notifications are incident
+//! twice the CPU count; the service's connects storming a closed port. The agent's JSON
+//! intervals are read afterwards: notifications are incident
 //! opens and escalations (a close is a resolution, not a call to act).
 //!
 //! Asserted: the benign phase (at most one notification, nothing critical); the throttled
@@ -19,7 +20,8 @@
 //! run-queue wait (mean or p50 ≥ 5× usual and ≥ 1 ms more). On a quiet 2-vCPU VM it was
 //! critical 0.6-0.8 s after the hogs started (mean 1.4-2.4 ms against a usual 15-85 µs) in
 //! every run; it was a warning whenever other work shared the machine while learning or
-//! between phases (a build writing to the same disk, other engineers' rustc). The run-queue wait's mean, p50 and p99 per phase (and the half minute
+//! between phases (a build writing to the same disk, other engineers' rustc). The run-queue
+//! wait's mean, p50 and p99 per phase (and the half minute
 //! before the hogs) are printed to tell which.
 
 mod common;
@@ -316,8 +318,8 @@ fn wait_calm(
 }
 
 /// A small C project for the benign phase's build: `files` sources of a few hundred functions
-/// each (about half a second of `cc -O2` per file here) and a Makefile; returns its directory.
-fn write_build(dir: &Path, files: usize) -> PathBuf {
+/// each (about half a second of `cc -O2` per file here) and a Makefile.
+fn write_build(dir: &Path, files: usize) {
     fs::create_dir_all(dir).unwrap();
     let mut objs = vec![];
     for f in 0..files {
@@ -338,7 +340,6 @@ fn write_build(dir: &Path, files: usize) -> PathBuf {
         format!("all: {}\n%.o: %.c\n\tcc -O2 -c $< -o $@\n", objs.join(" ")),
     )
     .unwrap();
-    dir.to_path_buf()
 }
 
 fn shell(script: &str) -> Child {
@@ -417,7 +418,8 @@ fn one_incident_per_episode_on_the_real_kernel() {
 
     // Benign: thousands of short processes, a metadata scan, then a build (make -j, one job
     // per CPU, of generated C files).
-    let build = write_build(&dir.join("build"), 6 * cpus);
+    let build = dir.join("build");
+    write_build(&build, 6 * cpus);
     let benign_start = now();
     let status = Command::new("bash")
         .args([

@@ -14,9 +14,9 @@
 //! ≥ 20 ms more, or its mean ≥ 1 ms more), else a warning; saturation (pressure, iowait, swapping)
 //! going up is a warning that joins and explains the incident; rates and levels (more calls,
 //! more processes, more memory) are at most a warning, and so is a tail statistic (`max`,
-//! `p999`, a quantile or mean of too few values: see [`is_tail`]); latency, errors or pressure going *down* are not an incident. A
-//! rate change the host's rhythm explains never reaches this layer: the detector judges every
-//! key against its learnt daily and weekly profile.
+//! `p999`, a quantile or mean of too few values: see [`is_tail`]); latency, errors or pressure
+//! going *down* are not an incident. A rate change the host's rhythm explains never reaches
+//! this layer: the detector judges every key against its learnt daily and weekly profile.
 //!
 //! Processes: the slow events name who was hurt (slow calls and requests, failed connects, a
 //! task woken to act that waited long for a CPU). Run-queue waits of tasks preempted while
@@ -258,14 +258,10 @@ fn is_tail(s: &Signal) -> bool {
     };
     match stat {
         "mean" => n < 20.0,
-        p => match p.strip_prefix('p').and_then(|d| d.parse::<f64>().ok()) {
-            // p50 → 0.5, p90 → 0.9, p99 → 0.99.
-            Some(d) if d > 0.0 => {
-                let q = d / 10f64.powi(d.log10().floor() as i32 + 1);
-                n * (1.0 - q) < 1.0 - 1e-9
-            }
-            _ => false,
-        },
+        p => crate::histogram::QUANTILES
+            .iter()
+            .find(|(suffix, _)| *suffix == p)
+            .is_some_and(|(_, q)| n * (1.0 - q) < 1.0 - 1e-9),
     }
 }
 
@@ -483,9 +479,6 @@ struct Open {
     /// Subsystems with a critical key so far: a new one is an escalation too (a disk stall
     /// during a CPU incident is news).
     critical_in: Vec<String>,
-    /// Set when it closes with a key still off (a warning that lasted): settled at a new
-    /// level, not resolved.
-    settled: bool,
 }
 
 impl Open {
@@ -596,7 +589,15 @@ impl Open {
         Some(shown.join(", "))
     }
 
-    fn report(&self, state: State, change: Option<Change>, local: &LocalTime) -> Incident {
+    /// `settled`: it closes with a key still off (a warning that lasted): settled at a new
+    /// level, not resolved.
+    fn report(
+        &self,
+        state: State,
+        change: Option<Change>,
+        settled: bool,
+        local: &LocalTime,
+    ) -> Incident {
         // One key per subject (a syscall, a disk and op, ...: the family's first word and the
         // tags): three quantiles of one slow syscall say less than the next subject does.
         let mut keys: Vec<&Member> = Vec::new();
@@ -610,7 +611,7 @@ impl Open {
         let processes = self.processes();
         let mut d = format!(
             "{}: {} since {}",
-            if state == State::Ok && self.settled {
+            if state == State::Ok && settled {
                 "settled at a new level".to_string()
             } else if state == State::Ok {
                 "resolved".to_string()
@@ -840,7 +841,6 @@ impl Incidents {
                         busy: HashMap::new(),
                         interval_s,
                         critical_in: vec![],
-                        settled: false,
                     });
                 }
             }
@@ -917,17 +917,17 @@ impl Incidents {
                 o.state = o.state.max(now);
                 Some(Change::Escalated)
             } else if now == State::Ok && t - o.last_active >= self.cfg.calm_s {
-                o.settled = o
+                let settled = o
                     .members
                     .iter()
                     .any(|m| off_since.contains_key(&(m.name.clone(), m.tags.clone())));
                 closed.push(i);
-                out.push(o.report(State::Ok, Some(Change::Closed), local));
+                out.push(o.report(State::Ok, Some(Change::Closed), settled, local));
                 continue;
             } else {
                 None
             };
-            out.push(o.report(o.state, change, local));
+            out.push(o.report(o.state, change, false, local));
         }
         for i in closed.into_iter().rev() {
             self.open.remove(i);
