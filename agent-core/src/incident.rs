@@ -9,14 +9,16 @@
 //! its slow events come from the incident's leading process; otherwise it opens a new one.
 //!
 //! Severity follows impact (see [`Impact`]): latency and errors going up on a key the detector
-//! finds unusual are critical when the change is material (a latency ≥ 5x its usual and ≥ 2 ms
-//! more, a majority of failing calls that used to succeed, a run-queue wait ≥ 5x its usual and
-//! ≥ 20 ms more, or its mean ≥ 1 ms more), else a warning; saturation (pressure, iowait, swapping)
-//! going up is a warning that joins and explains the incident; rates and levels (more calls,
-//! more processes, more memory) are at most a warning, and so is a tail statistic (`max`,
-//! `p999`, a quantile or mean of too few values: see [`is_tail`]); latency, errors or pressure
-//! going *down* are not an incident. A rate change the host's rhythm explains never reaches
-//! this layer: the detector judges every key against its learnt daily and weekly profile.
+//! finds unusual are critical when the change is material (a latency ≥ 5x its usual and ≥ 5 ms
+//! more for a typical call, 10 ms more for a p90, 20 ms more for a p99; a majority of failing
+//! calls that used to succeed; a run-queue wait ≥ 5x its usual and ≥ 20 ms more, or its mean
+//! ≥ 1 ms more), else a warning; saturation (pressure, iowait, swapping) going up is a warning
+//! that joins and explains the incident; rates and levels (more calls, more processes, more
+//! memory) are at most a warning, and so is a tail statistic (`max`, `p999`, a quantile or mean
+//! of too few values: see [`is_tail`]); rates, levels and pressure within a quarter of their
+//! usual, and latency, errors or pressure going *down*, are not an incident. A rate change the
+//! host's rhythm explains never reaches this layer: the detector judges every key against its
+//! learnt daily and weekly profile.
 //!
 //! Processes: the slow events name who was hurt (slow calls and requests, failed connects, a
 //! task woken to act that waited long for a CPU). Run-queue waits of tasks preempted while
@@ -275,6 +277,20 @@ const RUNQ_MATERIAL_US: f64 = 20_000.0;
 /// CPUs, all the time) and everyone's latency pays for it.
 const RUNQ_MEAN_MATERIAL_US: f64 = 1_000.0;
 
+/// How much (µs) a latency statistic must rise to be critical: the fewer calls it speaks for,
+/// the more. A typical call (`p50`, `mean`) 5 ms slower is felt by whoever waits on it; one call
+/// in ten or a hundred must be slower by tens of ms. Measured on a fresh 2-vCPU VM: a cold
+/// `find /usr` and a build beside a service doing 80 `fdatasync` calls a second took their p90
+/// from 0.21 to 2.2 ms and their p99 to 3 ms, while throttled writes took every call to 100-200
+/// ms.
+fn latency_material_us(name: &str) -> f64 {
+    match name.rsplit('.').next().unwrap_or("") {
+        "p50" | "mean" => 5_000.0,
+        "p90" => 10_000.0,
+        _ => 20_000.0,
+    }
+}
+
 /// Whether a change in the direction of harm is large enough to be critical.
 fn material(s: &Signal, interval_s: f64) -> bool {
     let up = s.value - s.usual;
@@ -294,8 +310,7 @@ fn material(s: &Signal, interval_s: f64) -> bool {
             !tail && s.value >= 5.0 * s.usual.max(0.0) && up >= floor
         }
         Impact::Latency => {
-            let tail = is_tail(s);
-            !tail && s.value >= 5.0 * s.usual.max(0.0) && up >= 2_000.0
+            !is_tail(s) && s.value >= 5.0 * s.usual.max(0.0) && up >= latency_material_us(&s.name)
         }
         Impact::Errors => match (s.name.as_str(), s.calls) {
             ("syscall.errors", Some((calls, usual_calls))) => {
@@ -347,9 +362,35 @@ const MEMORY_MATERIAL: f64 = 0.01;
 const NOTICEABLE_US: f64 = 100.0;
 const NOTICEABLE_RATIO: f64 = 2.0;
 
+/// A quantile above the median (`p90`, `p99`, ...) or any run-queue quantile that rose by less
+/// than this (µs) is felt by no one: one call in ten a fraction of a millisecond slower, a tick
+/// at HZ 1000 of waiting for a CPU. Measured live on a quiet host: a disk's p90 0.07 → 0.38 ms
+/// and the service's fdatasync p90 0.18 → 0.82 ms opened "disk slower than usual"; the run
+/// queue's p99 0.065 → 0.31 ms "cpu slower". The median and the mean keep [`NOTICEABLE_US`]:
+/// they are the typical call's.
+const NOTICEABLE_TAIL_US: f64 = 1_000.0;
+
 fn noticeable(s: &Signal) -> bool {
-    s.value - s.usual >= NOTICEABLE_US && s.value >= NOTICEABLE_RATIO * s.usual.max(0.0)
+    let stat = s.name.rsplit('.').next().unwrap_or("");
+    let typical = stat == "mean" || (stat == "p50" && !s.name.starts_with("runq."));
+    let floor = if typical {
+        NOTICEABLE_US
+    } else {
+        NOTICEABLE_TAIL_US
+    };
+    s.value - s.usual >= floor && s.value >= NOTICEABLE_RATIO * s.usual.max(0.0)
 }
+
+/// A rate or level that moved by at least [`MOVED_RATIO`] either way (from or to zero counts).
+fn moved(s: &Signal) -> bool {
+    let (lo, hi) = (s.value.min(s.usual), s.value.max(s.usual));
+    if lo <= 0.0 {
+        return hi > lo;
+    }
+    hi >= MOVED_RATIO * lo
+}
+
+const MOVED_RATIO: f64 = 1.25;
 
 /// A key's contribution to an incident's severity.
 pub fn severity(s: &Signal, interval_s: f64) -> State {
@@ -362,6 +403,10 @@ pub fn severity(s: &Signal, interval_s: f64) -> State {
         Impact::Rate if harmless_memory(s) => State::Ok,
         // Fewer failing calls (fewer paths probed) is never harm.
         Impact::Rate if s.name == "syscall.errors" && !harmful_way => State::Ok,
+        // A level or rate within a quarter of its usual is noise to a person, however unusual
+        // to the detector: measured live, the smooth 15-minute load average moved 0.239 →
+        // 0.23 and opened "cpu quieter than usual".
+        Impact::Rate | Impact::Saturation if !moved(s) => State::Ok,
         Impact::Rate => State::Warning,
         _ if !harmful_way => State::Ok,
         // The detector says whether a key is unusual; how much it hurts is the magnitude's:
@@ -1041,12 +1086,12 @@ mod tests {
             severity(&s, 0.25)
         };
         let p99 = "syscall.latency_us.p99";
-        assert_eq!(with(p99, 4_060.0, 289.0, 20.0), State::Warning);
-        assert_eq!(with(p99, 4_060.0, 289.0, 99.0), State::Warning);
-        assert_eq!(with(p99, 4_060.0, 289.0, 100.0), State::Critical);
+        assert_eq!(with(p99, 40_600.0, 289.0, 20.0), State::Warning);
+        assert_eq!(with(p99, 40_600.0, 289.0, 99.0), State::Warning);
+        assert_eq!(with(p99, 40_600.0, 289.0, 100.0), State::Critical);
         let p90 = "syscall.latency_us.p90";
-        assert_eq!(with(p90, 4_060.0, 289.0, 9.0), State::Warning);
-        assert_eq!(with(p90, 4_060.0, 289.0, 10.0), State::Critical);
+        assert_eq!(with(p90, 14_060.0, 289.0, 9.0), State::Warning);
+        assert_eq!(with(p90, 14_060.0, 289.0, 10.0), State::Critical);
         // The throttled writes: one or two calls per interval, each slow: every call.
         let p50 = "syscall.latency_us.p50";
         assert_eq!(with(p50, 210_000.0, 151.0, 1.0), State::Critical);
@@ -1062,7 +1107,7 @@ mod tests {
                 &sig(
                     p99,
                     &[("syscall", "fdatasync")],
-                    4_060.0,
+                    40_600.0,
                     289.0,
                     State::Warning
                 ),
@@ -1151,9 +1196,9 @@ mod tests {
         };
         assert_eq!(with_total("mem.writeback_bytes", 8192.0, 0.0), State::Ok);
         assert_eq!(with_total("mem.used_bytes", 2.039e9, 2e9), State::Ok);
-        assert_eq!(with_total("mem.used_bytes", 2.041e9, 2e9), State::Warning);
+        assert_eq!(with_total("mem.used_bytes", 2.6e9, 2e9), State::Warning);
         assert_eq!(
-            with_total("mem.available_bytes", 1.9e9, 2e9),
+            with_total("mem.available_bytes", 1.5e9, 2e9),
             State::Warning
         );
         // Rates either way stay a warning: a service's calls collapsing is news.
@@ -1208,7 +1253,43 @@ mod tests {
         assert_eq!(lat("read", 0.61, 0.23), State::Ok);
         assert_eq!(lat("pwrite64", 390.0, 200.0), State::Ok); // under 2x
         assert_eq!(lat("pwrite64", 450.0, 200.0), State::Warning);
-        assert_eq!(lat("pwrite64", 2_500.0, 200.0), State::Critical);
+        assert_eq!(lat("pwrite64", 2_500.0, 200.0), State::Warning);
+        assert_eq!(lat("pwrite64", 5_500.0, 200.0), State::Critical);
+        // CI, a fresh VM: a cold `find /usr` and a build beside the service. Its fdatasync p90
+        // over 20 calls went 0.21 → 2.23 ms: slower, felt, not a stall.
+        let mut p90 = sig(
+            "syscall.latency_us.p90",
+            &[("syscall", "fdatasync")],
+            2_230.0,
+            209.0,
+            State::Critical,
+        );
+        p90.samples = Some(20.0);
+        assert_eq!(severity(&p90, 0.25), State::Warning);
+        p90.value = 12_000.0;
+        assert_eq!(severity(&p90, 0.25), State::Critical);
+        // Levels and rates within a quarter of their usual, and pressure barely up.
+        let level =
+            |name: &str, v: f64, u: f64| severity(&sig(name, &[], v, u, State::Warning), 0.25);
+        let runq = sig("runq.latency_us.p99", &[], 311.0, 65.3, State::Warning);
+        assert_eq!(severity(&runq, 0.25), State::Ok);
+        let mut disk = sig(
+            "disk.latency_us.p90",
+            &[("device", "vda"), ("op", "other")],
+            377.0,
+            68.6,
+            State::Warning,
+        );
+        disk.samples = Some(24.0);
+        assert_eq!(severity(&disk, 0.25), State::Ok);
+        disk.value = 1_500.0;
+        assert_eq!(severity(&disk, 0.25), State::Warning);
+        assert_eq!(level("load.15", 0.23, 0.239), State::Ok);
+        assert_eq!(level("load.15", 0.28, 0.244), State::Ok);
+        assert_eq!(level("load.1", 2.5, 0.3), State::Warning);
+        assert_eq!(level("psi.io.some_avg10", 2.5, 2.39), State::Ok);
+        assert_eq!(level("psi.io.some_avg10", 12.8, 2.39), State::Warning);
+        assert_eq!(level("tcp.resets", 1.0, 0.0), State::Warning);
         let rtt = sig("tcp.rtt_us.p50", &[], 90.0, 30.0, State::Critical);
         assert_eq!(severity(&rtt, 1.0), State::Ok);
         let errors = |v: f64, u: f64| {
