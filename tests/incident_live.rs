@@ -14,15 +14,15 @@
 //!
 //! Asserted: the benign phase (at most one notification, nothing critical); the throttled
 //! writes and the connect storm, each one critical incident within 10 s naming the service as
-//! its leading process (slow writes; failed connects). Printed only: the CPU hogs, which should
-//! be the same with the service among the processes (its wakeups' long run-queue waits; the
+//! its leading process (slow writes; failed connects); the CPU hogs, one critical incident
+//! within 10 s with the service among the processes (its wakeups' long run-queue waits; the
 //! hogs' own waits are preemptions, said apart as the busy ones), critical through the typical
-//! run-queue wait (mean or p50 ≥ 5× usual and ≥ 1 ms more). On a quiet 2-vCPU VM it was
-//! critical 0.6-0.8 s after the hogs started (mean 1.4-2.4 ms against a usual 15-85 µs) in
-//! every run; it was a warning whenever other work shared the machine while learning or
-//! between phases (a build writing to the same disk, other engineers' rustc). The run-queue
-//! wait's mean, p50 and p99 per phase (and the half minute
-//! before the hogs) are printed to tell which.
+//! run-queue wait (mean ≥ 5× usual and ≥ 1 ms more). On a quiet 2-vCPU VM it was critical
+//! 0.5-0.8 s after the hogs started (mean 1.4-2.4 ms against a usual 10-20 µs) in every run
+//! (about 15, and CI's); it can be only a warning when other CPU-heavy work shares the machine
+//! while the agent learns (the usual wait is then that work's), so run this test alone. The
+//! run-queue wait's mean, p50 and p99 per phase (and the half minute before the hogs) are
+//! printed to tell which.
 
 mod common;
 
@@ -568,9 +568,7 @@ fn one_incident_per_episode_on_the_real_kernel() {
             if leading { " first" } else { "" },
             runq_waits(&intervals, a, b)
         );
-        // Printed, not asserted: see the module's doc.
-        let asserted = name != "cpu hogs";
-        if asserted && (ids.len() != 1 || first.is_none_or(|s| s > WITHIN_S) || !named) {
+        if ids.len() != 1 || first.is_none_or(|s| s > WITHIN_S) || !named {
             failures.push(format!(
                 "{name}: {} critical incidents, first after {first:?} s, named: {named}",
                 ids.len()
