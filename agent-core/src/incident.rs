@@ -12,10 +12,11 @@
 //! finds unusual are critical when the change is material (a latency ≥ 5x its usual and ≥ 5 ms
 //! more for a typical call, 10 ms more for a p90, 20 ms more for a p99; a majority of failing
 //! calls that used to succeed; a run-queue wait ≥ 5x its usual and ≥ 20 ms more, or its mean
-//! ≥ 1 ms more), else a warning; saturation (pressure, iowait, swapping) going up is a warning
-//! that joins and explains the incident; rates and levels (more calls, more processes, more
-//! memory) are at most a warning, and so is a tail statistic (`max`, `p999`, a quantile or mean
-//! of too few values: see [`is_tail`]); rates, levels and pressure within a quarter of their
+//! ≥ 1 ms more; `full` memory pressure ≥ 10% of the time, thrashing), else a warning;
+//! saturation (pressure, iowait, swapping) going up is a warning that joins and explains the
+//! incident; rates and levels (more calls, more processes, more memory) are at most a warning,
+//! and so is a tail statistic (`max`, `p999`, a quantile or mean of too few values: see
+//! [`is_tail`]); rates, levels and pressure within a quarter of their
 //! usual, and latency, errors or pressure going *down*, are not an incident. A rate change the
 //! host's rhythm explains never reaches this layer: the detector judges every key against its
 //! learnt daily and weekly profile.
@@ -289,6 +290,9 @@ fn latency_material_us(name: &str) -> f64 {
     }
 }
 
+/// The share of time every runnable task must stall on memory for it to be critical.
+const MEMORY_THRASH_SHARE: f64 = 0.1;
+
 /// Whether a change in the direction of harm is large enough to be critical.
 fn material(s: &Signal, interval_s: f64) -> bool {
     let up = s.value - s.usual;
@@ -322,8 +326,18 @@ fn material(s: &Signal, interval_s: f64) -> bool {
         // Saturation says where to look, not that someone is hurt: measured on a 2-vCPU VM, a
         // cold `find /usr` held io `full` pressure at 65% and iowait at 33% while the service's
         // calls stayed within 3x of usual, and a build keeps cpu `some` pressure near 100%.
-        // What hurts shows as latency or errors, which make an incident critical.
-        Impact::Saturation => false,
+        // What hurts shows as latency or errors, which make an incident critical. Memory is
+        // the exception: `full` memory pressure is every runnable task stalled in reclaim at
+        // once (thrashing), which no ordinary work causes on a host with memory to spare.
+        Impact::Saturation => match s.name.as_str() {
+            "psi.memory.full_stall_us" => {
+                s.value >= MEMORY_THRASH_SHARE * interval_s * 1e6 && s.value >= 5.0 * s.usual
+            }
+            "psi.memory.full_avg10" => {
+                s.value >= MEMORY_THRASH_SHARE * 100.0 && s.value >= 5.0 * s.usual
+            }
+            _ => false,
+        },
         Impact::Rate => false,
     }
 }
@@ -586,6 +600,7 @@ impl Open {
             Impact::Latency if top.severity == State::Critical => "stalled",
             Impact::Latency => "slower than usual",
             Impact::Errors => "failing",
+            Impact::Saturation if top.severity == State::Critical => "thrashing",
             Impact::Saturation => "saturated",
             Impact::Rate if top.value < top.usual => "quieter than usual",
             Impact::Rate => "busier than usual",
@@ -1287,6 +1302,19 @@ mod tests {
         assert_eq!(level("load.1", 2.5, 0.3), State::Warning);
         assert_eq!(level("psi.io.some_avg10", 2.5, 2.39), State::Ok);
         assert_eq!(level("psi.io.some_avg10", 12.8, 2.39), State::Warning);
+        // Every task stalled on memory a tenth of the time is thrashing; io `full` pressure
+        // that high is a cold scan's.
+        assert_eq!(level("psi.memory.full_avg10", 12.0, 0.0), State::Critical);
+        assert_eq!(level("psi.memory.full_avg10", 4.0, 0.0), State::Warning);
+        assert_eq!(
+            level("psi.memory.full_stall_us", 30_000.0, 0.0),
+            State::Critical
+        );
+        assert_eq!(
+            level("psi.memory.full_stall_us", 20_000.0, 0.0),
+            State::Warning
+        );
+        assert_eq!(level("psi.io.full_avg10", 65.0, 0.0), State::Warning);
         assert_eq!(level("tcp.resets", 1.0, 0.0), State::Warning);
         let rtt = sig("tcp.rtt_us.p50", &[], 90.0, 30.0, State::Critical);
         assert_eq!(severity(&rtt, 1.0), State::Ok);
