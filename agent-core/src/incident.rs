@@ -16,10 +16,10 @@
 //! saturation (pressure, iowait, swapping) going up is a warning that joins and explains the
 //! incident; rates and levels (more calls, more processes, more memory) are at most a warning,
 //! and so is a tail statistic (`max`, `p999`, a quantile or mean of too few values: see
-//! [`is_tail`]); rates, levels and pressure within a quarter of their
-//! usual, and latency, errors or pressure going *down*, are not an incident. A rate change the
-//! host's rhythm explains never reaches this layer: the detector judges every key against its
-//! learnt daily and weekly profile.
+//! [`is_tail`]); rates, levels and pressure within a quarter of their usual, and latency,
+//! errors or pressure going *down*, are not an incident. A rate change the host's rhythm
+//! explains never reaches this layer: the detector judges every key against its learnt daily
+//! and weekly profile.
 //!
 //! Processes: the slow events name who was hurt (slow calls and requests, failed connects, a
 //! task woken to act that waited long for a CPU). Run-queue waits of tasks preempted while
@@ -242,6 +242,11 @@ pub fn samples_of(name: &str) -> Option<&'static str> {
     })
 }
 
+/// A statistic's suffix: `p99` of `syscall.latency_us.p99`.
+fn stat(name: &str) -> &str {
+    name.rsplit('.').next().unwrap_or("")
+}
+
 /// Whether a latency statistic is a tail: `max` and `p999` always; with other calls in the
 /// interval, a quantile of too few values to leave one above it (the p99 of fewer than 100
 /// calls, the p90 of fewer than 10) is the slowest call's latency, and a mean of fewer than 20
@@ -250,7 +255,7 @@ pub fn samples_of(name: &str) -> Option<&'static str> {
 /// (one slow call) while its p50 stayed within 2x. A single call is every call: throttled to
 /// 10 writes/s, the same service made one or two calls per interval, each 100-200 ms.
 fn is_tail(s: &Signal) -> bool {
-    let stat = s.name.rsplit('.').next().unwrap_or("");
+    let stat = stat(&s.name);
     if stat == "max" || stat == "p999" {
         return true;
     }
@@ -283,7 +288,7 @@ const RUNQ_MEAN_MATERIAL_US: f64 = 1_000.0;
 /// from 0.21 to 2.2 ms and their p99 to 3 ms, while throttled writes took every call to 100-200
 /// ms.
 fn latency_material_us(name: &str) -> f64 {
-    match name.rsplit('.').next().unwrap_or("") {
+    match stat(name) {
         "p50" | "mean" => 5_000.0,
         "p90" => 10_000.0,
         _ => 20_000.0,
@@ -304,7 +309,7 @@ fn material(s: &Signal, interval_s: f64) -> bool {
         // ms (the more other work, the longer).
         Impact::Latency if s.name.starts_with("runq.") => {
             let tail = is_tail(s);
-            let floor = if s.name.ends_with(".mean") {
+            let floor = if stat(&s.name) == "mean" {
                 RUNQ_MEAN_MATERIAL_US
             } else {
                 RUNQ_MATERIAL_US
@@ -329,15 +334,15 @@ fn material(s: &Signal, interval_s: f64) -> bool {
         // What hurts shows as latency or errors, which make an incident critical. Memory is
         // the exception: `full` memory pressure is every runnable task stalled in reclaim at
         // once (thrashing), which no ordinary work causes on a host with memory to spare.
-        Impact::Saturation => match s.name.as_str() {
-            "psi.memory.full_stall_us" => {
-                s.value >= MEMORY_THRASH_SHARE * interval_s * 1e6 && s.value >= 5.0 * s.usual
-            }
-            "psi.memory.full_avg10" => {
-                s.value >= MEMORY_THRASH_SHARE * 100.0 && s.value >= 5.0 * s.usual
-            }
-            _ => false,
-        },
+        Impact::Saturation => {
+            // The share of the time stalled: µs per interval, or avg10's percent.
+            let share = match s.name.as_str() {
+                "psi.memory.full_stall_us" => s.value / (interval_s * 1e6),
+                "psi.memory.full_avg10" => s.value / 100.0,
+                _ => return false,
+            };
+            share >= MEMORY_THRASH_SHARE && s.value >= 5.0 * s.usual
+        }
         Impact::Rate => false,
     }
 }
@@ -383,7 +388,7 @@ const NOTICEABLE_RATIO: f64 = 2.0;
 const NOTICEABLE_TAIL_US: f64 = 1_000.0;
 
 fn noticeable(s: &Signal) -> bool {
-    let stat = s.name.rsplit('.').next().unwrap_or("");
+    let stat = stat(&s.name);
     let typical = stat == "mean" || (stat == "p50" && !s.name.starts_with("runq."));
     let floor = if typical {
         NOTICEABLE_US
