@@ -1,6 +1,6 @@
 //! Settings handed to the kernel programs.
 
-/// Changeable while attached: lives in the one-entry [`crate::maps::CONFIG`] array.
+/// Changeable while attached: lives in the one-value data section [`crate::maps::CONFIG`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RuntimeConfig {
@@ -28,21 +28,25 @@ const _: () = assert!(size_of::<RuntimeConfig>() == 64);
 
 impl RuntimeConfig {
     pub const OFF: u64 = u64::MAX;
+
+    /// The defaults, also the kernel side's value before the agent writes its own: nothing is
+    /// an event until then.
+    pub const DEFAULT: Self = Self {
+        slow_syscall_ns: Self::OFF,
+        slow_disk_ns: Self::OFF,
+        filter_tgid: 0,
+        filter_comm_on: 0,
+        filter_comm: [0; 16],
+        tcp_events_on: 1,
+        filter_cgroup_level: 0,
+        filter_cgroup: 0,
+        slow_runq_ns: Self::OFF,
+    };
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self {
-            slow_syscall_ns: Self::OFF,
-            slow_disk_ns: Self::OFF,
-            filter_tgid: 0,
-            filter_comm_on: 0,
-            filter_comm: [0; 16],
-            tcp_events_on: 1,
-            filter_cgroup_level: 0,
-            filter_cgroup: 0,
-            slow_runq_ns: Self::OFF,
-        }
+        Self::DEFAULT
     }
 }
 

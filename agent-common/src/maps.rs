@@ -8,8 +8,10 @@ pub const EVENTS: &str = "EVENTS";
 /// Key → histogram row of the probes with a [`crate::layout::Index`]: one `BPF_F_MMAPABLE`
 /// array of `u64`, shared by every CPU.
 pub const ROW_INDEX: &str = "ROW_INDEX";
-/// One-entry array holding [`crate::RuntimeConfig`], changeable while attached.
-pub const CONFIG: &str = "CONFIG";
+/// [`crate::RuntimeConfig`], changeable while attached: a data section of its own (the global
+/// `RUNTIME_CONFIG`), which the loader makes a one-entry array. The programs read it at its
+/// address, without the lookup an array map needs (about 1 ns per program on every syscall).
+pub const CONFIG: &str = ".data.config";
 
 /// Default ring buffer size in bytes (a power of two, multiple of the page size).
 pub const EVENTS_DEFAULT_BYTES: u32 = 1 << 18;

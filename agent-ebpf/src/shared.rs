@@ -33,8 +33,11 @@ static HIST: Array<Row> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 static ROW_INDEX: Array<u64> = Array::with_max_entries(layout::INDEX_CELLS as u32, BPF_F_MMAPABLE);
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(agent_common::maps::EVENTS_DEFAULT_BYTES, 0);
-#[map]
-static CONFIG: Array<RuntimeConfig> = Array::with_max_entries(1, 0);
+/// The runtime settings (`agent_common::maps::CONFIG`): alone in their data section, which
+/// userspace writes as a one-entry array while the programs run.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data.config")]
+static mut RUNTIME_CONFIG: RuntimeConfig = RuntimeConfig::DEFAULT;
 
 /// Never read: its address is the fixed point [`pointer_key`] measures from.
 #[unsafe(no_mangle)]
@@ -191,7 +194,9 @@ pub fn wakeup_flags() -> u64 {
 
 #[inline(always)]
 pub fn config() -> Option<&'static RuntimeConfig> {
-    CONFIG.get(0)
+    // SAFETY: a valid value at a fixed address. Userspace may rewrite it while a program reads
+    // it, as it could an array map's value: a program then sees old and new fields at worst.
+    Some(unsafe { &*(&raw const RUNTIME_CONFIG) })
 }
 
 /// Whether the current task passes the pid/comm/cgroup filters (all off by default).

@@ -3,21 +3,20 @@
 
 use agent_common::{
     EventKind, layout,
-    probes::syscall::{INFLIGHT_ENTRIES, MAX_SYSCALLS, OWNER_NR_MASK, SysInflight},
+    probes::syscall::{INFLIGHT_ENTRIES, InflightTable, MAX_SYSCALLS, OWNER_NR_MASK, SysInflight},
 };
 use aya_ebpf::{
     Global,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::{map, raw_tracepoint},
-    maps::Array,
+    macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
 use aya_log_ebpf::debug;
 
 use crate::shared::{config, count, emit, indexed_row, now_ns, record, selected};
 
-#[map]
-static SYS_INFLIGHT: Array<SysInflight> = Array::with_max_entries(INFLIGHT_ENTRIES, 0);
+#[unsafe(no_mangle)]
+static mut SYS_INFLIGHT: InflightTable = InflightTable::EMPTY;
 
 // Syscall numbers that never return (set by userspace for this architecture).
 #[unsafe(no_mangle)]
@@ -27,11 +26,12 @@ static NR_EXIT_GROUP: Global<i64> = Global::new(-1);
 
 /// The task's in-flight slot.
 #[inline(always)]
-fn slot(regs: u64) -> Option<&'static mut SysInflight> {
-    let slot = SYS_INFLIGHT.get_ptr_mut(SysInflight::slot(regs))?;
-    // SAFETY: a valid array element. Two CPUs may hit one slot (a hash collision), which at
+fn slot(regs: u64) -> &'static mut SysInflight {
+    // The mask proves the index in range to the verifier (`slot` is below the size already).
+    let i = SysInflight::slot(regs) as usize & (INFLIGHT_ENTRIES as usize - 1);
+    // SAFETY: an element of the table. Two CPUs may hit one slot (a hash collision), which at
     // worst loses or mixes one sample: the owner check below tells, and the loss is counted.
-    Some(unsafe { &mut *slot })
+    unsafe { &mut *(&raw mut SYS_INFLIGHT.0).cast::<SysInflight>().add(i) }
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -65,7 +65,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Option<()> {
     if nr < 0 || nr == NR_EXIT.load() || nr == NR_EXIT_GROUP.load() {
         return None;
     }
-    let slot = slot(regs)?;
+    let slot = slot(regs);
     let owner = SysInflight::owner(regs, nr as u64);
     if slot.start_ns != 0 && (slot.owner ^ owner) & !OWNER_NR_MASK != 0 {
         // Another live thread owns this slot: its sample is lost, and counted.
@@ -105,7 +105,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn try_sys_exit(ctx: &RawTracePointContext) -> Option<()> {
     let regs: u64 = ctx.arg(0);
-    let slot = slot(regs)?;
+    let slot = slot(regs);
     let start = slot.start_ns;
     let owner = slot.owner;
     // Not ours (filtered out, started before attach, or taken over by a colliding thread).
