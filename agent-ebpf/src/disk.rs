@@ -62,7 +62,7 @@ fn rwbs_op(rwbs: &[u8; 8]) -> u32 {
 fn issue(slot_dev: u32, key: u64, dev: u32, bytes: u32, op: u32) -> Option<()> {
     // Who issued the request only matters to a slow-request event: two helper calls saved
     // per request while events are off.
-    let events = config().is_some_and(|c| c.slow_disk_ns != RuntimeConfig::OFF);
+    let events = config().slow_disk_ns != RuntimeConfig::OFF;
     let (id, comm) = if events {
         (
             bpf_get_current_pid_tgid(),
@@ -130,7 +130,7 @@ fn complete(slot_dev: u32, key: u64, dev: Option<u32>) -> Option<()> {
         inflight.bytes as u64,
     );
     cgroup::disk(inflight.cgroup, op, delta, inflight.bytes);
-    let cfg = config()?;
+    let cfg = config();
     if delta >= cfg.slow_disk_ns {
         emit(
             EventKind::SlowDisk,

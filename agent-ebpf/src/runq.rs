@@ -80,7 +80,7 @@ fn dequeue(tid: u32) -> Option<(u64, u32)> {
 /// A wait long enough to be sent one by one.
 #[inline(always)]
 fn is_slow(wait: u64) -> bool {
-    config().is_some_and(|c| wait >= c.slow_runq_ns)
+    wait >= config().slow_runq_ns
 }
 
 /// A wait over the threshold: its event, within this CPU's budget (a saturated host has many

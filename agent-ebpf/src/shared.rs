@@ -193,10 +193,10 @@ pub fn wakeup_flags() -> u64 {
 }
 
 #[inline(always)]
-pub fn config() -> Option<&'static RuntimeConfig> {
+pub fn config() -> &'static RuntimeConfig {
     // SAFETY: a valid value at a fixed address. Userspace may rewrite it while a program reads
     // it, as it could an array map's value: a program then sees old and new fields at worst.
-    Some(unsafe { &*(&raw const RUNTIME_CONFIG) })
+    unsafe { &*(&raw const RUNTIME_CONFIG) }
 }
 
 /// Whether the current task passes the pid/comm/cgroup filters (all off by default).

@@ -42,7 +42,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_sys_enter(ctx: &RawTracePointContext) -> Option<()> {
-    let cfg = config()?;
+    let cfg = config();
     // The filters are the only readers of the tgid and cgroup here: no helper call when off.
     if cfg.filter_tgid != 0 || cfg.filter_comm_on != 0 || cfg.filter_cgroup != 0 {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -126,7 +126,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Option<()> {
         (ret < 0) as u64,
     );
     crate::cgroup::syscall(delta, ret < 0);
-    if delta >= config()?.slow_syscall_ns {
+    if delta >= config().slow_syscall_ns {
         slow_syscall(delta, nr, ret);
     }
     Some(())

@@ -78,7 +78,7 @@ fn sock_state(
             // failure arrives in whatever context received the reset). A storm of them is
             // bounded by the budget.
             let started = started?;
-            if config()?.tcp_events_on == 0
+            if config().tcp_events_on == 0
                 || !within_budget(&TCP_EV_BUDGET, TCP, CTR_EVENTS_LIMITED)
             {
                 return Some(());
@@ -118,7 +118,7 @@ fn sock_state(
     } else {
         return Some(());
     };
-    if config()?.tcp_events_on == 0 {
+    if config().tcp_events_on == 0 {
         return Some(());
     }
     let (family, sport, dport, saddr, daddr) = addrs()?;

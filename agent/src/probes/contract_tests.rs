@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use agent_common::{
+    RuntimeConfig,
     maps::{self, GlobalSpec, MapSpec},
     probes::floor,
 };
@@ -60,6 +61,19 @@ fn every_map_exists_with_the_declared_sizes() {
             "map {name} is in the object but not in agent_common's contract"
         );
     }
+}
+
+#[test]
+fn the_runtime_settings_start_as_the_defaults() {
+    // The programs run from attach on; until the agent writes its settings they read the
+    // section's initial bytes, which must say "no events, no filters".
+    let obj = object();
+    let data = obj.maps[maps::CONFIG].data();
+    assert_eq!(data.len(), size_of::<RuntimeConfig>());
+    // SAFETY: exactly one RuntimeConfig's bytes (checked above), plain integers, read unaligned.
+    let initial: RuntimeConfig = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
+    assert_eq!(initial, RuntimeConfig::DEFAULT);
+    assert_eq!(initial.slow_syscall_ns, RuntimeConfig::OFF);
 }
 
 #[test]
