@@ -211,7 +211,7 @@ impl Kernel {
 
         let mut config: Array<_, RuntimeConfig> = Array::try_from(
             ebpf.map_mut(maps::CONFIG)
-                .ok_or_else(|| ProbeError::Load("map CONFIG missing".into()))?,
+                .ok_or_else(|| ProbeError::Load(format!("map {} missing", maps::CONFIG)))?,
         )
         .map_err(|e| ProbeError::Load(e.to_string()))?;
         config
