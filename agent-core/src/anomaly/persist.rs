@@ -15,14 +15,15 @@ use std::sync::{Mutex, OnceLock};
 use thiserror::Error;
 
 use super::State;
-use super::model::{Bf16, Hysteresis, Model, Novelty, Slot, Surprise};
+use super::model::{Bf16, Hysteresis, Model, Novelty, Range, Slot, Surprise};
 use crate::snapshot::{Kind, Tags};
 
 const MAGIC: &[u8; 8] = b"EBPFANOM";
 /// 2: the score's state (`Surprise`) and the model's unit after the hysteresis. 3: weekly slots'
-/// spreads as a byte each against a reference spread, then the novelty memory (`Novelty`). Older files are refused
-/// (the daemon then starts fresh).
-const VERSION: u32 = 3;
+/// spreads as a byte each against a reference spread, then the novelty memory (`Novelty`). 4: the
+/// remembered range (`Range`) and whether the tail was faded. Older files are refused (the
+/// daemon then starts fresh).
+const VERSION: u32 = 4;
 /// Most keys a file (and a detector) may hold.
 pub(crate) const MAX_KEYS: usize = 1 << 16;
 const MAX_NAME: usize = 512;
@@ -99,7 +100,7 @@ impl Enc {
     fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn i64(&mut self, v: i64) {
+    fn i32(&mut self, v: i32) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
     fn f32(&mut self, v: f32) {
@@ -157,8 +158,8 @@ impl<'a> Dec<'a> {
     fn u32(&mut self) -> Result<u32, LoadError> {
         Ok(u32::from_le_bytes(self.arr()?))
     }
-    fn i64(&mut self) -> Result<i64, LoadError> {
-        Ok(i64::from_le_bytes(self.arr()?))
+    fn i32(&mut self) -> Result<i32, LoadError> {
+        Ok(i32::from_le_bytes(self.arr()?))
     }
     fn f32(&mut self) -> Result<f32, LoadError> {
         Ok(f32::from_le_bytes(self.arr()?))
@@ -199,8 +200,8 @@ fn state_code(s: State) -> u8 {
 
 fn encode_model(e: &mut Enc, m: &Model) {
     e.u32(m.n);
-    e.u32(m.n_short);
-    e.u32(m.hours);
+    e.u16(m.n_short);
+    e.u16(m.hours);
     e.f64(m.last_t);
     e.f64(m.level);
     e.f64(m.mid);
@@ -209,7 +210,7 @@ fn encode_model(e: &mut Enc, m: &Model) {
     e.f64(m.acc_sum);
     e.f64(m.day_ref);
     e.f64(m.week_ref);
-    e.i64(m.acc_hour);
+    e.i32(m.acc_hour);
     for v in [
         m.scale,
         m.scale_slow,
@@ -225,7 +226,7 @@ fn encode_model(e: &mut Enc, m: &Model) {
         e.u16(c);
     }
     e.u16(m.since_episode);
-    e.u32(m.run);
+    e.u16(m.run);
     e.f32(m.run_ref);
     e.u32(m.shift_run as u32);
     e.f64(m.shift_mean);
@@ -269,13 +270,17 @@ fn encode_model(e: &mut Enc, m: &Model) {
     e.u16(nv.age_in);
     e.u8(nv.age_word);
     e.f32(nv.mean);
+    for v in m.range.hi.iter().chain(&m.range.lo) {
+        e.f32(*v);
+    }
+    e.u8(u8::from(m.tail_faded));
 }
 
 fn decode_model(d: &mut Dec<'_>) -> Result<Model, LoadError> {
     let mut m = Model::new();
     m.n = d.u32()?;
-    m.n_short = d.u32()?;
-    m.hours = d.u32()?;
+    m.n_short = d.u16()?;
+    m.hours = d.u16()?;
     m.last_t = d.fin()?;
     m.level = d.fin()?;
     m.mid = d.fin()?;
@@ -284,7 +289,7 @@ fn decode_model(d: &mut Dec<'_>) -> Result<Model, LoadError> {
     m.acc_sum = d.fin()?;
     m.day_ref = d.fin()?;
     m.week_ref = d.fin()?;
-    m.acc_hour = d.i64()?;
+    m.acc_hour = d.i32()?;
     m.scale = d.pos32()?;
     m.scale_slow = d.pos32()?;
     m.fast = d.pos32()?;
@@ -299,7 +304,7 @@ fn decode_model(d: &mut Dec<'_>) -> Result<Model, LoadError> {
         *c = d.u16()?;
     }
     m.since_episode = d.u16()?;
-    m.run = d.u32()?;
+    m.run = d.u16()?;
     m.run_ref = d.pos32()?;
     m.shift_run = d.u32()? as i32;
     m.shift_mean = d.fin()?;
@@ -375,6 +380,19 @@ fn decode_model(d: &mut Dec<'_>) -> Result<Model, LoadError> {
         return Err(corrupt("novelty memory out of range"));
     }
     m.novelty = nv;
+    let mut range = Range::default();
+    for v in range.hi.iter_mut().chain(range.lo.iter_mut()) {
+        *v = d.f32()?;
+    }
+    if !range.valid() {
+        return Err(corrupt("remembered range out of order"));
+    }
+    m.range = range;
+    m.tail_faded = match d.u8()? {
+        0 => false,
+        1 => true,
+        _ => return Err(corrupt("tail flag out of range")),
+    };
     Ok(m)
 }
 
@@ -669,9 +687,9 @@ mod tests {
             Err(LoadError::Foreign)
         ));
         // Files of the previous formats (version 1, before the score's state; version 2,
-        // before the novelty memory) are refused cleanly, as is a newer one; the daemon then
-        // learns afresh.
-        for v in [1, 2, 4] {
+        // before the novelty memory; version 3, before the remembered range) are refused
+        // cleanly, as is a newer one; the daemon then learns afresh.
+        for v in [1, 2, 3, 5] {
             let mut old = buf.clone();
             old[8] = v;
             assert!(matches!(decode(&old, 10), Err(LoadError::Version(x)) if x == u32::from(v)));

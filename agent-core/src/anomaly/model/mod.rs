@@ -23,6 +23,12 @@
 //! to one σ to the z the score judges (a new shape lifts a borderline onset; a burst this series
 //! has shown before does not), never to the state.
 //!
+//! And a third: the **remembered range** (`range.rs`), the highest and lowest value of the last
+//! 1,536-2,048 points. A record beyond it is judged as at least a critical deviation (the
+//! series has not gone this far lately, however spiky it is, and a record is never a habit); a
+//! point- or seasonal-view spike that goes as far as the range's bigger excursions, but no
+//! further, is a familiar magnitude and scores at most a warning's worth. Score only, too.
+//!
 //! Point and seasonal z are divided by a tail factor learnt from the series' own |z| histogram
 //! (its 99th percentile and the steepness of its tail against a normal one; fed by calm points
 //! and by alerts that recur within 300 points): a naturally spiky series is judged against its
@@ -47,11 +53,13 @@
 //!
 //! Layout: `views.rs` holds the five views (read-only: the state before the point in, a z out),
 //! `season.rs` the profiles and the hour fold, `tail.rs` the z → score map and tail learning,
-//! `hysteresis.rs` the state machine, `novelty.rs` the pattern memory; [`Model::step`] here
+//! `hysteresis.rs` the state machine, `novelty.rs` the pattern memory, `range.rs` the
+//! remembered extremes; [`Model::step`] here
 //! composes them and then learns.
 
 mod hysteresis;
 mod novelty;
+mod range;
 mod season;
 mod surprise;
 mod tail;
@@ -66,6 +74,8 @@ use views::{
 
 pub(crate) use hysteresis::Hysteresis;
 pub(crate) use novelty::Novelty;
+pub(crate) use range::Range;
+use range::{FAMILIAR_MAX_Z, FAMILIAR_SHARE, Reach, record_z};
 pub(crate) use season::{Bf16, Profile, Slot};
 use season::{DAY_SLOTS, WEEK_SLOTS};
 pub(crate) use surprise::Surprise;
@@ -252,16 +262,16 @@ pub(crate) struct Assessment {
     pub previous: State,
 }
 
-/// The whole state of one series: 992 bytes (see the `size` test). Its fields, in this
+/// The whole state of one series: 1024 bytes (see the `size` test). Its fields, in this
 /// order, are the persisted format (`persist.rs`).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Model {
     /// Points seen since the series started (saturating).
     pub n: u32,
-    /// Points since the short-term view (re)started.
-    pub n_short: u32,
-    /// Hours folded into the profiles.
-    pub hours: u32,
+    /// Points since the short-term view (re)started (saturating).
+    pub n_short: u16,
+    /// Hours folded into the profiles (saturating: 7 years).
+    pub hours: u16,
     pub last_t: f64,
     /// Short-term robust location of the deseasonalised value.
     pub level: f64,
@@ -274,8 +284,8 @@ pub(crate) struct Model {
     /// Reference levels of the daily and weekly profiles.
     pub day_ref: f64,
     pub week_ref: f64,
-    /// The current hour (hours since the epoch, local).
-    pub acc_hour: i64,
+    /// The current hour (hours since the epoch, local; i32 lasts 245,000 years).
+    pub acc_hour: i32,
     /// Short-term spread σ (from clipped absolute residuals), and a slower copy (its floor).
     pub scale: f32,
     pub scale_slow: f32,
@@ -294,7 +304,7 @@ pub(crate) struct Model {
     /// Probability that a value repeats the previous one, the current run of repeats, and the
     /// longest run this series usually has (slowly forgotten).
     pub p_same: f32,
-    pub run: u32,
+    pub run: u16,
     pub run_ref: f32,
     /// Current run of points on one side of the short-term baseline (sign × count), and the
     /// running mean of their deseasonalised values: a level shift held this long is accepted.
@@ -311,6 +321,10 @@ pub(crate) struct Model {
     pub hyst: Hysteresis,
     pub surprise: Surprise,
     pub novelty: Novelty,
+    /// The last 1,536-2,048 points' extremes (records and familiar magnitudes).
+    pub range: Range,
+    /// Whether the tail was faded when the profiles first became trusted (once per series).
+    pub tail_faded: bool,
     /// The unit values are modelled in, as a power of two (see [`Model::step`]).
     pub unit_exp: i16,
     pub hod: [Slot; DAY_SLOTS],
@@ -335,6 +349,11 @@ fn unit_exp_of(x: f64) -> i16 {
         // Finite doubles have exponents within ±1075.
         a.log2().round() as i16
     }
+}
+
+/// The hour index of `t` as stored (saturating: timestamps past year 245,000 share one hour).
+fn hour32(t: f64, p: &Params) -> i32 {
+    hour_index(t, p.tz_offset_s).clamp(i32::MIN.into(), i32::MAX.into()) as i32
 }
 
 /// Lazily initialised EWMA (NaN = empty).
@@ -383,6 +402,8 @@ impl Model {
             hyst: Hysteresis::default(),
             surprise: Surprise::default(),
             novelty: Novelty::default(),
+            range: Range::default(),
+            tail_faded: false,
             unit_exp: 0,
             hod: [Slot::EMPTY; DAY_SLOTS],
             how: [Bf16::EMPTY; WEEK_SLOTS],
@@ -392,7 +413,7 @@ impl Model {
     }
 
     pub fn warming_up(&self, p: &Params) -> bool {
-        self.n <= p.warmup || self.n_short <= p.rewarm()
+        self.n <= p.warmup || u32::from(self.n_short) <= p.rewarm()
     }
 
     fn start(&mut self, x: f64, t: f64, p: &Params) {
@@ -403,7 +424,7 @@ impl Model {
         self.mid = x;
         self.long = x;
         self.prev = x;
-        self.acc_hour = hour_index(t, p.tz_offset_s);
+        self.acc_hour = hour32(t, p);
         self.accumulate(x, 0.0, true);
     }
 
@@ -493,17 +514,32 @@ impl Model {
         // (what live alerts follow) stays with the views' z.
         let u = (point.y - self.long) / (point.s * tail);
         let novel = self.novelty.step(Novelty::level(u), self.n);
+        // Against the magnitudes this series has reached lately (see `range.rs`): a record is
+        // news however spiky the series, a spike as far as the range's bigger excursions (but
+        // no further) is familiar, at most a warning. Like the novelty, the score's alone.
+        let reach = self.range.reach(x, self.long, self.n);
+        self.range.learn(x, self.n);
         let z_score = if warming {
             z
         } else {
-            z.abs() + NOVELTY_GAIN_SIGMA * novel
+            let z = z.abs() + NOVELTY_GAIN_SIGMA * novel;
+            match reach {
+                Reach::Beyond(excess) => z.max(record_z(excess)),
+                Reach::Within(share)
+                    if share >= FAMILIAR_SHARE && matches!(view, View::Point | View::Seasonal) =>
+                {
+                    z.min(FAMILIAR_MAX_Z)
+                }
+                _ => z,
+            }
         };
         // The state follows the strength; the score is the surprise (see `surprise.rs`): an
         // onset, or a run of odd points that is unlikely for this series, then a rest.
         let (strength, score) = if warming {
             (0.0, 0.0)
         } else {
-            let surprise = self.surprise.step(z_score);
+            let record = matches!(reach, Reach::Beyond(_));
+            let surprise = self.surprise.step(z_score, record);
             (
                 score_of(z * p.sensitivity),
                 score_of(surprise * p.sensitivity),
@@ -562,7 +598,7 @@ impl Model {
         }
         self.last_t = self.last_t.max(t);
         self.n = self.n.saturating_add(1);
-        let hour = hour_index(t, p.tz_offset_s);
+        let hour = hour32(t, p);
         if hour != self.acc_hour {
             if p.seasonal() {
                 self.fold_hour();
@@ -587,7 +623,7 @@ impl Model {
         let clip = HUBER_CLIP_SIGMA * pt.s;
         let clip_r = pt.r_smooth.clamp(-clip, clip);
         let abs_sigma = pt.r.abs().min(RESIDUAL_CLIP_SIGMA * pt.s) * SIGMA_PER_MAD;
-        if self.n_short <= PLAIN_MEAN_POINTS {
+        if u32::from(self.n_short) <= PLAIN_MEAN_POINTS {
             // Too few points for a spread: plain running means.
             self.level += (pt.y - self.level) / ns;
         } else {
@@ -644,7 +680,7 @@ impl Model {
             self.run_ref = self.run_ref.max(self.run as f32);
         }
         self.run_ref *= (1.0 - 1.0 / p.dev_len()) as f32;
-        self.run = run;
+        self.run = u16::try_from(run).unwrap_or(u16::MAX);
         // The resolution is learnt from unremarkable steps only: the first move of a series that
         // was constant must not become its "smallest step".
         if !same && raw == State::Ok {
@@ -824,6 +860,71 @@ mod tests {
             "changed day scored {changed_day}"
         );
         assert!(normal_day < WARN_SCORE, "a normal day scored {normal_day}");
+    }
+
+    #[test]
+    fn a_familiar_burst_is_a_warning_a_record_is_news() {
+        // 5-minute data around 100, a burst to 400 every 600 points (too rare for the tail or
+        // the habit to learn), then a burst to 700.
+        let p = Params {
+            interval_s: 300.0,
+            warmup: 150,
+            ..params()
+        };
+        let mut m = Model::new();
+        let mut seed = 5;
+        let mut bursts = Vec::new();
+        for i in 0..3100 {
+            let burst = i % 600 == 599;
+            let x = if burst {
+                400.0
+            } else {
+                100.0 + 2.0 * noise(&mut seed)
+            };
+            let a = m.step(x, f64::from(i) * 300.0, &p);
+            if burst {
+                bursts.push(a);
+            }
+        }
+        // The first is beyond anything seen: news.
+        assert!(bursts[0].score >= CRIT_SCORE_TEST, "{}", bursts[0].score);
+        // The next ones reach as far as the range remembers, no further: a warning's worth in
+        // the score (the likelihood of the last points may add a little), while the state
+        // still alerts on each (the score ranks, it does not mute).
+        for a in &bursts[1..] {
+            assert_eq!(raw_state(a.score), State::Warning, "{}", a.score);
+            assert_eq!(a.state, State::Critical);
+        }
+        let a = m.step(700.0, 3100.0 * 300.0, &p);
+        assert!(a.score >= 0.9, "a record scored {}", a.score);
+    }
+
+    #[test]
+    fn a_record_is_news_in_a_spiky_series() {
+        // Bursts to 400 every 50 points are this series' nature (its tail and its habit learn
+        // them); one to 700 goes beyond anything in the remembered range.
+        let p = Params {
+            interval_s: 300.0,
+            warmup: 150,
+            ..params()
+        };
+        let mut m = Model::new();
+        let mut seed = 9;
+        let mut late = 0.0_f64;
+        for i in 0..3000 {
+            let x = if i % 50 == 49 {
+                400.0
+            } else {
+                100.0 + 2.0 * noise(&mut seed)
+            };
+            let a = m.step(x, f64::from(i) * 300.0, &p);
+            if i >= 2000 {
+                late = late.max(a.score);
+            }
+        }
+        assert!(late < WARN_SCORE, "the usual bursts scored {late}");
+        let a = m.step(700.0, 3000.0 * 300.0, &p);
+        assert!(a.score >= CRIT_SCORE_TEST, "a record scored {}", a.score);
     }
 
     #[test]

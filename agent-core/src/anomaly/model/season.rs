@@ -10,7 +10,7 @@ pub(crate) const DAY_SLOTS: usize = 24;
 /// Slots of the weekly profile: one per hour of the week (Monday 00:00 first).
 pub(crate) const WEEK_SLOTS: usize = 168;
 /// Hours folded before any profile is used: two days, the least that shows a daily rhythm.
-const SEASON_MIN_HOURS: u32 = 48;
+const SEASON_MIN_HOURS: u16 = 48;
 /// Weight (of a profile, or of both blended) from which it is named in descriptions and the
 /// seasonal view judges against it: more than half trusted.
 const PROFILE_TRUSTED_WEIGHT: f64 = 0.5;
@@ -309,7 +309,7 @@ impl Model {
         let mean = self.acc_sum / n;
         let sigma = f64::from(self.acc_abs) / n;
         let calm = f64::from(self.acc_calm) / n;
-        let h = self.acc_hour;
+        let h = i64::from(self.acc_hour);
         let (d, w) = (hour_of_day(h), hour_of_week(h));
         if self.hours == 0 {
             self.day_ref = mean;
@@ -388,10 +388,14 @@ impl Model {
             (1.0 / WEEK_REF_MEMORY_H).max(1.0 / hours),
         );
         self.hours = self.hours.saturating_add(1);
-        if !trusted_before && self.trust() >= PROFILE_TRUSTED_WEIGHT {
+        if !trusted_before && self.trust() >= PROFILE_TRUSTED_WEIGHT && !self.tail_faded {
             // The yardstick changed: the z's of the hours before the rhythm was learnt (its
-            // daily steps judged as spikes) no longer describe this series' tail.
+            // daily steps judged as spikes) no longer describe this series' tail. Once: a
+            // trust that wavers around the bar must not wipe the tail each time it climbs back
+            // (a tweet series lost its tail four times in three days, and every burst after
+            // each loss alerted).
             fade_hist(&mut self.hist);
+            self.tail_faded = true;
         }
         self.acc_sum = 0.0;
         self.acc_abs = 0.0;
@@ -456,6 +460,49 @@ mod tests {
         assert!(close(m.week_sigma(4).get(), 1e7));
         assert!(close(m.week_sigma(1).get(), 1e7 / 2f64.powf(253.0 / 16.0)));
         assert_eq!(m.week_sigma(2).get(), 0.0);
+    }
+
+    #[test]
+    fn the_tail_fades_once_when_the_rhythm_is_first_trusted() {
+        // Hourly folds of a clean daily rhythm (5-minute points, 20 at night, 75 by day).
+        let p = Params {
+            interval_s: 300.0,
+            sensitivity: 1.0,
+            warmup: 150,
+            raise_after: 1,
+            clear_after: 1,
+            counter: false,
+            rel_floor: 1e-3,
+            tz_offset_s: 0.0,
+        };
+        let mut m = Model::new();
+        let mut i = 0u32;
+        let mut feed = |m: &mut Model, days: u32| {
+            for _ in 0..days * 288 {
+                let hour = (i % 288) / 12;
+                let x = if (9..18).contains(&hour) { 75.0 } else { 20.0 };
+                m.step(x + f64::from(i % 5) * 0.3, f64::from(i) * 300.0, &p);
+                i += 1;
+            }
+        };
+        feed(&mut m, 10);
+        assert!(m.trust() >= PROFILE_TRUSTED_WEIGHT && m.tail_faded);
+        // Trust wavers below the bar (the profiles predict no better than a flat line for a
+        // moment) and climbs back: the tail learnt since must survive.
+        m.hist = [0; super::super::HIST_BINS];
+        m.hist[0] = 800;
+        m.hist[3] = 40;
+        m.err_day = m.err_flat;
+        m.err_week = m.err_flat;
+        assert!(m.trust() < PROFILE_TRUSTED_WEIGHT);
+        for _ in 0..10 {
+            if m.trust() >= PROFILE_TRUSTED_WEIGHT {
+                break;
+            }
+            feed(&mut m, 1);
+        }
+        assert!(m.trust() >= PROFILE_TRUSTED_WEIGHT);
+        assert!(m.hist[0] >= 800, "the tail was faded again: {:?}", m.hist);
     }
 
     #[test]

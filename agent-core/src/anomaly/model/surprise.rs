@@ -79,9 +79,10 @@ impl Default for Surprise {
 }
 
 impl Surprise {
-    /// Feeds the winning view's |z| (σ units, sensitivity 1) of a judged point. Returns the
+    /// Feeds the winning view's |z| (σ units, sensitivity 1) of a judged point, and whether the
+    /// value is a record (beyond the remembered range: never a habit). Returns the
     /// z-equivalent to score (0 while resting).
-    pub fn step(&mut self, z: f64) -> f64 {
+    pub fn step(&mut self, z: f64, record: bool) -> f64 {
         self.seen = self.seen.saturating_add(1);
         let z = z.abs();
         let strength = score_of(z) as f32;
@@ -122,10 +123,11 @@ impl Surprise {
             // The same kind of burst coming back soon (at least 1/ESCALATION of the last one),
             // again and again, is this series' habit (contextOSE's remembered contexts, in two
             // numbers): news only by how much it outgrows the last one. Once may be a fault
-            // coming back, so the first recurrence still scores in full.
+            // coming back, so the first recurrence still scores in full; a record (beyond every
+            // value of the remembered range) is never a habit.
             if since < RECUR_POINTS && out * ESCALATION >= last {
                 self.streak = self.streak.saturating_add(1);
-                if self.streak >= HABIT_RECURRENCES {
+                if self.streak >= HABIT_RECURRENCES && !record {
                     return out.min(Z_MID * out / last);
                 }
             } else {
@@ -144,23 +146,23 @@ mod tests {
     fn one_episode_one_surprise() {
         let mut s = Surprise::default();
         for i in 0..500 {
-            s.step(f64::from(i % 3));
+            s.step(f64::from(i % 3), false);
         }
-        assert!(s.step(20.0) >= 20.0);
+        assert!(s.step(20.0, false) >= 20.0);
         // The same spike again while resting scores nothing...
-        s.step(1.0);
-        assert_eq!(s.step(20.0), 0.0);
+        s.step(1.0, false);
+        assert_eq!(s.step(20.0, false), 0.0);
         // ...but one twice as strong breaks through (a bigger fault), and then only one twice
         // as strong as that.
-        s.step(1.0);
-        assert!(s.step(45.0) >= 45.0);
-        s.step(1.0);
-        assert_eq!(s.step(60.0), 0.0);
+        s.step(1.0, false);
+        assert!(s.step(45.0, false) >= 45.0);
+        s.step(1.0, false);
+        assert_eq!(s.step(60.0, false), 0.0);
         // After the rest, a fresh spike scores again.
         for i in 0..REST_POINTS {
-            s.step(f64::from(i % 3));
+            s.step(f64::from(i % 3), false);
         }
-        assert!(s.step(20.0) >= 20.0);
+        assert!(s.step(20.0, false) >= 20.0);
     }
 
     #[test]
@@ -168,36 +170,41 @@ mod tests {
         let mut s = Surprise::default();
         let calm = |s: &mut Surprise, n: u16| {
             for i in 0..n {
-                s.step(f64::from(i % 3));
+                s.step(f64::from(i % 3), false);
             }
         };
         calm(&mut s, 500);
-        assert!(s.step(20.0) >= 20.0);
+        assert!(s.step(20.0, false) >= 20.0);
         // The same burst again 150 points later (after the rest) may be a fault coming back:
         // news in full once...
         calm(&mut s, 150);
-        assert!(s.step(20.0) >= 20.0);
+        assert!(s.step(20.0, false) >= 20.0);
         // ...but a third time in a row it is the series' habit: at most a warning's worth.
         calm(&mut s, 150);
-        let again = s.step(20.0);
+        let again = s.step(20.0, false);
         assert!(again <= Z_MID + 1e-9, "{again}");
         // One more than twice as strong is news by how much it outgrows the last one.
         calm(&mut s, 150);
-        let bigger = s.step(45.0);
+        let bigger = s.step(45.0, false);
         assert!(bigger >= 2.0 * Z_MID, "{bigger}");
+        // A record (beyond every value the range remembers) is never the habit, however soon.
+        calm(&mut s, 150);
+        s.step(45.0, false);
+        calm(&mut s, 150);
+        assert!(s.step(45.0, true) >= 45.0);
         // Long after the last one, the same burst is news again.
         calm(&mut s, RECUR_POINTS + 1);
-        assert!(s.step(45.0) >= 45.0);
+        assert!(s.step(45.0, false) >= 45.0);
     }
 
     #[test]
     fn a_run_of_moderate_points_is_likely_news() {
         let mut s = Surprise::default();
         for i in 0..2000 {
-            s.step(0.5 + f64::from(i % 5) * 0.3);
+            s.step(0.5 + f64::from(i % 5) * 0.3, false);
         }
         // z = 3.5 is no alert on its own, but eight of them in a row are.
-        let best = (0..8).map(|_| s.step(3.5)).fold(0.0, f64::max);
+        let best = (0..8).map(|_| s.step(3.5, false)).fold(0.0, f64::max);
         assert!(best >= Z_MID, "{best}");
     }
 }

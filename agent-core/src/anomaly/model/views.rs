@@ -224,7 +224,7 @@ impl Model {
     /// run is given how often this series repeats a value and how long its runs usually are.
     pub(super) fn flat_view(&self, x: f64, p: &Params) -> FlatView {
         let same = (x - self.prev).abs() <= SAME_REL_TOL * x.abs().max(self.prev.abs());
-        let run = if same { self.run.saturating_add(1) } else { 0 };
+        let run = if same { u32::from(self.run) + 1 } else { 0 };
         // Only the part of the run beyond the longest runs this series usually has counts.
         let excess = f64::from(run) - f64::from(self.run_ref).max(1.0);
         // Only for a normally noisy series, and for two hours at most: then it is the usual.
