@@ -321,10 +321,6 @@ pub(crate) struct Model {
     pub hyst: Hysteresis,
     pub surprise: Surprise,
     pub novelty: Novelty,
-    /// The last 1,536-2,048 points' extremes (records and familiar magnitudes).
-    pub range: Range,
-    /// Whether the tail was faded when the profiles first became trusted (once per series).
-    pub tail_faded: bool,
     /// The unit values are modelled in, as a power of two (see [`Model::step`]).
     pub unit_exp: i16,
     pub hod: [Slot; DAY_SLOTS],
@@ -332,6 +328,10 @@ pub(crate) struct Model {
     pub how: [Bf16; WEEK_SLOTS],
     pub how_sigma: [u8; WEEK_SLOTS],
     pub how_ref: f32,
+    /// The last 1,536-2,048 points' extremes (records and familiar magnitudes).
+    pub range: Range,
+    /// Whether the tail was faded when the profiles first became trusted (once per series).
+    pub tail_faded: bool,
 }
 
 /// Magnitudes of a first value the model takes as they are; outside, it works in a unit near it.
