@@ -757,7 +757,7 @@ mod tests {
 
     const CRIT_SCORE_TEST: f64 = 0.75;
 
-    fn params() -> Params {
+    pub(super) fn params() -> Params {
         Params {
             interval_s: 60.0,
             sensitivity: 1.0,

@@ -467,13 +467,8 @@ mod tests {
         // Hourly folds of a clean daily rhythm (5-minute points, 20 at night, 75 by day).
         let p = Params {
             interval_s: 300.0,
-            sensitivity: 1.0,
             warmup: 150,
-            raise_after: 1,
-            clear_after: 1,
-            counter: false,
-            rel_floor: 1e-3,
-            tz_offset_s: 0.0,
+            ..super::super::tests::params()
         };
         let mut m = Model::new();
         let mut i = 0u32;
