@@ -829,11 +829,7 @@ mod tests {
         // day 11 the high phase doubles. Before the rhythm is learnt its daily steps look like
         // spikes; once the profile is trusted those early z's must not keep the series' tail
         // wide, or the changed day scores nothing (NAB's art_daily_jumpsup scored 0.24).
-        let p = Params {
-            interval_s: 300.0,
-            warmup: 150,
-            ..params()
-        };
+        let p = five_minute();
         let mut m = Model::new();
         let mut seed = 7;
         let (mut normal_day, mut changed_day) = (0.0_f64, 0.0_f64);
@@ -862,20 +858,15 @@ mod tests {
         assert!(normal_day < WARN_SCORE, "a normal day scored {normal_day}");
     }
 
-    #[test]
-    fn a_familiar_burst_is_a_warning_a_record_is_news() {
-        // 5-minute data around 100, a burst to 400 every 600 points (too rare for the tail or
-        // the habit to learn), then a burst to 700.
-        let p = Params {
-            interval_s: 300.0,
-            warmup: 150,
-            ..params()
-        };
+    /// 5-minute points around 100 (±2) with a burst to 400 every `every` points, for `points`
+    /// points: the model, and the assessments of the bursts.
+    fn bursty(every: u32, points: u32, seed: u64) -> (Model, Vec<Assessment>) {
+        let p = five_minute();
         let mut m = Model::new();
-        let mut seed = 5;
+        let mut seed = seed;
         let mut bursts = Vec::new();
-        for i in 0..3100 {
-            let burst = i % 600 == 599;
+        for i in 0..points {
+            let burst = i % every == every - 1;
             let x = if burst {
                 400.0
             } else {
@@ -886,6 +877,21 @@ mod tests {
                 bursts.push(a);
             }
         }
+        (m, bursts)
+    }
+
+    fn five_minute() -> Params {
+        Params {
+            interval_s: 300.0,
+            warmup: 150,
+            ..params()
+        }
+    }
+
+    #[test]
+    fn a_familiar_burst_is_a_warning_a_record_is_news() {
+        // Bursts every 600 points: too rare for the tail or the habit to learn.
+        let (mut m, bursts) = bursty(600, 3100, 5);
         // The first is beyond anything seen: news.
         assert!(bursts[0].score >= CRIT_SCORE_TEST, "{}", bursts[0].score);
         // The next ones reach as far as the range remembers, no further: a warning's worth in
@@ -895,35 +901,18 @@ mod tests {
             assert_eq!(raw_state(a.score), State::Warning, "{}", a.score);
             assert_eq!(a.state, State::Critical);
         }
-        let a = m.step(700.0, 3100.0 * 300.0, &p);
+        let a = m.step(700.0, 3100.0 * 300.0, &five_minute());
         assert!(a.score >= 0.9, "a record scored {}", a.score);
     }
 
     #[test]
     fn a_record_is_news_in_a_spiky_series() {
-        // Bursts to 400 every 50 points are this series' nature (its tail and its habit learn
-        // them); one to 700 goes beyond anything in the remembered range.
-        let p = Params {
-            interval_s: 300.0,
-            warmup: 150,
-            ..params()
-        };
-        let mut m = Model::new();
-        let mut seed = 9;
-        let mut late = 0.0_f64;
-        for i in 0..3000 {
-            let x = if i % 50 == 49 {
-                400.0
-            } else {
-                100.0 + 2.0 * noise(&mut seed)
-            };
-            let a = m.step(x, f64::from(i) * 300.0, &p);
-            if i >= 2000 {
-                late = late.max(a.score);
-            }
-        }
+        // Bursts every 50 points are this series' nature (its tail and its habit learn them);
+        // one to 700 goes beyond anything in the remembered range.
+        let (mut m, bursts) = bursty(50, 3000, 9);
+        let late = bursts[40..].iter().map(|a| a.score).fold(0.0, f64::max);
         assert!(late < WARN_SCORE, "the usual bursts scored {late}");
-        let a = m.step(700.0, 3000.0 * 300.0, &p);
+        let a = m.step(700.0, 3000.0 * 300.0, &five_minute());
         assert!(a.score >= CRIT_SCORE_TEST, "a record scored {}", a.score);
     }
 
