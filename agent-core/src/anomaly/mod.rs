@@ -15,7 +15,7 @@
 //! a spike cannot drag it), hour-of-day and hour-of-week profiles trusted only once they predict
 //! better than a flat line, and four views scored as robust z: point (spikes, drops, shifts),
 //! sustained (drift, a quiet afternoon that should be busy), variance (turned erratic), flat (a
-//! normally noisy series stuck on one value). State per key: under 1 KiB; work per key per
+//! normally noisy series stuck on one value). State per key: 1 KiB at most; work per key per
 //! interval: constant.
 //!
 //! Absence: a counter key missing from a snapshot counts as 0 when its family (first name
