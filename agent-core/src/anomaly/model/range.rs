@@ -16,9 +16,9 @@
 use super::tail::Z_MID;
 
 /// Points per block.
-pub(crate) const BLOCK_POINTS: u32 = 512;
+const BLOCK_POINTS: u32 = 512;
 /// Blocks remembered, the current one included.
-pub(crate) const BLOCKS: usize = 4;
+const BLOCKS: usize = 4;
 /// A record going beyond the range by this share of its reach...
 const RECORD_SHARE: f64 = 0.1;
 /// ...is judged as a deviation of this many σ (critical); the z grows with the square root of
@@ -75,13 +75,12 @@ impl Range {
         if n < BLOCK_POINTS {
             return Reach::Unknown;
         }
-        let (mut hi, mut lo) = (f64::NEG_INFINITY, f64::INFINITY);
-        for (h, l) in self.hi.iter().zip(&self.lo) {
-            if !h.is_nan() {
-                hi = hi.max(f64::from(*h));
-                lo = lo.min(f64::from(*l));
-            }
-        }
+        // max and min skip the empty blocks (NaN).
+        let hi = self
+            .hi
+            .iter()
+            .fold(f64::NEG_INFINITY, |a, &h| a.max(h.into()));
+        let lo = self.lo.iter().fold(f64::INFINITY, |a, &l| a.min(l.into()));
         let (d, reach) = if x >= level {
             (x - level, hi - level)
         } else {
@@ -106,13 +105,9 @@ impl Range {
             self.hi[0] = f32::NAN;
             self.lo[0] = f32::NAN;
         }
-        let x = x as f32;
-        if self.hi[0].is_nan() || x > self.hi[0] {
-            self.hi[0] = x;
-        }
-        if self.lo[0].is_nan() || x < self.lo[0] {
-            self.lo[0] = x;
-        }
+        // An empty block (NaN) takes `x` as it is.
+        self.hi[0] = self.hi[0].max(x as f32);
+        self.lo[0] = self.lo[0].min(x as f32);
     }
 }
 
